@@ -1,0 +1,1 @@
+"""Where models run: this machine, an SSH host, a DigitalOcean GPU droplet."""
