@@ -1,0 +1,50 @@
+"""`mistral-lab models` and `mistral-lab plan` as a user runs them: the real console script, exit codes, JSON."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+CLI = [str(Path(sys.executable).with_name("mistral-lab"))]
+
+
+def run(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=120)
+
+
+def test_models_json_lists_every_id():
+    r = run("models", "--json")
+    assert r.returncode == 0, r.stderr
+    ids = [m["id"] for m in json.loads(r.stdout)]
+    assert "tiny-random" in ids and "ministral-3b" in ids and len(ids) == len(set(ids))
+
+
+def test_plan_json_has_the_contract_fields():
+    r = run("plan", "ministral-3b", "--target", "digitalocean", "--json")
+    assert r.returncode == 0, r.stderr
+    plan = json.loads(r.stdout)
+    for key in ("model", "variant", "engine", "gpu", "fits", "memory", "hourly_usd", "serve_command"):
+        assert key in plan, key
+    assert plan["fits"] is True and plan["hourly_usd"] > 0
+    assert set(plan["memory"]) >= {"weights_gb", "kv_cache_gb", "overhead_gb", "total_gb", "available_gb"}
+    assert plan["serve_command"].startswith("vllm serve mistralai/")
+
+
+def test_unknown_model_exits_2_with_the_close_names():
+    r = run("plan", "ministal-3b")
+    assert r.returncode == 2
+    assert "ministral-3b" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_does_not_fit_exits_2_with_needed_and_available():
+    r = run("plan", "ministral-3b", "--target", "digitalocean", "--gpu", "rtx4000ada", "--context", "262144",
+            "--concurrency", "4")
+    assert r.returncode == 2
+    assert "needs" in r.stderr and "GB usable" in r.stderr and "smallest size that fits" in r.stderr
+
+
+def test_bad_option_value_exits_2_naming_the_field():
+    r = run("plan", "ministral-3b", "--target", "aws")
+    assert r.returncode == 2 and "target" in r.stderr
