@@ -1,0 +1,105 @@
+"""Run an engine's server as a service on a Host: a systemd unit where systemd runs, else a supervised process.
+
+Both modes run the same rendered `serve.sh` from the deployment's folder on the host, which reads the API key
+from a 0600 `env` file; the start step waits for /health and /v1/models and, when the server dies or never
+answers, raises with the log tail and the likely cause.
+"""
+
+from __future__ import annotations
+
+import shlex
+from dataclasses import dataclass, field
+from typing import Literal
+
+from mistral_lab import infra_files
+from mistral_lab.engines.diagnose import diagnose
+from mistral_lab.errors import EngineError
+from mistral_lab.hosts.base import Host, LineSink
+
+Mode = Literal["systemd", "process"]
+
+
+@dataclass(frozen=True)
+class ServiceSpec:
+    name: str
+    model: str
+    engine: str
+    root: str  # absolute folder on the host
+    argv: list[str]
+    port: int
+    key_var: str
+    mode: Mode
+    user: str | None = None
+    secret_env: dict[str, str] = field(default_factory=dict, repr=False)
+    hints: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def unit(self) -> str:
+        return f"mistral-lab-{self.name}"
+
+    @property
+    def log_file(self) -> str:
+        return f"{self.root}/serve.log"
+
+
+def render_unit(spec: ServiceSpec) -> str:
+    return infra_files.render("serve.service.j2", name=spec.name, model=spec.model, engine=spec.engine,
+                              root=spec.root, user=spec.user)
+
+
+def render_serve_script(spec: ServiceSpec) -> str:
+    return infra_files.render("serve.sh.j2", name=spec.name, model=spec.model, engine=spec.engine,
+                              root=spec.root, argv=spec.argv)
+
+
+def render_env_file(spec: ServiceSpec) -> str:
+    return "".join(f"{k}={shlex.quote(v)}\n" for k, v in spec.secret_env.items())
+
+
+def _action(host: Host, spec: ServiceSpec, action: str, *, check: bool = True, lines: int = 200,
+            on_line: LineSink | None = None) -> str:
+    env = {"ACTION": action, "ROOT": spec.root, "UNIT": spec.unit, "MODE": spec.mode, "LINES": str(lines)}
+    return host.run_script(infra_files.with_env(infra_files.read("service.sh"), env), check=check,
+                           on_line=on_line).stdout
+
+
+def install(host: Host, spec: ServiceSpec) -> None:
+    """Write serve.sh, the 0600 env file and (systemd) the unit into the deployment folder on the host."""
+    host.run(f"mkdir -p {shlex.quote(spec.root)} && chmod 700 {shlex.quote(spec.root)}")
+    host.put_text(render_env_file(spec), f"{spec.root}/env", mode=0o600)
+    host.put_text(render_serve_script(spec), f"{spec.root}/serve.sh", mode=0o755)
+    if spec.mode == "systemd":
+        host.put_text(render_unit(spec), f"{spec.root}/{spec.unit}.service", mode=0o644)
+
+
+def start(host: Host, spec: ServiceSpec, *, timeout: float = 900, on_line: LineSink | None = None) -> float:
+    """Start the server and wait until it serves. Returns the seconds it took to become ready."""
+    _action(host, spec, "start", on_line=on_line)
+    env = {"ROOT": spec.root, "PORT": str(spec.port), "TIMEOUT": str(int(timeout)), "MODE": spec.mode,
+           "UNIT": spec.unit, "KEY_VAR": spec.key_var}
+    r = host.run_script(infra_files.with_env(infra_files.read("wait-ready.sh"), env), check=False,
+                        timeout=timeout + 60, on_line=on_line)
+    if r.returncode != 0:
+        _action(host, spec, "stop", check=False)
+        what = "the server exited during start" if r.returncode == 3 else f"the server was not ready after {timeout:.0f}s"
+        cause = diagnose(r.stdout, spec.hints)
+        tail = "\n".join(r.stdout.strip().splitlines()[-25:])
+        raise EngineError(f"{what}; last log lines:\n{tail}", field="engine",
+                          fix=cause or f"read the whole log: mistral-lab logs {spec.name}")
+    last = r.stdout.strip().splitlines()[-1] if r.stdout.strip() else ""
+    try:
+        return float(last.split("after ")[1].rstrip("s"))
+    except (IndexError, ValueError):
+        return 0.0
+
+
+def stop(host: Host, spec: ServiceSpec) -> None:
+    _action(host, spec, "stop", check=False)
+
+
+def status(host: Host, spec: ServiceSpec) -> str:
+    return _action(host, spec, "status", check=False).strip()
+
+
+def logs(host: Host, spec: ServiceSpec, lines: int = 200) -> str:
+    return _action(host, spec, "logs", lines=lines, check=False)
