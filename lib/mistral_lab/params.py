@@ -62,3 +62,9 @@ def env_secrets() -> dict[str, str]:
     if os.environ.get("HF_TOKEN"):
         out["hf_token"] = os.environ["HF_TOKEN"]
     return out
+
+
+def collect(namespace: dict[str, Any]) -> tuple[PlanRequest, dict[str, Any]]:
+    """Plan and host options from a notebook's variables (its parameters cell), ignoring everything else."""
+    known = set(PlanRequest.model_fields) | TARGET_OPTIONS
+    return split({k: v for k, v in namespace.items() if k in known and v is not None})

@@ -95,8 +95,13 @@ class Host(Protocol):
         check: bool = True,
         on_line: LineSink | None = None,
         log: Path | None = None,
+        retry_safe: bool = False,
     ) -> Result:
-        """Run a shell command. `env` values are passed without ever being echoed or logged."""
+        """Run a shell command. `env` values are passed without ever being echoed or logged.
+
+        `retry_safe=True` says running it twice does no harm: if the connection drops mid-way, the host
+        reconnects and runs it again instead of raising.
+        """
         ...
 
     def run_script(
@@ -108,6 +113,7 @@ class Host(Protocol):
         check: bool = True,
         on_line: LineSink | None = None,
         log: Path | None = None,
+        retry_safe: bool = False,
     ) -> Result:
         """Run a whole bash script in one round trip (sent on stdin, not as an argument)."""
         ...

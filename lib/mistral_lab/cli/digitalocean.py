@@ -1,0 +1,92 @@
+"""`mistral-lab hosts preflight --target digitalocean` and `mistral-lab sweep`.
+
+Neither ever prints the token: it is read from the environment inside the API client, and every error we raise
+about it says "the token was refused" and nothing more.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import asdict
+from typing import Annotated
+
+import click
+import typer
+from rich.table import Table
+
+from mistral_lab.errors import BadInput
+from mistral_lab.hosts.digitalocean import DigitalOceanTarget, sweep
+
+from ._app import app, console, console_err
+from .hosts import hosts_app
+
+
+@hosts_app.command("preflight")
+def preflight_cmd(
+    gpu: Annotated[str, typer.Option(help="DigitalOcean size slug, e.g. gpu-h100x1-80gb")],
+    target: Annotated[str, typer.Option(help="only digitalocean has a preflight")] = "digitalocean",
+    region: Annotated[str | None, typer.Option(help="region slug; default: the first region offering the size")] = None,
+    api_url: Annotated[str | None, typer.Option(help="DigitalOcean-compatible API base URL "
+                                                     "(default: env DIGITALOCEAN_API_URL or the real API)")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print the result as JSON")] = False,
+) -> None:
+    """Check the DigitalOcean token, the size and its regions, and show the hourly price. Creates nothing."""
+    if target != "digitalocean":
+        raise BadInput(f"preflight checks cloud accounts; target {target!r} has none", field="target",
+                       fix="use --target digitalocean")
+    result = DigitalOceanTarget({"api_url": api_url}).preflight(gpu, region)
+    if as_json:
+        print(json.dumps(result.to_dict(), indent=2))
+        return
+    t = Table(show_header=False, box=None)
+    gpu_text = f"{result.gpu_count}x {result.gpu_model} ({result.vram_gib} GiB)" if result.gpu_model else "none"
+    for label, value in (("size", result.size), ("region", result.region),
+                         ("offered in", ", ".join(result.regions)), ("gpu", gpu_text),
+                         ("cpu / ram", f"{result.vcpus} vCPUs, {result.memory_gib:g} GiB"), ("image", result.image),
+                         ("price", f"${result.hourly_usd:.2f}/hour (${result.monthly_usd:,.0f}/month)"),
+                         ("api", result.api_url)):
+        t.add_row(label, value)
+    console.print(t)
+    console.print(f"✔ the token works; {result.size} costs ${result.hourly_usd:.2f}/hour in {result.region} "
+                  "until destroyed (a powered-off droplet still bills)", highlight=False)
+
+
+@app.command("sweep")
+def sweep_cmd(
+    yes: Annotated[bool, typer.Option("--yes", help="destroy everything listed, without asking")] = False,
+    api_url: Annotated[str | None, typer.Option(help="DigitalOcean-compatible API base URL")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print the resources as JSON")] = False,
+) -> None:
+    """List every DigitalOcean resource mistral-lab made (GPU droplets too), with uptime and cost; --yes destroys them."""
+    items = sweep(api_url=api_url, destroy=False)
+    if as_json and not yes:
+        print(json.dumps([asdict(i) for i in items], indent=2))
+        return
+    if not items:
+        console.print("✔ nothing of mistral-lab's is left on DigitalOcean")
+        return
+    t = Table("kind", "id", "name", "size, region", "hours up", "$/hour", "spent")
+    for i in items:
+        money = i.kind == "droplet"
+        t.add_row(i.kind, i.id, i.name, f"{i.size}, {i.region}" if money else "",
+                  f"{i.hours:.2f}" if money else "", f"{i.hourly_usd:.2f}" if money else "",
+                  f"${i.cost_usd:.2f}" if money else "")
+    console.print(t)
+    burn = sum(i.hourly_usd for i in items if i.kind == "droplet")
+    spent = sum(i.cost_usd for i in items if i.kind == "droplet")
+    console.print(f"{len(items)} resources; droplets bill ${burn:.2f}/hour, about ${spent:.2f} so far", highlight=False)
+    if not yes:
+        confirmed = False
+        if sys.stdin.isatty():
+            try:
+                confirmed = typer.confirm("destroy all of them?", default=False)
+            except (typer.Abort, click.exceptions.Abort, EOFError):
+                confirmed = False
+        if not confirmed:
+            console_err.print("nothing destroyed (pass --yes to destroy)")
+            return
+    done = sweep(api_url=api_url, destroy=True, on_line=lambda line: console.print("  " + line, highlight=False))
+    if as_json:
+        print(json.dumps([asdict(i) for i in done], indent=2))
+    console.print(f"✔ destroyed {sum(i.destroyed for i in done)} resources")

@@ -1,0 +1,355 @@
+"""From a plan to a running endpoint and back: provision -> facts -> install -> model -> serve, then teardown.
+
+Every step reads what the step before produced and is timed into the Deployment record, which is saved after
+each step, so a crash leaves a record that `teardown` can act on and a re-run can resume. Deploying a name
+that is already up and healthy reuses it.
+"""
+
+from __future__ import annotations
+
+import shlex
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import httpx
+
+from mistral_lab import hardware, state
+from mistral_lab.catalog import get_model
+from mistral_lab.engines import get_engine, service
+from mistral_lab.engines.base import Layout
+from mistral_lab.errors import BadInput, MistralLabError
+from mistral_lab.hosts import get_target
+from mistral_lab.hosts.base import Host, LineSink, ProvisionRequest, Tunnel
+from mistral_lab.plan import Plan, PlanRequest, require_fit, resolve
+from mistral_lab.planning import make_plan
+
+Printer = Callable[[str], None]
+
+
+def _default_printer(text: str) -> None:
+    print(text, flush=True)
+
+
+@dataclass
+class Steps:
+    """Times each step into the record, saves it after each, and prints progress lines."""
+
+    dep: state.Deployment
+    say: Printer = _default_printer
+    started: float = field(default_factory=time.monotonic)
+
+    @contextmanager
+    def step(self, name: str, status: state.Status | None = None) -> Iterator[dict[str, Any]]:
+        if status:
+            self.dep.status = status
+            state.save(self.dep)
+        t0, at = time.monotonic(), state.now()
+        self.say(f"▶ {name}")
+        info: dict[str, Any] = {"skipped": False}
+        yield info
+        dt = time.monotonic() - t0
+        state.record_step(self.dep, name, dt, at, skipped=info["skipped"])
+        state.save(self.dep)
+        self.say(f"✔ {name} {'(already done) ' if info['skipped'] else ''}in {dt:.1f}s "
+                 f"[total {time.monotonic() - self.started:.0f}s]")
+
+    def lines(self, prefix: str = "  ") -> LineSink:
+        return lambda line: self.say(prefix + line.rstrip())
+
+
+def _layout(host: Host, name: str, options: dict[str, Any]) -> Layout:
+    home = host.run('printf %s "$HOME"').stdout.strip()
+    base = options.get("host_root") or f"{home}/mistral-lab"
+    cache = options.get("host_cache") or f"{home}/.cache/mistral-lab"
+    return Layout(home=home, cache=cache, root=f"{base}/deployments/{name}")
+
+
+def _service_spec(dep: state.Deployment, argv: list[str], key_var: str, env: dict[str, str], api_key: str,
+                  layout_root: str, facts_systemd: bool, user: str | None) -> service.ServiceSpec:
+    model = get_model(dep.plan.model)
+    recipe = getattr(model.engines, dep.plan.engine)
+    return service.ServiceSpec(
+        name=dep.name, model=dep.plan.model, engine=dep.plan.engine, root=layout_root, argv=argv,
+        port=dep.plan.port, key_var=key_var, mode="systemd" if facts_systemd else "process", user=user,
+        secret_env={**env, key_var: api_key}, hints=dict(recipe.hints) if recipe else {},
+    )
+
+
+def _spec_from_record(dep: state.Deployment) -> service.ServiceSpec:
+    assert dep.service is not None
+    return service.ServiceSpec(name=dep.name, model=dep.plan.model, engine=dep.plan.engine, root=dep.service.root,
+                               argv=[], port=dep.plan.port, key_var="", mode=dep.service.kind)
+
+
+def _healthy(dep: state.Deployment) -> bool:
+    """Whether a recorded deployment still serves: reconnect, tunnel, /health and /v1/models with its key."""
+    if dep.status != "up" or dep.endpoint is None:
+        return False
+    try:
+        with _connection(dep) as conn:
+            r = httpx.get(conn.base_url + "/models", headers={"Authorization": f"Bearer {conn.api_key}"}, timeout=10)
+            return r.status_code == 200
+    except (MistralLabError, httpx.HTTPError, OSError):
+        return False
+
+
+def deploy(
+    req: PlanRequest,
+    *,
+    options: dict[str, Any] | None = None,
+    say: Printer = _default_printer,
+    start_timeout: float = 900,
+    keep_on_failure: bool | None = None,
+) -> state.Deployment:
+    """Deploy `req` and return the saved record. Idempotent by name."""
+    options = dict(options or {})
+    plan = make_plan(req)
+    name = state.check_name(plan.name)
+    if plan.target == "digitalocean":
+        require_fit(plan)
+
+    if state.exists(name):
+        old = state.load(name)
+        if (old.plan.model, old.plan.engine, old.plan.target) != (plan.model, plan.engine, plan.target):
+            raise BadInput(
+                f"deployment {name} already runs {old.plan.model} on {old.plan.engine} ({old.plan.target})",
+                field="name", fix=f"tear it down first (mistral-lab teardown {name}) or pick another --name")
+        if _healthy(old):
+            say(f"✔ {name} is already up: reusing it ({old.plan.model} on {old.plan.engine}, {old.plan.gpu_name})")
+            return old
+        say(f"… {name} exists but is not serving ({old.status}): resuming")
+        dep = old
+        dep.plan = plan
+        dep.error = None
+    else:
+        dep = state.Deployment(name=name, status="provisioning", plan=plan,
+                               host=state.HostRecord(target=plan.target))
+        state.save(dep)
+
+    steps = Steps(dep, say)
+    target = get_target(plan.target, options)
+    host: Host | None = None
+    try:
+        with steps.step("provision", "provisioning"):
+            if plan.hourly_usd:
+                say(f"  {plan.gpu} costs ${plan.hourly_usd:.2f}/hour until torn down")
+            host = target.provision(
+                ProvisionRequest(deployment=name, gpu_slug=plan.gpu, region=plan.region, hourly_usd=plan.hourly_usd,
+                                 options=options),
+                on_line=steps.lines(),
+            )
+            dep.host = host.record
+
+        with steps.step("facts"):
+            facts = host.facts()
+            dep.facts = facts
+            if plan.target != "digitalocean":
+                # The host's own hardware decides: re-plan against it.
+                plan = resolve(req.model_copy(update={"name": name}), host=hardware.size_from_facts(facts))
+                dep.plan = plan
+            require_fit(plan)
+            say(f"  {facts.hostname}: {facts.os}, {facts.cpus} CPUs, {facts.ram_mib // 1024} GiB RAM, "
+                + (", ".join(f"{g.name} {g.memory_mib // 1024} GiB" for g in facts.gpus) or "no GPU"))
+
+        engine = get_engine(plan.engine)
+        model = get_model(plan.model)
+        layout = _layout(host, name, options)
+        with steps.step(f"install {plan.engine}", "installing") as info:
+            installed = engine.install(host, plan, facts, layout, steps.lines())
+            info["skipped"] = installed.skipped
+            dep.versions.update(installed.versions)
+            for k, v in (("driver", facts.driver_version), ("cuda", facts.cuda_version), ("rocm", facts.rocm_version)):
+                if v:
+                    dep.versions[k] = v
+
+        secret_env = {"HF_TOKEN": options["hf_token"]} if options.get("hf_token") else {}
+        with steps.step("model") as info:
+            files = engine.fetch_model(host, plan, model, layout, secret_env, steps.lines())
+            info["skipped"] = files.skipped
+
+        with steps.step("start server", "starting") as info:
+            key_file = "api_key"
+            api_key = state.read_secret(name, key_file) if (dep.folder / key_file).is_file() else state.new_api_key()
+            state.write_secret(name, key_file, api_key)
+            argv = engine.argv(plan, model, installed, files)
+            spec = _service_spec(dep, argv, engine.key_var, {**installed.env, **secret_env}, api_key, layout.root,
+                                 facts.systemd and options.get("service", "auto") != "process", dep.host.user)
+            service.stop(host, spec)  # a half-started earlier attempt must not hold the port
+            service.install(host, spec)
+            dep.service = state.Service(kind=spec.mode, unit=spec.unit if spec.mode == "systemd" else None,
+                                        pid_file=f"{layout.root}/serve.pid" if spec.mode == "process" else None,
+                                        log_file=spec.log_file, root=layout.root)
+            dep.extra["serve_command"] = shlex.join(argv)
+            state.save(dep)
+            ready_s = service.start(host, spec, timeout=start_timeout, on_line=steps.lines())
+            info["ready_s"] = ready_s
+            dep.endpoint = state.Endpoint(remote_port=plan.port, served_model=plan.model, api_key_file=key_file)
+
+        dep.status = "up"
+        state.save(dep)
+        say(f"✔ {name} is up: {plan.model} on {plan.engine}, {plan.gpu_name}; "
+            f"`mistral-lab status {name}` / Client.from_deployment({name!r})")
+        return dep
+    except BaseException as e:
+        dep.status = "failed"
+        dep.error = str(e) if isinstance(e, MistralLabError) else f"{type(e).__name__}: {e}"
+        state.save(dep)
+        billed = bool(dep.plan.hourly_usd) and dep.host.resource_ids
+        keep = keep_on_failure if keep_on_failure is not None else not billed
+        if billed and not keep:
+            say(f"✘ deploy failed; destroying {name} so it stops costing money (keep it with keep_on_failure=True)")
+            try:
+                teardown(name, say=say)
+            except MistralLabError as te:
+                say(f"✘ teardown after the failure also failed: {te}; run `mistral-lab sweep`")
+        elif billed:
+            say(f"✘ deploy failed; {name} is still running at ${dep.plan.hourly_usd:.2f}/hour: "
+                f"fix and re-run deploy, or `mistral-lab teardown {name}`")
+        raise
+    finally:
+        if host is not None:
+            host.close()
+
+
+@dataclass
+class Connection:
+    """A live way to the deployment's server: for remote hosts, an SSH tunnel that lives as long as this object."""
+
+    name: str
+    base_url: str
+    api_key: str = field(repr=False)
+    served_model: str
+    engine: str
+    catalog_id: str
+    plan: Plan
+    host: Host
+    tunnel: Tunnel
+
+    def close(self) -> None:
+        try:
+            self.tunnel.close()
+        finally:
+            self.host.close()
+
+    def __enter__(self) -> Connection:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _connection(dep: state.Deployment) -> Connection:
+    if dep.endpoint is None:
+        raise BadInput(f"deployment {dep.name} has no endpoint ({dep.status})", field="name",
+                       fix=f"deploy it again: mistral-lab deploy {dep.plan.model} --name {dep.name}")
+    target = get_target(dep.plan.target, {})
+    host = target.reconnect(dep.host)
+    try:
+        tunnel = host.forward(dep.endpoint.remote_port)
+    except BaseException:
+        host.close()
+        raise
+    return Connection(name=dep.name, base_url=dep.endpoint.base_url(tunnel.local_port), api_key=dep.api_key(),
+                      served_model=dep.endpoint.served_model, engine=dep.plan.engine, catalog_id=dep.plan.model,
+                      plan=dep.plan, host=host, tunnel=tunnel)
+
+
+def connect(name: str) -> Connection:
+    """Reopen the way to a deployment from its saved record (host, pinned key, port, API key)."""
+    dep = state.load(name)
+    if dep.status != "up":
+        raise BadInput(f"deployment {name} is {dep.status}, not up", field="name",
+                       fix=f"deploy it again: mistral-lab deploy {dep.plan.model} --name {name}")
+    return _connection(dep)
+
+
+def hours_up(dep: state.Deployment) -> float:
+    created = datetime.fromisoformat(dep.created_at)
+    return max((datetime.now(UTC) - created).total_seconds() / 3600, 0.0)
+
+
+def cost_so_far(dep: state.Deployment) -> float:
+    return round(hours_up(dep) * (dep.plan.hourly_usd or 0.0), 4)
+
+
+def status(name: str) -> dict[str, Any]:
+    dep = state.load(name)
+    info = dep.model_dump(mode="json")
+    info["healthy"] = _healthy(dep)
+    info["hours_up"] = round(hours_up(dep), 3)
+    info["cost_usd"] = cost_so_far(dep)
+    if dep.endpoint is not None:
+        info["endpoint"] = {"base_url": dep.endpoint.base_url(dep.plan.port) if dep.plan.target == "local"
+                            else f"ssh tunnel to 127.0.0.1:{dep.endpoint.remote_port} on {dep.host.address}",
+                            "served_model": dep.endpoint.served_model,
+                            "api_key_file": str(dep.folder / dep.endpoint.api_key_file)}
+    return info
+
+
+def logs(name: str, lines: int = 200) -> str:
+    dep = state.load(name)
+    if dep.service is None:
+        return f"(no server started for {name} yet)"
+    host = get_target(dep.plan.target, {}).reconnect(dep.host)
+    try:
+        return service.logs(host, _spec_from_record(dep), lines)
+    finally:
+        host.close()
+
+
+@dataclass
+class TeardownReport:
+    name: str
+    stopped: bool
+    destroyed: bool
+    hours: float
+    cost_usd: float
+    leftovers: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
+def teardown(name: str, *, say: Printer = _default_printer) -> TeardownReport:
+    """Stop the server, destroy what the target created, and forget the deployment. Safe to repeat."""
+    dep = state.load(name)
+    target = get_target(dep.plan.target, {})
+    notes: list[str] = []
+    stopped = False
+    if dep.service is not None:
+        try:
+            host = target.reconnect(dep.host)
+            try:
+                service.stop(host, _spec_from_record(dep))
+                stopped = True
+                say(f"✔ stopped the server of {name}")
+            finally:
+                host.close()
+        except MistralLabError as e:
+            notes.append(f"could not reach the host to stop the server: {e}")
+            say(f"… could not reach the host to stop the server ({e.message}); destroying anyway")
+    left: list[str] = []
+    if stopped and dep.plan.target != "digitalocean":
+        host = target.reconnect(dep.host)
+        try:
+            if service.status(host, _spec_from_record(dep)) != "stopped":
+                left.append(f"the server of {name} still runs on {dep.host.address}")
+        finally:
+            host.close()
+    target.destroy(dep.host, on_line=lambda line: say("  " + line))
+    finder = getattr(target, "leftovers", None)
+    if finder is not None:
+        left += finder(dep.host)
+    report = TeardownReport(name=name, stopped=stopped, destroyed=True, hours=round(hours_up(dep), 3),
+                            cost_usd=cost_so_far(dep), leftovers=left, notes=notes)
+    dep.status = "destroyed"
+    state.save(dep)
+    state.remove(name)
+    say(f"✔ {name} torn down after {report.hours:.2f} h" + (f", about ${report.cost_usd:.2f}" if report.cost_usd else ""))
+    return report
+
+
+__all__ = ["Connection", "TeardownReport", "connect", "deploy", "logs", "status", "teardown"]
+

@@ -1,0 +1,557 @@
+"""The DigitalOcean target: a GPU droplet we create, reach over SSH with a pinned host key, and destroy.
+
+Shape follows SkyPilot's `sky/provision/do/instance.py`: everything is re-derived from the deployment's tag, so
+provisioning is re-entrant: run it again after a crash and it finds what the last run made instead of making it
+twice. The order of creation is SSH key, firewall (bound to the deployment tag, so the droplet is covered from
+birth), droplet.
+
+Options (ProvisionRequest.options or the target's own options; the request's win):
+  api_url             DigitalOcean-compatible API base URL (also env DIGITALOCEAN_API_URL)
+  region              a region slug; default: the first region that offers the size, falling back on capacity errors
+  allow_from          CIDR(s) allowed to reach SSH (also env MISTRAL_LAB_ALLOW_FROM); default: this machine's public
+                      address as https://api.ipify.org sees it, as a /32 (/128 for IPv6)
+  ssh_user (or user)  the non-root sudo user cloud-init creates (default "mistral")
+  key                 your own SSH private key (unencrypted) to log in with; default: a key made for the deployment
+  ssh_port            the port SSH is reached on (default 22). DigitalOcean has no port field: this is for
+                      DO-compatible clouds that put SSH elsewhere and for tests, whose fake droplets listen on one port
+  image               override the base image slug
+  poll_interval, active_timeout, ssh_timeout, cloud_init_timeout   seconds
+
+Secrets: the token only ever lives in the environment and in the API client; the droplet's host key and our client
+key live in the deployment's folder (0600, `mistral_lab.state`). user_data carries the host key pair and public
+keys only.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from mistral_lab import infra_files, state
+from mistral_lab.errors import BadInput, MistralLabError, TargetError
+from mistral_lab.hosts import do_resources as res
+from mistral_lab.hosts.base import Host, HostRecord, LineSink, ProvisionRequest
+from mistral_lab.hosts.cloudinit import (
+    KeyPair,
+    check_user,
+    generate_ed25519,
+    md5_fingerprint,
+    public_from_private,
+    render_user_data,
+)
+from mistral_lab.hosts.do_api import DOApi, DOApiError, read_token
+
+ALLOW_FROM_ENV = "MISTRAL_LAB_ALLOW_FROM"
+ECHO_URL = "https://api.ipify.org"
+HOST_KEY_FILE = "do-host-ed25519"
+CLIENT_KEY_FILE = "do-client-ed25519"
+
+
+def _quiet(line: str) -> None:
+    pass
+
+
+class DOSettings(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    api_url: str | None = None
+    region: str | None = None
+    allow_from: list[str] | None = None
+    ssh_user: str = Field(default="mistral", validation_alias=AliasChoices("ssh_user", "user"))
+    key: str | None = None
+    ssh_port: int = Field(default=22, ge=1, le=65535)
+    image: str | None = None
+    poll_interval: float = Field(default=5.0, gt=0)
+    active_timeout: float = Field(default=600.0, gt=0)
+    ssh_timeout: float = Field(default=600.0, gt=0)
+    cloud_init_timeout: float = Field(default=1200.0, gt=0)
+
+    @field_validator("allow_from", mode="before")
+    @classmethod
+    def _split(cls, v: Any) -> Any:
+        return res.parse_allow_from(v) if v is not None else None
+
+    @classmethod
+    def of(cls, *layers: dict[str, Any] | None) -> DOSettings:
+        merged: dict[str, Any] = {}
+        for layer in layers:
+            merged.update({k: v for k, v in (layer or {}).items() if v is not None})
+        try:
+            return cls.model_validate(merged)
+        except ValidationError as e:
+            err = e.errors()[0]
+            name = ".".join(str(p) for p in err["loc"])
+            raise BadInput(f"invalid DigitalOcean option: {err['msg']}", field=name,
+                           fix="see mistral_lab.hosts.digitalocean for the options and their types") from None
+
+
+# ---------------------------------------------------------------------------------------------- preflight
+
+
+@dataclass
+class Preflight:
+    size: str
+    region: str
+    regions: list[str]
+    hourly_usd: float
+    monthly_usd: float
+    image: str
+    gpu_model: str | None
+    gpu_count: int
+    vram_gib: int | None
+    vcpus: int
+    memory_gib: float
+    api_url: str
+    droplet_limit: int | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def summary(self) -> str:
+        gpu = f"{self.gpu_count}x {self.gpu_model} ({self.vram_gib} GiB)" if self.gpu_model else "no GPU"
+        return (f"{self.size} in {self.region}: {gpu}, {self.vcpus} vCPUs, {self.memory_gib:g} GiB RAM, "
+                f"${self.hourly_usd:.2f}/hour (offered in {', '.join(self.regions)})")
+
+
+def preflight(api: DOApi, size_slug: str, region: str | None = None, *, image: str | None = None) -> Preflight:
+    """Check the token works and the size can be had; choose the region; read the live price. Creates nothing."""
+    account = api.account()
+    if account.get("status") == "locked":
+        raise TargetError("the DigitalOcean account is locked", fix=str(account.get("status_message") or "contact DO"))
+    size = res.find_size(api.sizes(), size_slug)
+    if not size.get("available", True) or not size.get("regions"):
+        raise TargetError(f"{size_slug} is not offered to this account in any region",
+                          fix="NVIDIA GPU sizes may need a request to DigitalOcean support; try another --gpu")
+    regions = res.region_order(size, region)
+    gpu = size.get("gpu_info") or {}
+    return Preflight(
+        size=size_slug, region=regions[0], regions=list(size["regions"]), hourly_usd=float(size["price_hourly"]),
+        monthly_usd=float(size.get("price_monthly") or 0.0), image=image or res.image_for(size),
+        gpu_model=gpu.get("model"), gpu_count=int(gpu.get("count") or 0),
+        vram_gib=(gpu.get("vram") or {}).get("amount"), vcpus=int(size.get("vcpus") or 0),
+        memory_gib=round(int(size.get("memory") or 0) / 1024, 1), api_url=api.url,
+        droplet_limit=account.get("droplet_limit"),
+    )
+
+
+# ---------------------------------------------------------------------------------------------- local keys
+
+
+@dataclass(frozen=True)
+class DropletKeys:
+    host: KeyPair
+    client_key_path: Path
+    client_public: str
+
+
+def droplet_keys(deployment: str, *, create: bool, key: str | None = None) -> DropletKeys | None:
+    """The droplet's host key pair and our client key pair, kept 0600 beside the deployment record.
+
+    Written before the droplet is created, so a run killed half-way can still verify the droplet it left behind.
+    `key` is the user's own private key to log in with instead of one made for the deployment.
+    """
+    folder = state.deployment_dir(deployment)
+    host_path = folder / HOST_KEY_FILE
+    client_path = Path(key).expanduser() if key else folder / CLIENT_KEY_FILE
+    if key and not client_path.is_file():
+        raise BadInput(f"no SSH key at {client_path}", field="key", fix="give the path of an unencrypted private key")
+    if not host_path.is_file() or not client_path.is_file():
+        if not create:
+            return None
+        if not host_path.is_file():
+            state.write_secret(deployment, HOST_KEY_FILE, generate_ed25519(f"{deployment}-host").private_openssh)
+        if not client_path.is_file():
+            client = generate_ed25519(f"mistral-lab-{deployment}")
+            state.write_secret(deployment, CLIENT_KEY_FILE, client.private_openssh)
+    host_private = host_path.read_text()
+    host = KeyPair(host_private, public_from_private(host_private, f"{deployment}-host"))
+    try:
+        client_public = public_from_private(client_path.read_text(), f"mistral-lab-{deployment}")
+    except (ValueError, TypeError) as e:
+        raise BadInput(f"cannot read the SSH key {client_path}: {e}", field="key",
+                       fix="give an unencrypted OpenSSH private key (ssh-keygen -t ed25519 -N '')") from None
+    return DropletKeys(host=host, client_key_path=client_path, client_public=client_public)
+
+
+def _forget_keys(deployment: str) -> None:
+    folder = state.deployment_dir(deployment)
+    for name in (HOST_KEY_FILE, CLIENT_KEY_FILE):
+        (folder / name).unlink(missing_ok=True)
+
+
+def detect_public_address(timeout: float = 5.0) -> list[str]:
+    import ipaddress
+
+    import httpx
+
+    try:
+        text = httpx.get(ECHO_URL, timeout=timeout).text.strip()
+        ip = ipaddress.ip_address(text)
+    except (httpx.HTTPError, ValueError) as e:
+        raise BadInput(f"could not learn this machine's public address from {ECHO_URL} ({type(e).__name__})",
+                       field="allow_from",
+                       fix=f"pass it yourself: --allow-from 203.0.113.7/32 or export {ALLOW_FROM_ENV}=...") from None
+    return [f"{ip}/{32 if ip.version == 4 else 128}"]
+
+
+# ---------------------------------------------------------------------------------------------- the target
+
+
+@dataclass
+class ProvisionStats:
+    """What one provision cost in calls and waiting; benchmarks read it."""
+
+    api_requests: int = 0
+    ssh_attempts: int = 0
+    seconds: dict[str, float] = field(default_factory=dict)
+
+
+class DigitalOceanTarget:
+    name = "digitalocean"
+
+    def __init__(self, options: dict[str, Any] | None = None, *, sleep: Callable[[float], None] = time.sleep):
+        self.options = dict(options or {})
+        self._sleep = sleep
+        self.stats = ProvisionStats()
+
+    def _api(self, settings: DOSettings) -> DOApi:
+        return DOApi(settings.api_url, sleep=self._sleep)
+
+    # ------------------------------------------------------------------ preflight
+
+    def preflight(self, gpu_slug: str, region: str | None = None) -> Preflight:
+        settings = DOSettings.of(self.options, {"region": region})
+        return preflight(self._api(settings), gpu_slug, settings.region, image=settings.image)
+
+    # ------------------------------------------------------------------ provision
+
+    def provision(self, request: ProvisionRequest, on_line: LineSink | None = None) -> Host:
+        say = on_line or _quiet
+        deployment = state.check_name(request.deployment)
+        settings = DOSettings.of(self.options, request.options, {"region": request.region})
+        check_user(settings.ssh_user)
+        if not request.gpu_slug:
+            raise BadInput("no DigitalOcean size to create", field="gpu", fix="pass --gpu, e.g. gpu-h100x1-80gb")
+        api = self._api(settings)
+        t0 = time.monotonic()
+        pf = preflight(api, request.gpu_slug, settings.region, image=settings.image)
+        say(pf.summary())
+        say(f"billing runs at ${pf.hourly_usd:.2f}/hour from creation until destroy (powered off still bills)")
+        allow_from = settings.allow_from or self._allow_from_env() or detect_public_address()
+        tag = res.deployment_tag(deployment)
+
+        had_host_key = (state.deployment_dir(deployment) / HOST_KEY_FILE).is_file()
+        existing = api.list_droplets(tag_name=tag)
+        if len(existing) > 1:
+            ids = ", ".join(str(d["id"]) for d in existing)
+            raise TargetError(f"deployment {deployment} has {len(existing)} droplets ({ids}); expected one",
+                              fix="destroy the extra ones: mistral-lab sweep")
+        if existing and not had_host_key:
+            raise TargetError(f"droplet {existing[0]['id']} of deployment {deployment} exists, but its host key is "
+                              f"not in {state.deployment_dir(deployment)}: it cannot be verified",
+                              fix=f"destroy it (mistral-lab sweep --yes, or teardown {deployment}) and deploy again")
+        keys = droplet_keys(deployment, create=True, key=settings.key)
+        assert keys is not None
+
+        ssh_key, key_created = self._ensure_ssh_key(api, deployment, keys.client_public, say)
+        for t in (res.OWNER_TAG, tag):
+            api.create_tag(t)
+        firewall = self._ensure_firewall(api, deployment, allow_from, say)
+
+        if existing:
+            droplet = existing[0]
+            say(f"found droplet {droplet['id']} ({droplet['status']}) from an earlier run: reusing it")
+        else:
+            user_data = render_user_data(hostname=res.resource_name(deployment), user=settings.ssh_user,
+                                         host_key=keys.host, authorized_key=keys.client_public,
+                                         forbidden=[read_token(), keys.client_key_path.read_text()])
+            droplet = self._create_droplet(api, deployment, pf, ssh_key["fingerprint"], user_data,
+                                           explicit_region=bool(settings.region), settings=settings, say=say)
+        self.stats.seconds["api"] = round(time.monotonic() - t0, 3)
+
+        t1 = time.monotonic()
+        droplet = self._wait_active(api, droplet, settings, say)
+        self.stats.seconds["active"] = round(time.monotonic() - t1, 3)
+        address = res.public_ipv4(droplet)
+        assert address is not None
+        record = HostRecord(
+            target=self.name, address=address, port=settings.ssh_port, user=settings.ssh_user,
+            key_path=str(keys.client_key_path), host_key=keys.host.public_key,
+            resource_ids={"droplet": droplet["id"], "firewall": firewall["id"],
+                          "ssh_key": ssh_key["fingerprint"], "ssh_key_created": key_created, "tag": tag},
+            extra={"deployment": deployment, "api_url": settings.api_url or os.environ.get("DIGITALOCEAN_API_URL"),
+                   "size": pf.size, "region": droplet["region"]["slug"], "image": pf.image,
+                   "hourly_usd": float(droplet["size"]["price_hourly"]), "created_at": droplet["created_at"],
+                   "allow_from": allow_from},
+        )
+        t2 = time.monotonic()
+        host = self._wait_ssh(record, settings, say)
+        self.stats.seconds["ssh"] = round(time.monotonic() - t2, 3)
+        t3 = time.monotonic()
+        try:
+            self._wait_cloud_init(host, settings, say)
+        except BaseException:
+            host.close()
+            raise
+        self.stats.seconds["cloud_init"] = round(time.monotonic() - t3, 3)
+        self.stats.api_requests += api.stats.requests
+        say(f"droplet {droplet['id']} is ready at {settings.ssh_user}@{address}"
+            + (f" port {settings.ssh_port}" if settings.ssh_port != 22 else ""))
+        return host
+
+    @staticmethod
+    def _allow_from_env() -> list[str] | None:
+        value = os.environ.get(ALLOW_FROM_ENV)
+        return res.parse_allow_from(value) if value else None
+
+    def _ensure_ssh_key(self, api: DOApi, deployment: str, public_key: str, say: LineSink) -> tuple[dict, bool]:
+        """Get-or-create by fingerprint. Ours if we upload it now or an earlier run of ours did (its name)."""
+        fingerprint = md5_fingerprint(public_key)
+        name = res.resource_name(deployment)
+        key = api.get_ssh_key(fingerprint)
+        if key is not None:
+            return key, key.get("name") == name
+        try:
+            key = api.create_ssh_key(name, public_key)
+            say(f"uploaded SSH key {fingerprint}")
+            return key, True
+        except DOApiError as e:
+            # A concurrent or half-finished run uploaded it between our look and our POST.
+            if e.status == 422 and "already in use" in e.api_message:
+                key = api.get_ssh_key(fingerprint)
+                if key is not None:
+                    return key, key.get("name") == name
+            raise
+
+    def _ensure_firewall(self, api: DOApi, deployment: str, allow_from: list[str], say: LineSink) -> dict:
+        wanted = res.firewall_body(deployment, allow_from)
+        for fw in api.list_firewalls():
+            if fw.get("name") == wanted["name"]:
+                if not res.firewall_matches(fw, wanted):
+                    fw = api.update_firewall(fw["id"], wanted)
+                    say(f"updated firewall {fw['id']}: SSH from {', '.join(allow_from)} only")
+                return fw
+        fw = api.create_firewall(wanted)
+        say(f"created firewall {fw['id']}: SSH from {', '.join(allow_from)} only, outbound open")
+        return fw
+
+    def _create_droplet(self, api: DOApi, deployment: str, pf: Preflight, fingerprint: str, user_data: str, *,
+                        explicit_region: bool, settings: DOSettings, say: LineSink) -> dict:
+        tag = res.deployment_tag(deployment)
+        regions = [pf.region] if explicit_region else [pf.region] + [r for r in pf.regions if r != pf.region]
+        tried: list[str] = []
+        for region in regions:
+            body = res.droplet_body(deployment, size=pf.size, region=region, image=pf.image,
+                                    ssh_key_fingerprint=fingerprint, user_data=user_data)
+            for attempt in range(1, 4):
+                try:
+                    droplet = api.create_droplet(body)
+                    say(f"created droplet {droplet['id']} ({pf.size} in {region})")
+                    return droplet
+                except DOApiError as e:
+                    if e.status == 422 and res.NO_CAPACITY.lower() in e.api_message.lower():
+                        tried.append(region)
+                        say(f"{pf.size} has no capacity in {region}"
+                            + ("; trying the next region" if region != regions[-1] else ""))
+                        break
+                    if e.status == 422 and res.DROPLET_LIMIT in e.api_message:
+                        raise TargetError(f"creating the droplet would exceed the account's droplet limit "
+                                          f"({e.api_message})",
+                                          fix="destroy droplets you no longer need (mistral-lab sweep) or ask "
+                                              "DigitalOcean for a higher limit") from None
+                    if e.status is not None and e.status < 500:
+                        raise
+                    # 5xx or no answer: the droplet may exist anyway. Look before creating again: never two.
+                    self._sleep(min(settings.poll_interval, 5.0))
+                    found = api.list_droplets(tag_name=tag)
+                    if found:
+                        say(f"the create call failed ({e.status or 'no answer'}) but droplet {found[0]['id']} "
+                            "exists: using it")
+                        return found[0]
+                    if attempt == 3:
+                        raise
+                    say(f"the create call failed ({e.status or 'no answer'}) and no droplet exists; trying again")
+        raise TargetError(f"no capacity for {pf.size} in {', '.join(tried)}",
+                          fix="try later, another --region, or another --gpu size")
+
+    def _wait_active(self, api: DOApi, droplet: dict, settings: DOSettings, say: LineSink) -> dict:
+        deadline = time.monotonic() + settings.active_timeout
+        start = time.monotonic()
+        last = None
+        while True:
+            if droplet.get("status") == "active" and res.public_ipv4(droplet):
+                say(f"droplet {droplet['id']} is active at {res.public_ipv4(droplet)} "
+                    f"after {time.monotonic() - start:.0f} s")
+                return droplet
+            if droplet.get("status") in ("off", "archive"):
+                raise TargetError(f"droplet {droplet['id']} is {droplet['status']} (it still bills while off)",
+                                  fix="power it on in the DigitalOcean console, or tear the deployment down")
+            if droplet.get("status") != last:
+                say(f"droplet {droplet['id']} is {droplet.get('status')}; waiting for it to become active")
+                last = droplet.get("status")
+            if time.monotonic() > deadline:
+                raise TargetError(f"droplet {droplet['id']} is still {droplet.get('status')} after "
+                                  f"{settings.active_timeout:.0f} s",
+                                  fix="deploy again to keep waiting, or tear it down (it bills meanwhile)")
+            self._sleep(settings.poll_interval)
+            fresh = api.get_droplet(droplet["id"])
+            if fresh is None:
+                raise TargetError(f"droplet {droplet['id']} disappeared while starting",
+                                  fix="deploy again; check the DigitalOcean console for errors")
+            droplet = fresh
+
+    def _connect(self, record: HostRecord, on_line: LineSink | None = None) -> Host:
+        from mistral_lab.hosts.ssh import SSHHost
+
+        # The pinned key is the one we generated and cloud-init installed: anything else is refused.
+        return SSHHost(record, connect_timeout=15.0, on_line=on_line)
+
+    def _wait_ssh(self, record: HostRecord, settings: DOSettings, say: LineSink) -> Host:
+        """Connect until sshd answers with our host key and takes our key. A different host key stops at once."""
+        from mistral_lab.hosts.ssh import HostKeyError
+
+        deadline = time.monotonic() + settings.ssh_timeout
+        start = time.monotonic()
+        last_error = ""
+        while True:
+            self.stats.ssh_attempts += 1
+            host = self._connect(record, on_line=say)
+            try:
+                host.connect()  # type: ignore[attr-defined]
+                say(f"SSH to {record.user}@{record.address} answered with the pinned host key "
+                    f"after {time.monotonic() - start:.0f} s")
+                return host
+            except HostKeyError:
+                host.close()
+                raise
+            except MistralLabError as e:
+                # Refused connections while sshd starts; refused logins until cloud-init has added our key.
+                host.close()
+                if e.message != last_error:
+                    say(f"waiting for SSH: {e.message}")
+                last_error = e.message
+            if time.monotonic() > deadline:
+                raise TargetError(f"SSH to {record.address}:{record.port} did not answer within "
+                                  f"{settings.ssh_timeout:.0f} s ({last_error})",
+                                  fix="check allow_from is your public address; deploy again to keep waiting")
+            self._sleep(settings.poll_interval)
+
+    def _wait_cloud_init(self, host: Host, settings: DOSettings, say: LineSink) -> None:
+        result = host.run_script(infra_files.read("wait-cloud-init.sh"), timeout=settings.cloud_init_timeout,
+                                 check=False, on_line=say)
+        if not result.ok:
+            raise TargetError(f"cloud-init failed on the droplet (exit {result.returncode})",
+                              fix="read the lines above; tear down and deploy again")
+
+    # ------------------------------------------------------------------ reconnect, destroy
+
+    def reconnect(self, record: HostRecord) -> Host:
+        if not (record.address and record.host_key and record.key_path):
+            raise BadInput("this DigitalOcean deployment has no host to reconnect to", field="host",
+                           fix="deploy it again")
+        return self._connect(record)
+
+    def destroy(self, record: HostRecord, on_line: LineSink | None = None) -> None:
+        """Destroy the droplet(s), the firewall, the tag and the SSH key if we uploaded it. Safe to repeat."""
+        say = on_line or _quiet
+        deployment = record.extra.get("deployment") or res.deployment_of([str(record.resource_ids.get("tag", ""))])
+        if not deployment:
+            raise BadInput("the record does not say which deployment it belongs to", field="host",
+                           fix="run `mistral-lab sweep` to find and destroy what is left")
+        settings = DOSettings.of(self.options, {"api_url": record.extra.get("api_url")})
+        api = self._api(settings)
+        tag = res.deployment_tag(deployment)
+        name = res.resource_name(deployment)
+        for droplet in api.list_droplets(tag_name=tag):
+            hours, price, cost = res.droplet_cost(droplet)
+            if api.destroy_droplet(droplet["id"]):
+                say(f"destroyed droplet {droplet['id']} after {hours:.2f} h (about ${cost:.2f})")
+        for fw in api.list_firewalls():
+            ours = fw.get("name") == name or tag in (fw.get("tags") or [])
+            if ours and api.delete_firewall(fw["id"]):
+                say(f"deleted firewall {fw['id']}")
+        try:
+            keys = droplet_keys(deployment, create=False, key=record.key_path)
+        except BadInput:  # the key file is gone: the fingerprint in the record still names the key
+            keys = None
+        fingerprint = record.resource_ids.get("ssh_key")
+        if fingerprint is None and keys is not None:
+            fingerprint = md5_fingerprint(keys.client_public)
+        if fingerprint:
+            key = api.get_ssh_key(fingerprint)
+            ours = key is not None and (key.get("name") == name or record.resource_ids.get("ssh_key_created"))
+            if ours and api.delete_ssh_key(fingerprint):
+                say(f"deleted SSH key {fingerprint}")
+        api.delete_tag(tag)
+        _forget_keys(deployment)
+
+
+# ---------------------------------------------------------------------------------------------- sweep
+
+
+@dataclass
+class SweepItem:
+    kind: str  # droplet | firewall | ssh_key
+    id: str
+    name: str
+    deployment: str | None
+    region: str | None = None
+    size: str | None = None
+    created_at: str | None = None
+    hours: float = 0.0
+    hourly_usd: float = 0.0
+    cost_usd: float = 0.0
+    destroyed: bool = False
+
+
+def find_leftovers(api: DOApi) -> list[SweepItem]:
+    """Everything of ours: droplets tagged mistral-lab (GPU ones too), our firewalls, our SSH keys."""
+    droplets: dict[int, dict] = {}
+    # A tag listing includes GPU droplets; `type=gpus` is asked as well because the docs do not promise it, and
+    # it cannot be combined with tag_name, so its result is filtered here.
+    for d in api.list_droplets(tag_name=res.OWNER_TAG) + api.list_droplets(gpus=True):
+        if res.is_ours(d.get("tags") or []):
+            droplets[d["id"]] = d
+    items = []
+    for d in droplets.values():
+        hours, price, cost = res.droplet_cost(d)
+        items.append(SweepItem("droplet", str(d["id"]), d["name"], res.deployment_of(d.get("tags") or []),
+                               region=(d.get("region") or {}).get("slug"), size=d.get("size_slug"),
+                               created_at=d.get("created_at"), hours=round(hours, 3), hourly_usd=price,
+                               cost_usd=round(cost, 2)))
+    prefix = res.OWNER_TAG + "-"
+    for fw in api.list_firewalls():
+        tags = fw.get("tags") or []
+        if fw.get("name", "").startswith(prefix) or any(t.startswith(res.OWNER_TAG + ":") for t in tags):
+            items.append(SweepItem("firewall", fw["id"], fw["name"], res.deployment_of(tags) or
+                                   fw["name"].removeprefix(prefix), created_at=fw.get("created_at")))
+    for key in api.list_ssh_keys():
+        if key.get("name", "").startswith(prefix):
+            items.append(SweepItem("ssh_key", key["fingerprint"], key["name"], key["name"].removeprefix(prefix)))
+    return items
+
+
+def sweep(*, api_url: str | None = None, destroy: bool = False, on_line: LineSink | None = None,
+          sleep: Callable[[float], None] = time.sleep) -> list[SweepItem]:
+    """List (and with destroy=True remove) every resource tagged or named mistral-lab."""
+    say = on_line or _quiet
+    api = DOApi(api_url, sleep=sleep)
+    items = find_leftovers(api)
+    if destroy:
+        for item in items:
+            if item.kind == "droplet":
+                item.destroyed = api.destroy_droplet(int(item.id))
+            elif item.kind == "firewall":
+                item.destroyed = api.delete_firewall(item.id)
+            else:
+                item.destroyed = api.delete_ssh_key(item.id)
+            say(f"{'destroyed' if item.destroyed else 'already gone'}: {item.kind} {item.id} ({item.name})")
+        for deployment in {i.deployment for i in items if i.deployment}:
+            api.delete_tag(res.deployment_tag(deployment))
+    return items

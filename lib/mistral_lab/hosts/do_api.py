@@ -1,0 +1,276 @@
+"""A thin, careful layer over pydo: token from the environment, our own retries, real status codes, pagination.
+
+Why not pydo's defaults:
+- its retry policy retries POST (on 500/503/504 and on anything carrying Retry-After), which can create a droplet
+  twice; the client here is built with `retry_total=0` and `_call` retries only what is safe: any request answered
+  429 (the API did not process it) after `retry-after`, and idempotent methods (GET, PUT, DELETE) on 5xx and
+  connection errors. A failed POST is surfaced, and the caller recovers idempotently (looks up by tag first).
+- several pydo calls *return* the 404 error body instead of raising; every call here passes `cls=` to get the
+  real status code back, so a 404 is None and any other non-success is a `DOApiError`.
+- over plain http (a local fake, a test) azure-core's bearer policy refuses to send the token; for a loopback http
+  URL we pass our own policy that sets the header. Plain http to any other host is refused: it would send the token
+  in clear.
+
+The token is read from DIGITALOCEAN_TOKEN or DIGITALOCEAN_ACCESS_TOKEN and nowhere else; it is never printed,
+logged, or put into an exception message.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import parse_qs, urlparse
+
+from mistral_lab.errors import BadInput, TargetError
+
+TOKEN_ENVS = ("DIGITALOCEAN_TOKEN", "DIGITALOCEAN_ACCESS_TOKEN")
+API_URL_ENV = "DIGITALOCEAN_API_URL"
+DEFAULT_API_URL = "https://api.digitalocean.com"
+TOKEN_REFUSED = "the token was refused"
+SAFE_METHODS = frozenset({"GET", "PUT", "DELETE"})
+
+
+class DOApiError(TargetError):
+    """The API answered with an error (or not at all: status None)."""
+
+    def __init__(self, status: int | None, error_id: str | None, message: str, *, operation: str,
+                 fix: str | None = None):
+        self.status = status
+        self.error_id = error_id
+        self.api_message = message
+        self.operation = operation
+        code = f"{status} {error_id}" if status else "no answer"
+        super().__init__(f"DigitalOcean {operation}: {code}: {message}", fix=fix)
+
+
+class TokenRefused(DOApiError):
+    pass
+
+
+def read_token() -> str:
+    for name in TOKEN_ENVS:
+        value = os.environ.get(name, "").strip()
+        if value:
+            return value
+    raise BadInput("no DigitalOcean API token in the environment", field="DIGITALOCEAN_TOKEN",
+                   fix="export DIGITALOCEAN_TOKEN=... (a personal access token with droplet, ssh_key, firewall, tag, "
+                       "size and region scopes); it is read from the environment only")
+
+
+def api_url(override: str | None = None) -> str:
+    url = (override or os.environ.get(API_URL_ENV) or DEFAULT_API_URL).rstrip("/")
+    parsed = urlparse(url)
+    if parsed.scheme not in ("http", "https") or not parsed.hostname:
+        raise BadInput(f"not an http(s) URL: {url!r}", field="api_url",
+                       fix=f"pass a base URL like {DEFAULT_API_URL} (or set {API_URL_ENV})")
+    if parsed.scheme == "http" and not _is_loopback(parsed.hostname):
+        raise BadInput(f"refusing to send the DigitalOcean token over plain http to {parsed.hostname}",
+                       field="api_url", fix="use an https:// URL; plain http is allowed only for 127.0.0.1/localhost")
+    return url
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _bearer_policy(token: str) -> Any:
+    from azure.core.pipeline.policies import SansIOHTTPPolicy
+
+    class StaticBearer(SansIOHTTPPolicy):
+        """Sets the bearer header without azure-core's https check; used only for loopback http URLs."""
+
+        def on_request(self, request: Any) -> None:
+            request.http_request.headers["Authorization"] = f"Bearer {token}"
+
+    return StaticBearer()
+
+
+def _capture(pipeline_response: Any, body: Any, headers: Any) -> tuple[int, Any, dict[str, Any]]:
+    return pipeline_response.http_response.status_code, body, dict(headers or {})
+
+
+def _error_fields(response: Any) -> tuple[str | None, str]:
+    try:
+        body = response.json()
+    except Exception:
+        return None, (getattr(response, "text", lambda: "")() or "")[:200]
+    if isinstance(body, dict):
+        return body.get("id"), str(body.get("message") or body.get("error") or body)[:500]
+    return None, str(body)[:200]
+
+
+@dataclass
+class CallStats:
+    requests: int = 0
+    retries: int = 0
+    waited_s: float = 0.0
+    ratelimit_remaining: int | None = None
+
+
+class DOApi:
+    """DigitalOcean API v2 through pydo, with the rules above. Methods return plain dicts (DO's JSON)."""
+
+    def __init__(self, url: str | None = None, *, max_attempts: int = 6, max_wait_s: float = 120.0,
+                 sleep: Callable[[float], None] = time.sleep):
+        import pydo
+
+        self.url = api_url(url)
+        token = read_token()
+        kwargs: dict[str, Any] = {"endpoint": self.url, "retry_total": 0, "connection_timeout": 15,
+                                  "read_timeout": 120}
+        if self.url.startswith("http://"):
+            kwargs["authentication_policy"] = _bearer_policy(token)
+        self._client = pydo.Client(token, **kwargs)
+        self.max_attempts = max_attempts
+        self.max_wait_s = max_wait_s
+        self._sleep = sleep
+        self.stats = CallStats()
+
+    # ------------------------------------------------------------------ the one place that talks HTTP
+
+    def _call(self, operation: str, method: str, fn: Callable[..., Any], *args: Any,
+              ok: tuple[int, ...] = (200,), **kwargs: Any) -> tuple[int, Any]:
+        """Call `fn`, retrying what is safe; returns (status, body). 404 is returned, other errors raise."""
+        from azure.core.exceptions import HttpResponseError, ServiceRequestError, ServiceResponseError
+
+        attempt = 0
+        while True:
+            attempt += 1
+            self.stats.requests += 1
+            try:
+                status, body, headers = fn(*args, cls=_capture, **kwargs)
+            except HttpResponseError as e:
+                status = e.status_code
+                error_id, message = _error_fields(e.response) if e.response is not None else (None, str(e.reason))
+                if status == 401:
+                    raise TokenRefused(401, error_id, f"{TOKEN_REFUSED} ({message})", operation=operation,
+                                       fix="check DIGITALOCEAN_TOKEN: it may be mistyped, revoked or expired") from None
+                if status == 429 and attempt < self.max_attempts:
+                    self._wait(self._retry_after(e.response, attempt))
+                    continue
+                if status is not None and status >= 500 and method in SAFE_METHODS and attempt < self.max_attempts:
+                    self._wait(self._backoff(attempt))
+                    continue
+                raise DOApiError(status, error_id, message, operation=operation) from None
+            except (ServiceRequestError, ServiceResponseError) as e:
+                # ServiceRequestError: never sent, safe to repeat for any method. ServiceResponseError: sent, answer
+                # lost: the request may have been carried out, so only idempotent methods are repeated.
+                may_retry = isinstance(e, ServiceRequestError) or method in SAFE_METHODS
+                if may_retry and attempt < self.max_attempts:
+                    self._wait(self._backoff(attempt))
+                    continue
+                raise DOApiError(None, None, f"{type(e).__name__}: {e.message}", operation=operation) from None
+            remaining = headers.get("ratelimit-remaining")
+            if isinstance(remaining, int):
+                self.stats.ratelimit_remaining = remaining
+            if status in ok or status == 404:
+                return status, body
+            error_id, message = (body.get("id"), body.get("message")) if isinstance(body, dict) else (None, str(body))
+            raise DOApiError(status, error_id, str(message), operation=operation)
+
+    def _retry_after(self, response: Any, attempt: int) -> float:
+        value = response.headers.get("retry-after") if response is not None else None
+        try:
+            return min(max(float(value), 0.0), self.max_wait_s)
+        except (TypeError, ValueError):
+            return self._backoff(attempt)
+
+    def _backoff(self, attempt: int) -> float:
+        return min(0.5 * 2 ** (attempt - 1) + random.uniform(0, 0.25), self.max_wait_s)
+
+    def _wait(self, seconds: float) -> None:
+        self.stats.retries += 1
+        self.stats.waited_s += seconds
+        self._sleep(seconds)
+
+    def _all(self, operation: str, fn: Callable[..., Any], key: str, **params: Any) -> list[dict[str, Any]]:
+        """Every page of a list call (per_page=200, following links.pages.next)."""
+        items: list[dict[str, Any]] = []
+        page = 1
+        while True:
+            _, body = self._call(operation, "GET", fn, per_page=200, page=page, **params)
+            items.extend(body.get(key) or [])
+            nxt = ((body.get("links") or {}).get("pages") or {}).get("next")
+            if not nxt:
+                return items
+            page = int(parse_qs(urlparse(nxt).query).get("page", [page + 1])[0])
+
+    # ------------------------------------------------------------------ account, catalog
+
+    def account(self) -> dict[str, Any]:
+        return self._call("get account", "GET", self._client.account.get)[1]["account"]
+
+    def sizes(self) -> list[dict[str, Any]]:
+        return self._all("list sizes", self._client.sizes.list, "sizes")
+
+    # ------------------------------------------------------------------ droplets
+
+    def list_droplets(self, *, tag_name: str | None = None, gpus: bool = False) -> list[dict[str, Any]]:
+        params: dict[str, Any] = {"tag_name": tag_name} if tag_name else {}
+        if gpus:
+            params["type"] = "gpus"
+        return self._all("list droplets", self._client.droplets.list, "droplets", **params)
+
+    def get_droplet(self, droplet_id: int) -> dict[str, Any] | None:
+        status, body = self._call("get droplet", "GET", self._client.droplets.get, droplet_id)
+        return None if status == 404 else body["droplet"]
+
+    def create_droplet(self, body: dict[str, Any]) -> dict[str, Any]:
+        return self._call("create droplet", "POST", self._client.droplets.create, body=body, ok=(202,))[1]["droplet"]
+
+    def destroy_droplet(self, droplet_id: int) -> bool:
+        """True if destroyed now, False if it was already gone."""
+        status, _ = self._call("destroy droplet", "DELETE", self._client.droplets.destroy, droplet_id, ok=(204,))
+        return status != 404
+
+    # ------------------------------------------------------------------ ssh keys
+
+    def get_ssh_key(self, ident: str | int) -> dict[str, Any] | None:
+        status, body = self._call("get ssh key", "GET", self._client.ssh_keys.get, ident)
+        return None if status == 404 else body["ssh_key"]
+
+    def list_ssh_keys(self) -> list[dict[str, Any]]:
+        return self._all("list ssh keys", self._client.ssh_keys.list, "ssh_keys")
+
+    def create_ssh_key(self, name: str, public_key: str) -> dict[str, Any]:
+        body = {"name": name, "public_key": public_key}
+        return self._call("create ssh key", "POST", self._client.ssh_keys.create, body=body, ok=(201,))[1]["ssh_key"]
+
+    def delete_ssh_key(self, ident: str | int) -> bool:
+        status, _ = self._call("delete ssh key", "DELETE", self._client.ssh_keys.delete, ident, ok=(204,))
+        return status != 404
+
+    # ------------------------------------------------------------------ firewalls, tags
+
+    def list_firewalls(self) -> list[dict[str, Any]]:
+        return self._all("list firewalls", self._client.firewalls.list, "firewalls")
+
+    def create_firewall(self, body: dict[str, Any]) -> dict[str, Any]:
+        return self._call("create firewall", "POST", self._client.firewalls.create, body=body, ok=(202,))[1]["firewall"]
+
+    def update_firewall(self, firewall_id: str, body: dict[str, Any]) -> dict[str, Any]:
+        status, out = self._call("update firewall", "PUT", self._client.firewalls.update, firewall_id, body=body)
+        if status == 404:
+            raise DOApiError(404, "not_found", f"firewall {firewall_id} is gone", operation="update firewall")
+        return out["firewall"]
+
+    def delete_firewall(self, firewall_id: str) -> bool:
+        status, _ = self._call("delete firewall", "DELETE", self._client.firewalls.delete, firewall_id, ok=(204,))
+        return status != 404
+
+    def create_tag(self, name: str) -> None:
+        self._call("create tag", "POST", self._client.tags.create, body={"name": name}, ok=(201,))
+
+    def delete_tag(self, name: str) -> bool:
+        status, _ = self._call("delete tag", "DELETE", self._client.tags.delete, name, ok=(204,))
+        return status != 404
