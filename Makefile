@@ -16,7 +16,7 @@ lint: setup
 	shellcheck $(wildcard lib/mistral_lab/infra/*.sh) scripts/*.sh
 
 test: lint
-	$(VENV)/pytest -n $(PYTEST_WORKERS) --nbval-lax --nbval-current-env -p no:cacheprovider tests notebooks
+	$(VENV)/pytest -n $(PYTEST_WORKERS) --dist loadfile --nbval-lax --nbval-current-env -p no:cacheprovider tests notebooks
 
 clean:
 	rm -rf .venv runs .pytest_cache .ruff_cache

@@ -2,12 +2,40 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 import sshd as _sshd
+from llamacpp_fixtures import llama_server, llamacpp_bin, tiny_gguf  # noqa: F401  (shared fixtures)
+
+# ---------------------------------------------------------------------------------------------- client state
+# Every test process (each xdist worker, and the notebooks' kernels it starts) gets its own deployment records,
+# so tests never see a developer's deployments nor each other's; whatever a test left up is torn down at the end.
+_STATE_HOME: str | None = None
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    global _STATE_HOME
+    _STATE_HOME = tempfile.mkdtemp(prefix="mistral-lab-test-home-")
+    os.environ["MISTRAL_LAB_HOME"] = _STATE_HOME
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    if not _STATE_HOME:
+        return
+    from mistral_lab import deploy, state
+
+    for name in state.names():
+        try:
+            deploy.teardown(name, say=lambda _line: None)
+        except Exception as e:  # noqa: BLE001  (cleanup must go on to the next one)
+            print(f"conftest: could not tear down {name}: {e}")
+    shutil.rmtree(_STATE_HOME, ignore_errors=True)
 
 # ---------------------------------------------------------------------------------------------- real sshd (hosts)
 # Session scope is per xdist worker: each worker gets its own server, port and directory.

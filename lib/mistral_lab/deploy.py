@@ -7,6 +7,7 @@ that is already up and healthy reuses it.
 
 from __future__ import annotations
 
+import re
 import shlex
 import time
 from collections.abc import Callable, Iterator
@@ -17,17 +18,19 @@ from typing import Any
 
 import httpx
 
-from mistral_lab import hardware, state
+from mistral_lab import hardware, infra_files, state
 from mistral_lab.catalog import get_model
 from mistral_lab.engines import get_engine, service
 from mistral_lab.engines.base import Layout
-from mistral_lab.errors import BadInput, MistralLabError
+from mistral_lab.errors import BadInput, EngineError, MistralLabError
 from mistral_lab.hosts import get_target
 from mistral_lab.hosts.base import Host, LineSink, ProvisionRequest, Tunnel
 from mistral_lab.plan import Plan, PlanRequest, require_fit, resolve
 from mistral_lab.planning import make_plan
 
 Printer = Callable[[str], None]
+PORT_ATTEMPTS = 3
+_PORT_TAKEN = re.compile(r"couldn't bind|address already in use|EADDRINUSE", re.IGNORECASE)
 
 
 def _default_printer(text: str) -> None:
@@ -79,6 +82,30 @@ def _service_spec(dep: state.Deployment, argv: list[str], key_var: str, env: dic
     )
 
 
+def _wants_systemd(systemd: bool, options: dict[str, Any]) -> bool:
+    return systemd and options.get("service", "auto") != "process"
+
+
+def _service_stub(dep: state.Deployment, root: str, systemd: bool, options: dict[str, Any]) -> service.ServiceSpec:
+    """Enough of a spec to stop what an earlier attempt of this deployment may have left running."""
+    return service.ServiceSpec(name=dep.name, model=dep.plan.model, engine=dep.plan.engine, root=root, argv=[],
+                               port=dep.plan.port, key_var="",
+                               mode="systemd" if _wants_systemd(systemd, options) else "process")
+
+
+def _extra_args(value: str | list[str] | None) -> list[str]:
+    """Flags the user adds to the serve command (e.g. "--flash-attn on"); they never carry secrets."""
+    if not value:
+        return []
+    return shlex.split(value) if isinstance(value, str) else [str(v) for v in value]
+
+
+def _free_port(host: Host, start: int) -> int:
+    out = host.run_script(infra_files.with_env(infra_files.read("free-port.sh"), {"START": str(start)}),
+                          retry_safe=True).stdout
+    return int(out.strip().splitlines()[-1])
+
+
 def _spec_from_record(dep: state.Deployment) -> service.ServiceSpec:
     assert dep.service is not None
     return service.ServiceSpec(name=dep.name, model=dep.plan.model, engine=dep.plan.engine, root=dep.service.root,
@@ -127,7 +154,7 @@ def deploy(
         dep.error = None
     else:
         dep = state.Deployment(name=name, status="provisioning", plan=plan,
-                               host=state.HostRecord(target=plan.target))
+                               host=state.HostRecord(target=plan.target, extra={"deployment": name}))
         state.save(dep)
 
     steps = Steps(dep, say)
@@ -142,7 +169,7 @@ def deploy(
                                  options=options),
                 on_line=steps.lines(),
             )
-            dep.host = host.record
+            dep.host = host.record.model_copy(update={"extra": {**host.record.extra, "deployment": name}})
 
         with steps.step("facts"):
             facts = host.facts()
@@ -155,7 +182,7 @@ def deploy(
             say(f"  {facts.hostname}: {facts.os}, {facts.cpus} CPUs, {facts.ram_mib // 1024} GiB RAM, "
                 + (", ".join(f"{g.name} {g.memory_mib // 1024} GiB" for g in facts.gpus) or "no GPU"))
 
-        engine = get_engine(plan.engine)
+        engine = get_engine(plan.engine, options)
         model = get_model(plan.model)
         layout = _layout(host, name, options)
         with steps.step(f"install {plan.engine}", "installing") as info:
@@ -170,23 +197,41 @@ def deploy(
         with steps.step("model") as info:
             files = engine.fetch_model(host, plan, model, layout, secret_env, steps.lines())
             info["skipped"] = files.skipped
+            dep.extra["model_ref"] = files.ref
+            dep.extra["tools"] = dict(installed.tools)
 
         with steps.step("start server", "starting") as info:
             key_file = "api_key"
             api_key = state.read_secret(name, key_file) if (dep.folder / key_file).is_file() else state.new_api_key()
             state.write_secret(name, key_file, api_key)
-            argv = engine.argv(plan, model, installed, files)
-            spec = _service_spec(dep, argv, engine.key_var, {**installed.env, **secret_env}, api_key, layout.root,
-                                 facts.systemd and options.get("service", "auto") != "process", dep.host.user)
-            service.stop(host, spec)  # a half-started earlier attempt must not hold the port
-            service.install(host, spec)
-            dep.service = state.Service(kind=spec.mode, unit=spec.unit if spec.mode == "systemd" else None,
-                                        pid_file=f"{layout.root}/serve.pid" if spec.mode == "process" else None,
-                                        log_file=spec.log_file, root=layout.root)
-            dep.extra["serve_command"] = shlex.join(argv)
-            state.save(dep)
-            ready_s = service.start(host, spec, timeout=start_timeout, on_line=steps.lines())
-            info["ready_s"] = ready_s
+            service.stop(host, _service_stub(dep, layout.root, facts.systemd, options))
+            # The free port is checked, then bound a moment later: something else may take it in between
+            # (another deployment starting at the same time). A bind failure moves on to the next port.
+            port = plan.port
+            for attempt in range(PORT_ATTEMPTS):
+                port = _free_port(host, port)
+                if port != plan.port:
+                    say(f"  port {plan.port} is taken on the host; serving on {port}")
+                argv = engine.argv(plan.model_copy(update={"port": port}), model, installed, files)
+                argv += _extra_args(options.get("extra_args"))
+                plan = plan.model_copy(update={"port": port, "serve_argv": argv, "serve_command": shlex.join(argv)})
+                dep.plan = plan
+                spec = _service_spec(dep, argv, engine.key_var, {**installed.env, **secret_env}, api_key,
+                                     layout.root, _wants_systemd(facts.systemd, options), dep.host.user)
+                service.install(host, spec)
+                dep.service = state.Service(kind=spec.mode, unit=spec.unit if spec.mode == "systemd" else None,
+                                            pid_file=f"{layout.root}/serve.pid" if spec.mode == "process" else None,
+                                            log_file=spec.log_file, root=layout.root)
+                dep.extra["serve_command"] = shlex.join(argv)
+                state.save(dep)
+                try:
+                    info["ready_s"] = service.start(host, spec, timeout=start_timeout, on_line=steps.lines())
+                    break
+                except EngineError as e:
+                    if attempt + 1 == PORT_ATTEMPTS or not _PORT_TAKEN.search(str(e)):
+                        raise
+                    say(f"  port {port} was taken while the server started; trying the next one")
+                    port += 1
             dep.endpoint = state.Endpoint(remote_port=plan.port, served_model=plan.model, api_key_file=key_file)
 
         dep.status = "up"
@@ -213,6 +258,38 @@ def deploy(
     finally:
         if host is not None:
             host.close()
+
+
+DEMO_NAME = "tiny-local"
+
+
+def the_only(*, up: bool = False) -> str | None:
+    """The name of the one deployment there is (that is up, with `up`); None when there is none."""
+    found = [n for n in state.names() if not up or state.load(n).status == "up"]
+    if len(found) > 1:
+        raise BadInput(f"{len(found)} deployments {'are up' if up else 'exist'}: {', '.join(found)}",
+                       field="deployment", fix="say which one: -p deployment NAME (papermill) or --name NAME")
+    return found[0] if found else None
+
+
+def ensure(name: str | None = None, *, model: str = "tiny-random", target: str = "local", engine: str = "auto",
+           options: dict[str, Any] | None = None, say: Printer = _default_printer) -> state.Deployment:
+    """The deployment a notebook should talk to, deployed first when it is missing or not serving.
+
+    With a name: that deployment (re-deployed from its record when it stopped serving). Without one: the only
+    deployment that is up; if none is, the generated tiny model on this machine as `tiny-local`, which takes
+    seconds once the llama.cpp build is cached. Several up and no name is an error that lists them.
+    """
+    name = name or the_only(up=True) or DEMO_NAME
+    if state.exists(name):
+        dep = state.load(name)
+        if _healthy(dep):
+            return dep
+        model, target, engine = dep.plan.model, dep.plan.target, dep.plan.engine
+    elif name != DEMO_NAME:
+        state.load(name)  # raises "unknown deployment" with the close names
+    say(f"… deploying {model} on {target} as {name!r}")
+    return deploy(PlanRequest(model=model, target=target, engine=engine, name=name), options=options, say=say)
 
 
 @dataclass
@@ -351,5 +428,5 @@ def teardown(name: str, *, say: Printer = _default_printer) -> TeardownReport:
     return report
 
 
-__all__ = ["Connection", "TeardownReport", "connect", "deploy", "logs", "status", "teardown"]
+__all__ = ["Connection", "TeardownReport", "connect", "deploy", "ensure", "the_only", "logs", "status", "teardown"]
 

@@ -19,7 +19,10 @@ from mistral_lab.plan import PlanRequest
 TARGET_OPTIONS = {
     "host", "ssh_port", "user", "key", "known_hosts", "host_key", "trust_on_first_use",  # ssh (user, key: DO too)
     "api_url", "allow_from", "image",  # digitalocean
-    "host_root", "host_cache", "service", "llamacpp_source", "vllm_mode",  # all targets
+    "host_root", "host_cache", "service", "extra_args",  # all targets
+    "llamacpp_source", "llamacpp_version", "llamacpp_tarball", "llamacpp_backend", "llamacpp_arch",  # llama.cpp
+    "model_source", "hf_endpoint", "pypi_url",  # llama.cpp
+    "vllm_mode",  # vLLM
 }
 # Notebook-only knobs that are neither plan fields nor host options.
 NOTEBOOK_ONLY = {"dry_run", "deployment", "base_url", "workload", "sweep", "duration", "prompt", "reasoning_effort",

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from importlib import import_module
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from mistral_lab.errors import BadInput
 
@@ -16,8 +16,8 @@ _ENGINES: dict[str, str] = {
 }
 
 
-def get_engine(name: str) -> Engine:
+def get_engine(name: str, options: dict[str, Any] | None = None) -> Engine:
     if name not in _ENGINES:
         raise BadInput(f"unknown engine {name!r}", field="engine", fix=f"one of: {', '.join(_ENGINES)}")
     module, _, cls = _ENGINES[name].partition(":")
-    return getattr(import_module(module), cls)()
+    return getattr(import_module(module), cls)(options or {})

@@ -1,0 +1,189 @@
+"""The whole flow on each target with the real llama.cpp build and the generated tiny model: deploy, query
+through the tunnel, status/logs, deploy again (reused), teardown (nothing left).
+
+local: this machine; ssh: a real sshd on 127.0.0.1 with a pinned host key; digitalocean: the fake DO API whose
+droplet is a real sshd on 127.0.0.N logging in a separate user (so the host side runs as that user, in its home).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import stat
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+import fakedo
+import sshd
+from fakedo.sshd_backend import SshdBackend, droplet_user
+from llamacpp_fixtures import CACHE, LLAMACPP_KEY
+from mistral_lab import deploy, state
+from mistral_lab.cli import main
+from mistral_lab.engines import llamacpp_build as lb
+from mistral_lab.errors import BadInput, EngineError
+from mistral_lab.plan import PlanRequest
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(3600)]
+needs_sshd = pytest.mark.skipif(sshd.available() is not None, reason=str(sshd.available()))
+
+
+@pytest.fixture
+def home(tmp_path, monkeypatch, llamacpp_bin) -> Path:
+    """Own deployment records per test; `llamacpp_bin` makes sure the build is cached before any deploy."""
+    monkeypatch.setenv("MISTRAL_LAB_HOME", str(tmp_path / "home"))
+    return tmp_path / "home"
+
+
+def _answers(base_url: str, api_key: str) -> httpx.Response:
+    return httpx.post(f"{base_url}/chat/completions", headers={"Authorization": f"Bearer {api_key}"},
+                      json={"model": "tiny-random", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4},
+                      timeout=60)
+
+
+def _port_closed(port: int) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) != 0
+
+
+def _check_up_then_teardown(name: str, lines: list[str]) -> deploy.TeardownReport:
+    dep = state.load(name)
+    assert dep.status == "up" and dep.endpoint is not None
+    steps = [t.step for t in dep.timings]
+    assert steps[:2] == ["provision", "facts"] and "install llamacpp" in steps and steps[-1] == "start server"
+    assert dep.versions["llama.cpp"] == "0c1e57098"
+    assert dep.plan.serve_command.startswith(str(Path(dep.extra["tools"]["llama-bench"]).parent))
+    assert "--api-key" not in dep.plan.serve_command and dep.api_key() not in json.dumps(dep.model_dump())
+    with deploy.connect(name) as conn:
+        r = _answers(conn.base_url, conn.api_key)
+        assert r.status_code == 200, r.text
+        assert r.json()["usage"]["completion_tokens"] >= 1
+        assert _answers(conn.base_url, "wrong-key").status_code == 401
+    assert "llama" in deploy.logs(name).lower()
+    remote_port = dep.endpoint.remote_port
+    report = deploy.teardown(name, say=lines.append)
+    assert report.stopped and report.leftovers == []
+    assert not state.exists(name)
+    assert _port_closed(remote_port)
+    return report
+
+
+def test_local_deploy_query_reuse_teardown(home, capsys):
+    lines: list[str] = []
+    t0 = time.monotonic()
+    dep = deploy.deploy(PlanRequest(model="tiny-random", target="local", name="loc"), say=lines.append)
+    first_s = time.monotonic() - t0
+    assert dep.plan.engine == "llamacpp" and dep.host.extra["deployment"] == "loc"
+    assert any("✔ start server" in line for line in lines)
+    # A secret file is readable only by its owner.
+    assert stat.S_IMODE((state.deployment_dir("loc") / "api_key").stat().st_mode) == 0o600
+
+    # Deploying the same name again reuses what is up: no step runs.
+    again: list[str] = []
+    t0 = time.monotonic()
+    dep2 = deploy.deploy(PlanRequest(model="tiny-random", target="local", name="loc"), say=again.append)
+    assert dep2.timings == dep.timings and any("already up" in line for line in again)
+    print(f"first deploy {first_s:.1f}s, redeploy {time.monotonic() - t0:.2f}s")
+    capsys.readouterr()
+
+    # The CLI's status --json carries the endpoint's base_url; a different model under the same name is refused.
+    main(["status", "loc", "--json"])
+    info = json.loads(capsys.readouterr().out)
+    assert info["healthy"] is True and info["endpoint"]["base_url"].startswith("http://127.0.0.1:")
+    with pytest.raises(BadInput, match="already runs tiny-random"):
+        deploy.deploy(PlanRequest(model="ministral-3b", target="local", name="loc", engine="llamacpp"))
+
+    _check_up_then_teardown("loc", lines)
+
+
+def test_two_local_deployments_get_different_ports(home):
+    a = deploy.deploy(PlanRequest(model="tiny-random", target="local", name="one"), say=lambda _: None)
+    b = deploy.deploy(PlanRequest(model="tiny-random", target="local", name="two"), say=lambda _: None)
+    try:
+        assert a.endpoint.remote_port != b.endpoint.remote_port
+        with pytest.raises(BadInput, match="2 deployments are up"):
+            deploy.ensure()
+        assert deploy.ensure("two").name == "two"
+        with pytest.raises(BadInput, match="did you mean two"):
+            deploy.ensure("tow")
+    finally:
+        deploy.teardown("one", say=lambda _: None)
+        deploy.teardown("two", say=lambda _: None)
+
+
+def test_a_server_that_dies_at_start_shows_its_log_and_leaves_a_record(home):
+    # A flag llama-server does not know makes it exit at start: a real start failure, seen through its log.
+    lines: list[str] = []
+    with pytest.raises(EngineError) as e:
+        deploy.deploy(PlanRequest(model="tiny-random", target="local", name="bad"),
+                      options={"extra_args": "--no-such-flag"}, say=lines.append, start_timeout=60)
+    assert "exited during start" in str(e.value) and "--no-such-flag" in str(e.value)
+    dep = state.load("bad")
+    assert dep.status == "failed" and dep.error
+    deploy.teardown("bad", say=lines.append)
+    assert not state.exists("bad")
+
+
+def test_ensure_deploys_the_demo_when_nothing_is_up(home):
+    dep = deploy.ensure(say=lambda _: None)
+    assert dep.name == deploy.DEMO_NAME and dep.status == "up"
+    assert deploy.ensure(say=lambda _: None).timings == dep.timings  # reused
+    deploy.teardown(dep.name, say=lambda _: None)
+
+
+@needs_sshd
+def test_ssh_deploy_through_a_tunnel(home, sshd):
+    lines: list[str] = []
+    options = {"host": sshd.address, "ssh_port": sshd.port, "user": sshd.user, "key": str(sshd.client_key_path),
+               "host_key": sshd.host_key_pub}
+    dep = deploy.deploy(PlanRequest(model="tiny-random", target="ssh", name="viassh"), options=options,
+                        say=lines.append)
+    assert dep.host.address == sshd.address and dep.host.host_key == sshd.host_key_pub
+    with deploy.connect("viassh") as conn:
+        # The client talks to a forwarded local port, not the server's own.
+        assert conn.tunnel.local_port != dep.endpoint.remote_port
+    _check_up_then_teardown("viassh", lines)
+
+
+@pytest.fixture
+def shared_build_cache() -> Iterator[str]:
+    """A copy of the cached llama.cpp build where the droplet's own user can read and write it, so the fake droplet
+    finds the build like a second deploy on a real droplet does, instead of compiling for 8 minutes."""
+    root = tempfile.mkdtemp(prefix="ml-droplet-cache-")
+    os.chmod(root, 0o777)
+    src = Path(lb.key_dir(LLAMACPP_KEY, str(CACHE)))
+    dst = Path(lb.key_dir(LLAMACPP_KEY, root))
+    dst.mkdir(parents=True)
+    shutil.copytree(src / "bin", dst / "bin")
+    shutil.copy(src / "build.json", dst / "build.json")
+    for p in [Path(root), *Path(root).rglob("*")]:
+        p.chmod(0o777 if p.is_dir() or os.access(p, os.X_OK) else 0o666)
+    yield root
+    shutil.rmtree(root, ignore_errors=True)
+
+
+@needs_sshd
+def test_digitalocean_deploy_on_the_fake_api(home, tmp_path, monkeypatch, shared_build_cache, capfd):
+    token = "dop_v1_" + os.urandom(32).hex()
+    monkeypatch.setenv("DIGITALOCEAN_TOKEN", token)
+    with fakedo.serve(token, backend=SshdBackend(tmp_path / "machines"), polls_to_active=2) as fake:
+        monkeypatch.setenv("DIGITALOCEAN_API_URL", fake.url)
+        options = {"allow_from": "192.0.2.10/32", "ssh_port": fake.ssh_port, "ssh_user": droplet_user(),
+                   "poll_interval": 0.1, "host_cache": shared_build_cache}
+        lines: list[str] = []
+        dep = deploy.deploy(PlanRequest(model="tiny-random", target="digitalocean", name="dotest", engine="llamacpp",
+                                        gpu="gpu-l40sx1-48gb"),
+                            options=options, say=lines.append)
+        assert any("/hour until torn down" in line for line in lines)
+        assert dep.host.user == droplet_user() and dep.host.resource_ids.get("droplet")
+        assert fake.leftovers()["droplets"]
+        report = _check_up_then_teardown("dotest", lines)
+        assert report.destroyed and fake.leftovers() == {"droplets": [], "firewalls": [], "ssh_keys": []}
+    out, err = capfd.readouterr()
+    assert token not in out + err + "\n".join(lines)
