@@ -39,3 +39,18 @@ if [ ! -f "$stamp" ]; then
   touch "$stamp"
 fi
 say "environment ready: $(.venv/bin/python --version), mistral-lab $(.venv/bin/python -c 'import mistral_lab; print(mistral_lab.__version__)')"
+
+# llama.cpp from the pinned llama-cpp-python sdist (PyPI is reachable where GitHub may not be): minutes the first
+# time, then cached under ~/.cache/mistral-lab/llama.cpp/<version>-cpu-native, so demos and tests start at once.
+if [ "${SKIP_LLAMACPP_BUILD:-0}" != 1 ]; then
+  say "llama.cpp build (cached after the first time)"
+  .venv/bin/python - <<'PY'
+import os, subprocess, sys
+from importlib import resources
+from mistral_lab.engines import llamacpp_build as lb
+key = lb.BuildKey(source="pypi", version=lb.DEFAULT_VERSION, backend="cpu", arch="native")
+script = resources.files("mistral_lab").joinpath("infra", lb.SCRIPT)
+r = subprocess.run(["bash", str(script)], env={**os.environ, **lb.build_env(key)})
+sys.exit(r.returncode)
+PY
+fi
