@@ -42,7 +42,7 @@ def test_does_not_fit_exits_2_with_needed_and_available():
     r = run("plan", "ministral-3b", "--target", "digitalocean", "--gpu", "rtx4000ada", "--context", "262144",
             "--concurrency", "4")
     assert r.returncode == 2
-    assert "needs" in r.stderr and "GB usable" in r.stderr and "smallest size that fits" in r.stderr
+    assert "needs" in r.stderr and "GB usable" in r.stderr and "cheapest size that fits" in r.stderr
 
 
 def test_bad_option_value_exits_2_naming_the_field():

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import stat
 import tempfile
 import time
@@ -47,9 +46,12 @@ def _answers(base_url: str, api_key: str) -> httpx.Response:
                       timeout=60)
 
 
-def _port_closed(port: int) -> bool:
-    with socket.socket() as s:
-        return s.connect_ex(("127.0.0.1", port)) != 0
+def _gone(port: int, api_key: str) -> bool:
+    """Nothing answers with the deployment's key there any more (the port may already serve someone else)."""
+    try:
+        return _answers(f"http://127.0.0.1:{port}/v1", api_key).status_code != 200
+    except httpx.HTTPError:
+        return True
 
 
 def _check_up_then_teardown(name: str, lines: list[str]) -> deploy.TeardownReport:
@@ -66,11 +68,11 @@ def _check_up_then_teardown(name: str, lines: list[str]) -> deploy.TeardownRepor
         assert r.json()["usage"]["completion_tokens"] >= 1
         assert _answers(conn.base_url, "wrong-key").status_code == 401
     assert "llama" in deploy.logs(name).lower()
-    remote_port = dep.endpoint.remote_port
+    remote_port, api_key = dep.endpoint.remote_port, dep.api_key()
     report = deploy.teardown(name, say=lines.append)
     assert report.stopped and report.leftovers == []
     assert not state.exists(name)
-    assert _port_closed(remote_port)
+    assert _gone(remote_port, api_key)
     return report
 
 

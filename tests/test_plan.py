@@ -94,7 +94,7 @@ def test_does_not_fit_says_needed_available_and_what_would_fit():
         require_fit(plan)
     msg = str(e.value)
     assert f"{plan.memory['total_gb']:.1f} GB" in msg and f"{plan.memory['available_gb']:.1f} GB usable" in msg
-    assert "smallest size that fits is gpu-" in msg and e.value.exit_code == 2
+    assert "cheapest size that fits is gpu-" in msg and e.value.exit_code == 2
 
 
 def test_wrong_engine_and_precision_are_named():

@@ -264,7 +264,11 @@ def require_fit(plan: Plan, *, sizes: list[hardware.Size] | None = None) -> Plan
         model, weights, sizes or list(hardware.DO_SIZES.values()), engine=plan.engine, context=plan.context,
         concurrency=plan.concurrency, quant=plan.quant, kv_dtype=plan.kv_cache_dtype, vision=plan.vision,
     )
-    hint = f"the smallest size that fits is {found[0].slug} ({found[0].label})" if found else "no single size fits"
+    if found:
+        price = f", ${found[0].hourly_usd:.2f}/hour" if found[0].hourly_usd else ""
+        hint = f"the cheapest size that fits is {found[0].slug} ({found[0].label}{price})"
+    else:
+        hint = "no single size fits"
     if plan.max_context_that_fits >= MIN_CONTEXT:
         hint += f"; on {plan.gpu} the largest context that fits is {plan.max_context_that_fits}"
     raise DoesNotFit(
