@@ -1,0 +1,330 @@
+"""ipywidgets front ends for JupyterLab: a deploy panel whose plan follows the pickers, and a streaming chat.
+
+Panels appear only when a person runs the notebook in Jupyter (the kernel was started by a Jupyter server);
+papermill and nbval runs stay headless and unchanged. Every panel calls the same library functions the
+notebooks and the CLI call; what is shown is rendered by small pure functions (`plan_html`, `memory_bar_html`)
+that tests check without a browser.
+"""
+
+from __future__ import annotations
+
+import html
+import os
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from mistral_lab import hardware
+from mistral_lab.catalog import get_model, model_ids
+from mistral_lab.errors import MistralLabError
+from mistral_lab.plan import Plan, PlanRequest
+
+ENGINES = ["auto", "vllm", "llamacpp"]
+TARGETS = ["local", "ssh", "digitalocean"]
+_COLORS = {"weights": "#4a6fa5", "kv_cache": "#e39a3b", "overhead": "#9aa5b1"}
+
+
+def interactive() -> bool:
+    """True in a kernel a Jupyter server started (JupyterLab, Notebook); False under papermill and nbval.
+
+    jupyter_server names the session in the kernel's environment; nbclient-based runners do not. MISTRAL_LAB_WIDGETS
+    forces the answer either way (1/0).
+    """
+    forced = os.environ.get("MISTRAL_LAB_WIDGETS")
+    if forced is not None:
+        return forced not in ("0", "", "false", "no")
+    return bool(os.environ.get("JPY_SESSION_NAME"))
+
+
+# ---------------------------------------------------------------------------------------------- pure rendering
+
+
+def memory_bar_html(plan: Plan, width_px: int = 420) -> str:
+    """Weights / KV cache / overhead against the usable memory, as a stacked bar with a legend."""
+    m = plan.memory
+    scale = max(m["available_gb"], m["total_gb"]) or 1.0
+    parts = []
+    for key, label in (("weights", "weights"), ("kv_cache", "KV cache"), ("overhead", "overhead")):
+        gb = m[f"{key}_gb"]
+        w = max(int(width_px * gb / scale), 1 if gb > 0 else 0)
+        parts.append(f'<div title="{label} {gb:.1f} GB" style="width:{w}px;background:{_COLORS[key]}"></div>')
+    avail_px = int(width_px * m["available_gb"] / scale)
+    legend = " · ".join(f'<span style="color:{_COLORS[k]}">■</span> {lbl} {m[f"{k}_gb"]:.1f} GB'
+                        for k, lbl in (("weights", "weights"), ("kv_cache", "KV cache"), ("overhead", "overhead")))
+    return (
+        f'<div class="ml-membar" style="position:relative;width:{width_px}px;height:18px;display:flex;'
+        f'background:#eef1f4;border:1px solid #ccd">{"".join(parts)}'
+        f'<div title="usable {m["available_gb"]:.1f} GB" style="position:absolute;left:{avail_px}px;top:-3px;'
+        f'height:24px;border-left:2px solid #c0392b"></div></div>'
+        f'<div style="font-size:12px">{legend} — {m["total_gb"]:.1f} of {m["available_gb"]:.1f} GB usable</div>'
+    )
+
+
+def plan_html(plan: Plan) -> str:
+    fits = ('<b style="color:#1e8449">fits</b>' if plan.fits else '<b style="color:#c0392b">does not fit</b>')
+    price = f"${plan.hourly_usd:.2f}/hour" if plan.hourly_usd else "free (no cloud machine)"
+    rows = [
+        ("model", f"{plan.model} — {plan.model_name}, variant {plan.variant}"),
+        ("weights", f"{plan.repo} [{plan.precision}{' ' + plan.quant if plan.quant else ''}]"),
+        ("engine", plan.engine),
+        ("hardware", f"{plan.gpu} ({plan.gpu_name})"),
+        ("context", f"{plan.context:,} tokens × {plan.concurrency} sequences; "
+                    f"largest that fits: {plan.max_context_that_fits:,}"),
+        ("price", price),
+    ]
+    body = "".join(f"<tr><td style='padding-right:1em;color:#555'>{k}</td><td>{html.escape(v)}</td></tr>"
+                   for k, v in rows)
+    notes = "".join(f"<li>{html.escape(n)}</li>" for n in plan.notes)
+    return (
+        f'<div class="ml-plan" data-model="{html.escape(plan.model)}" data-fits="{str(plan.fits).lower()}">'
+        f"<div>{fits}</div>{memory_bar_html(plan)}<table>{body}</table>"
+        f"<pre class='ml-serve' style='white-space:pre-wrap;font-size:11px'>{html.escape(plan.serve_command)}</pre>"
+        + (f"<ul>{notes}</ul>" if notes else "") + "</div>"
+    )
+
+
+def error_html(e: Exception) -> str:
+    return f'<div class="ml-error" style="color:#c0392b">{html.escape(str(e))}</div>'
+
+
+def gpu_choices() -> list[str]:
+    return ["auto", "cpu", *hardware.DO_SIZES]
+
+
+# ---------------------------------------------------------------------------------------------- widgets
+
+
+class DeployPanel:
+    """Pickers from the catalog; the plan redraws on every change; Deploy / Teardown with live progress."""
+
+    def __init__(self, request: PlanRequest | None = None, options: dict[str, Any] | None = None,
+                 on_deployed: Callable[[Any], None] | None = None):
+        import ipywidgets as w
+
+        req = request or PlanRequest()
+        self.options = dict(options or {})
+        self.on_deployed = on_deployed
+        self.deployment = None
+        self.model = w.Dropdown(options=model_ids(), value=req.model, description="model")
+        self.variant = w.Dropdown(options=self._variants(req.model), value=req.variant, description="variant")
+        self.engine = w.Dropdown(options=ENGINES, value=req.engine, description="engine")
+        self.target = w.Dropdown(options=TARGETS, value=req.target, description="target")
+        self.gpu = w.Dropdown(options=gpu_choices(), value=req.gpu if req.gpu in gpu_choices() else "auto",
+                              description="GPU")
+        self.name = w.Text(value=req.name or "", placeholder="MODEL-ENGINE", description="name")
+        self.plan_view = w.HTML()
+        self.deploy_button = w.Button(description="Deploy", button_style="primary", icon="rocket")
+        self.teardown_button = w.Button(description="Teardown", button_style="danger", icon="trash",
+                                        disabled=True)
+        self.status = w.HTML()
+        self.log = w.Textarea(layout=w.Layout(width="100%", height="160px"), disabled=True)
+        self._extra = {k: v for k, v in req.model_dump().items()
+                       if k not in ("model", "variant", "engine", "target", "gpu", "name") and v is not None}
+        for picker in (self.variant, self.engine, self.target, self.gpu):
+            picker.observe(self.refresh, names="value")
+        self.model.observe(self._model_changed, names="value")
+        self.deploy_button.on_click(lambda _b: self._start(self._deploy))
+        self.teardown_button.on_click(lambda _b: self._start(self._teardown))
+        self.widget = w.VBox([
+            w.HBox([self.model, self.variant]), w.HBox([self.engine, self.target]), w.HBox([self.gpu, self.name]),
+            self.plan_view, w.HBox([self.deploy_button, self.teardown_button, self.status]), self.log,
+        ])
+        self.widget.add_class("ml-deploy-panel")
+        self.refresh()
+
+    @staticmethod
+    def _variants(model_id: str) -> list[tuple[str, str | None]]:
+        return [("default", None), *[(v.id, v.id) for v in get_model(model_id).variants]]
+
+    def _model_changed(self, change: dict[str, Any]) -> None:
+        self.variant.unobserve(self.refresh, names="value")
+        self.variant.options = self._variants(change["new"])
+        self.variant.value = None
+        self.variant.observe(self.refresh, names="value")
+        self.refresh()
+
+    def request(self) -> PlanRequest:
+        return PlanRequest(model=self.model.value, variant=self.variant.value, engine=self.engine.value,
+                           target=self.target.value, gpu=self.gpu.value, name=self.name.value or None, **self._extra)
+
+    def refresh(self, _change: Any = None) -> Plan | None:
+        from mistral_lab.planning import make_plan
+
+        try:
+            plan = make_plan(self.request())
+        except (MistralLabError, ValueError) as e:
+            self.plan_view.value = error_html(e)
+            return None
+        self.plan_view.value = plan_html(plan)
+        return plan
+
+    def _say(self, line: str) -> None:
+        self.log.value = (self.log.value + line + "\n")[-20000:]
+
+    def _start(self, job: Callable[[], None]) -> None:
+        """Run a slow step in a thread, so the kernel keeps serving widget updates (progress, elapsed time)."""
+        self.deploy_button.disabled = self.teardown_button.disabled = True
+        started = time.monotonic()
+        done = threading.Event()
+
+        def tick() -> None:
+            while not done.wait(1.0):
+                self.status.value = f"running… {time.monotonic() - started:.0f}s"
+
+        def run() -> None:
+            try:
+                job()
+            except Exception as e:  # noqa: BLE001  (shown to the user in the panel)
+                self._say(f"✘ {e}")
+                self.status.value = error_html(e)
+            finally:
+                done.set()
+                self.deploy_button.disabled = False
+                self.teardown_button.disabled = self.deployment is None
+
+        threading.Thread(target=tick, daemon=True).start()
+        threading.Thread(target=run, daemon=True).start()
+
+    def _deploy(self) -> None:
+        from mistral_lab.deploy import cost_so_far, deploy
+
+        dep = deploy(self.request(), options=self.options, say=self._say)
+        self.deployment = dep
+        cost = f", ${dep.plan.hourly_usd:.2f}/hour, ${cost_so_far(dep):.2f} so far" if dep.plan.hourly_usd else ""
+        self.status.value = f"<b>{html.escape(dep.name)}</b> is up{cost}"
+        if self.on_deployed:
+            self.on_deployed(dep)
+
+    def _teardown(self) -> None:
+        from mistral_lab.deploy import teardown
+
+        assert self.deployment is not None
+        report = teardown(self.deployment.name, say=self._say)
+        self.deployment = None
+        self.status.value = f"torn down after {report.hours:.2f} h (about ${report.cost_usd:.2f})"
+
+
+class ChatPanel:
+    """A streaming chat with a deployment: reasoning shown apart, effort and temperature from the catalog,
+    image upload for vision models, and a calculator tool whose calls are traced."""
+
+    def __init__(self, client: Any):
+        import ipywidgets as w
+
+        self.client = client
+        model = client.catalog
+        self.conversation = client.conversation()
+        efforts = (model.capabilities.reasoning_effort if model else None) or []
+        temp = model.sampling.default.temperature if model else 0.7
+        self.effort = w.Dropdown(options=[("default", None), *[(e, e) for e in efforts]], description="reasoning",
+                                 disabled=not efforts)
+        self.temperature = w.FloatSlider(value=temp, min=0.0, max=1.5, step=0.05, description="temperature")
+        self.max_tokens = w.IntSlider(value=256, min=16, max=4096, step=16, description="max tokens")
+        self.tools = w.Checkbox(value=False, description="calculator tool", disabled=not (model and model.capabilities.tools))
+        self.image = w.FileUpload(accept="image/*", multiple=False, description="image",
+                                  disabled=not (model and model.has_vision))
+        self.prompt = w.Textarea(placeholder="Ask something…", layout=w.Layout(width="100%", height="70px"))
+        self.prompt.add_class("ml-chat-input")
+        self.send = w.Button(description="Send", button_style="primary", icon="paper-plane")
+        self.send.add_class("ml-chat-send")
+        self.reply = w.HTML()
+        self.reply.add_class("ml-chat-reply")
+        self.reasoning = w.HTML()
+        self.reasoning_box = w.Accordion(children=[self.reasoning], selected_index=None)
+        self.reasoning_box.set_title(0, "reasoning")
+        self.trace = w.HTML()
+        self.history = w.HTML()
+        self.send.on_click(lambda _b: self._send())
+        self.widget = w.VBox([self.history, w.HBox([self.effort, self.temperature, self.max_tokens]), w.HBox([self.tools, self.image]),
+                              self.prompt, self.send, self.reasoning_box, self.reply, self.trace])
+        self.widget.add_class("ml-chat-panel")
+
+    def _image_path(self) -> str | None:
+        if not self.image.value:
+            return None
+        import tempfile
+
+        item = self.image.value[0]
+        suffix = os.path.splitext(item["name"])[1] or ".png"
+        f = tempfile.NamedTemporaryFile(suffix=suffix, delete=False)  # noqa: SIM115  (kept for the request)
+        f.write(bytes(item["content"]))
+        f.close()
+        return f.name
+
+    def _send(self) -> None:
+        text = self.prompt.value.strip()
+        if not text:
+            return
+        self.send.disabled = True
+        self.reply.value, self.reasoning.value, self.trace.value = "", "", ""
+        kw = {"temperature": self.temperature.value, "reasoning_effort": self.effort.value,
+              "max_tokens": self.max_tokens.value}
+        try:
+            if self.tools.value:
+                self._with_tools(text, kw)
+            else:
+                answer, thought = [], []
+                image = self._image_path()
+                if image:
+                    reply = self.conversation.say(text, image=image, **kw)
+                    answer.append(reply.content)
+                    thought.append(reply.reasoning or "")
+                    self.reply.value = html.escape(reply.content)
+                else:
+                    for piece in self.conversation.stream(text, **kw):
+                        answer.append(piece.content)
+                        thought.append(piece.reasoning)
+                        self.reply.value = f'<div class="ml-streaming">{html.escape("".join(answer))}</div>'
+                        if piece.reasoning:
+                            self.reasoning.value = html.escape("".join(thought))
+                self.reply.value = f'<div class="ml-done">{html.escape("".join(answer))}</div>'
+            self.history.value += (f"<p><b>you</b>: {html.escape(text)}</p>"
+                                   f"<p><b>model</b>: {html.escape(self._last_answer())}</p>")
+            self.prompt.value = ""
+        except MistralLabError as e:
+            self.reply.value = error_html(e)
+        finally:
+            self.send.disabled = False
+
+    def _last_answer(self) -> str:
+        for m in reversed(self.conversation.messages):
+            if m.get("role") == "assistant":
+                return str(m.get("content") or "")
+        return ""
+
+    def _with_tools(self, text: str, kw: dict[str, Any]) -> None:
+        from mistral_lab import calculator
+
+        trace: list[dict[str, Any]] = []
+        self.conversation.messages.append({"role": "user", "content": text})
+        reply = self.client.run_tools(list(self.conversation.messages), {"calculator": calculator.calculate},
+                                      [calculator.TOOL_SPEC], trace=trace, **kw)
+        self.conversation.messages.append({"role": "assistant", "content": reply.content})
+        self.trace.value = "".join(
+            f"<div class='ml-tool'>🔧 {html.escape(t['tool'])}({html.escape(str(t['arguments']))}) → "
+            f"{html.escape(t['result'])}</div>" for t in trace)
+        self.reply.value = f'<div class="ml-done">{html.escape(reply.content)}</div>'
+
+
+def show(widget_panel: Any) -> Any:
+    from IPython.display import display
+
+    display(widget_panel.widget)
+    return widget_panel
+
+
+def deploy_panel(request: PlanRequest | None = None, options: dict[str, Any] | None = None) -> DeployPanel | None:
+    """Show the deploy panel when a person runs the notebook; None (and nothing shown) when headless."""
+    if not interactive():
+        return None
+    return show(DeployPanel(request, options))
+
+
+def chat_panel(deployment: str) -> ChatPanel | None:
+    """Show a chat with `deployment` when interactive; the client (and its tunnel) lives as long as the kernel."""
+    if not interactive():
+        return None
+    from mistral_lab.client import Client
+
+    return show(ChatPanel(Client.from_deployment(deployment)))
