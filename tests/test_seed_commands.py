@@ -1,0 +1,101 @@
+"""Our rendered vLLM commands against the ones the seed documents (model cards and guides) print.
+
+Every flag a seed's `vllm serve` command passes must be in ours with the same value, except the listen address
+(we bind 127.0.0.1 behind an SSH tunnel on purpose) and the tensor-parallel size where DigitalOcean sells no
+machine with that GPU count (1x and 8x only).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shlex
+from pathlib import Path
+
+import pytest
+
+from mistral_lab.catalog import load_catalog
+from mistral_lab.plan import PlanRequest
+from mistral_lab.planning import make_plan
+
+SEEDS = Path(__file__).resolve().parents[2] / "shared" / "seeds"
+IGNORED = {"--host", "--port"}
+
+
+def _seed_commands() -> list[tuple[str, str]]:
+    found = []
+    for path in sorted(SEEDS.glob("*.txt")):
+        lines = path.read_text().splitlines()
+        for i, line in enumerate(lines):
+            if "vllm serve " not in line:
+                continue
+            cmd = line[line.index("vllm serve "):]
+            while cmd.rstrip().endswith("\\") and i + 1 < len(lines):  # shell line continuations
+                i += 1
+                cmd = cmd.rstrip()[:-1] + " " + lines[i].strip()
+            cmd = re.split(r"[\u3000-\u9fff]", cmd)[0]  # a guide's prose may follow on the same line
+            found.append((path.name, cmd.replace(" \\ ", " ")))
+    return found
+
+
+def _flags(argv: list[str]) -> dict[str, str]:
+    out: dict[str, str] = {}
+    i = 0
+    while i < len(argv):
+        a = argv[i]
+        if a.startswith("--"):
+            key = a.replace("_", "-")
+            if i + 1 < len(argv) and not argv[i + 1].startswith("--"):
+                out[key] = argv[i + 1]
+                i += 2
+                continue
+            out[key] = ""
+        i += 1
+    return out
+
+
+def _norm(key: str, value: str) -> str:
+    if key == "--limit-mm-per-prompt" and value.startswith("{"):
+        return ",".join(f"{k}={v}" for k, v in json.loads(value).items())
+    try:
+        return f"{float(value):g}"  # 0.90 and 0.9 are the same number
+    except ValueError:
+        return value
+
+
+def _model_for(repo: str) -> tuple[str, str, str]:
+    for model in load_catalog().models:
+        for variant in model.variants:
+            for w in variant.weights:
+                if w.repo == repo:
+                    return model.id, variant.id, w.precision
+    raise AssertionError(f"no catalog model has the repo {repo}")
+
+
+COMMANDS = _seed_commands()
+
+
+def test_the_seeds_hold_serve_commands():
+    assert len(COMMANDS) >= 3, COMMANDS
+
+
+@pytest.mark.parametrize(("seed", "command"), COMMANDS, ids=[f"{s}:{i}" for i, (s, _) in enumerate(COMMANDS)])
+def test_rendered_command_carries_every_flag_of_the_seed(seed, command):
+    argv = shlex.split(command)
+    repo = argv[2]
+    seed_flags = _flags(argv[3:])
+    model_id, variant, precision = _model_for(repo)
+    tp = int(seed_flags.get("--tensor-parallel-size", "1"))
+    gpu = "gpu-h100x8-640gb" if tp > 1 else "gpu-h100x1-80gb"
+    vision = "--limit-mm-per-prompt" in seed_flags
+    req = PlanRequest(model=model_id, variant=variant, precision=precision, engine="vllm", target="digitalocean",
+                      gpu=gpu, context=int(seed_flags.get("--max-model-len", 4096)), vision=vision)
+    plan = make_plan(req)
+    ours = _flags(plan.serve_argv[3:])
+    assert plan.serve_argv[:3] == ["vllm", "serve", repo]
+    for key, value in seed_flags.items():
+        if key in IGNORED or (key == "--tensor-parallel-size" and plan.gpu_count != tp):
+            continue
+        assert key in ours, f"{seed}: {key} missing from {plan.serve_command}"
+        assert _norm(key, ours[key]) == _norm(key, value), f"{seed}: {key} {ours[key]!r} != {value!r}"
+    assert ours["--host"] == "127.0.0.1"
