@@ -1,0 +1,1 @@
+"""Files the library ships (the sample receipt image), each made by code next to it."""
