@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import sys
 from dataclasses import asdict
+from datetime import UTC, datetime
 from typing import Annotated
 
 import click
@@ -57,8 +58,22 @@ def sweep_cmd(
     yes: Annotated[bool, typer.Option("--yes", help="destroy everything listed, without asking")] = False,
     api_url: Annotated[str | None, typer.Option(help="DigitalOcean-compatible API base URL")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print the resources as JSON")] = False,
+    expired: Annotated[bool, typer.Option(
+        "--expired", help="destroy, without asking, only the droplets past their expiry tag (workshops) and their "
+                          "firewalls and keys; for a cron job")] = False,
 ) -> None:
     """List every DigitalOcean resource mistral-lab made (GPU droplets too), with uptime and cost; --yes destroys them."""
+    if expired:
+        # Whoever created them set the end: nothing to confirm, which is what makes it safe to run from cron.
+        done = sweep(api_url=api_url, destroy=True, expired=True,
+                     on_line=lambda line: console_err.print("  " + line, highlight=False))
+        if as_json:
+            print(json.dumps([asdict(i) for i in done], indent=2))
+            return
+        spent = sum(i.cost_usd for i in done if i.kind == "droplet")
+        console.print(f"✔ destroyed {sum(i.destroyed for i in done)} expired resources" +
+                      (f" (droplets had cost about ${spent:.2f})" if done else ""), highlight=False)
+        return
     items = sweep(api_url=api_url, destroy=False)
     if as_json and not yes:
         print(json.dumps([asdict(i) for i in items], indent=2))
@@ -66,12 +81,13 @@ def sweep_cmd(
     if not items:
         console.print("✔ nothing of mistral-lab's is left on DigitalOcean")
         return
-    t = Table("kind", "id", "name", "size, region", "hours up", "$/hour", "spent")
+    t = Table("kind", "id", "name", "size, region", "hours up", "$/hour", "spent", "expires")
     for i in items:
         money = i.kind == "droplet"
+        expires = "" if i.expires_at is None else datetime.fromtimestamp(i.expires_at, UTC).strftime("%Y-%m-%d %H:%M")
         t.add_row(i.kind, i.id, i.name, f"{i.size}, {i.region}" if money else "",
                   f"{i.hours:.2f}" if money else "", f"{i.hourly_usd:.2f}" if money else "",
-                  f"${i.cost_usd:.2f}" if money else "")
+                  f"${i.cost_usd:.2f}" if money else "", expires)
     console.print(t)
     burn = sum(i.hourly_usd for i in items if i.kind == "droplet")
     spent = sum(i.cost_usd for i in items if i.kind == "droplet")

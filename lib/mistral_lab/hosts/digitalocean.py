@@ -10,6 +10,9 @@ Options (ProvisionRequest.options or the target's own options; the request's win
   region              a region slug; default: the first region that offers the size, falling back on capacity errors
   allow_from          CIDR(s) allowed to reach SSH (also env MISTRAL_LAB_ALLOW_FROM); default: this machine's public
                       address as https://api.ipify.org sees it, as a /32 (/128 for IPv6)
+  https_from          CIDR(s) allowed to reach `https_port` (a workshop's proxy); default: the port stays closed
+  https_port          the port `https_from` opens (default 443)
+  expires_at          unix seconds; the droplet is tagged `mistral-lab-expires:<it>` for `sweep --expired`
   ssh_user (or user)  the non-root sudo user cloud-init creates (default "mistral")
   key                 your own SSH private key (unencrypted) to log in with; default: a key made for the deployment
   ssh_port            the port SSH is reached on (default 22). DigitalOcean has no port field: this is for
@@ -63,6 +66,9 @@ class DOSettings(BaseModel):
     api_url: str | None = None
     region: str | None = None
     allow_from: list[str] | None = None
+    https_from: list[str] | None = None
+    https_port: int = Field(default=443, ge=1, le=65535)
+    expires_at: int | None = Field(default=None, gt=0)
     ssh_user: str = Field(default="mistral", validation_alias=AliasChoices("ssh_user", "user"))
     key: str | None = None
     ssh_port: int = Field(default=22, ge=1, le=65535)
@@ -76,6 +82,11 @@ class DOSettings(BaseModel):
     @classmethod
     def _split(cls, v: Any) -> Any:
         return res.parse_allow_from(v) if v is not None else None
+
+    @field_validator("https_from", mode="before")
+    @classmethod
+    def _split_https(cls, v: Any) -> Any:
+        return res.parse_cidrs(v, field="https_from", service="HTTPS") if v is not None else None
 
     @classmethod
     def of(cls, *layers: dict[str, Any] | None) -> DOSettings:
@@ -262,7 +273,7 @@ class DigitalOceanTarget:
         ssh_key, key_created = self._ensure_ssh_key(api, deployment, keys.client_public, say)
         for t in (res.OWNER_TAG, tag):
             api.create_tag(t)
-        firewall = self._ensure_firewall(api, deployment, allow_from, say)
+        firewall = self._ensure_firewall(api, deployment, allow_from, say, settings)
 
         if existing:
             droplet = existing[0]
@@ -273,6 +284,8 @@ class DigitalOceanTarget:
                                          forbidden=[read_token(), keys.client_key_path.read_text()])
             droplet = self._create_droplet(api, deployment, pf, ssh_key["fingerprint"], user_data,
                                            explicit_region=bool(settings.region), settings=settings, say=say)
+        if existing and settings.expires_at and res.expiry_of(droplet.get("tags") or []) != settings.expires_at:
+            say(f"droplet {droplet['id']} keeps the expiry it was created with; tear it down to change it")
         self.stats.seconds["api"] = round(time.monotonic() - t0, 3)
 
         t1 = time.monotonic()
@@ -288,7 +301,9 @@ class DigitalOceanTarget:
             extra={"deployment": deployment, "api_url": settings.api_url or os.environ.get("DIGITALOCEAN_API_URL"),
                    "size": pf.size, "region": droplet["region"]["slug"], "image": pf.image,
                    "hourly_usd": float(droplet["size"]["price_hourly"]), "created_at": droplet["created_at"],
-                   "allow_from": allow_from},
+                   "allow_from": allow_from, "https_from": settings.https_from,
+                   "https_port": settings.https_port if settings.https_from else None,
+                   "expires_at": res.expiry_of(droplet.get("tags") or [])},
         )
         t2 = time.monotonic()
         host = self._wait_ssh(record, settings, say)
@@ -329,16 +344,20 @@ class DigitalOceanTarget:
                     return key, key.get("name") == name
             raise
 
-    def _ensure_firewall(self, api: DOApi, deployment: str, allow_from: list[str], say: LineSink) -> dict:
-        wanted = res.firewall_body(deployment, allow_from)
+    def _ensure_firewall(self, api: DOApi, deployment: str, allow_from: list[str], say: LineSink,
+                         settings: DOSettings) -> dict:
+        wanted = res.firewall_body(deployment, allow_from, https_from=settings.https_from,
+                                   https_port=settings.https_port)
+        opened = f"SSH from {', '.join(allow_from)}" + (
+            f", port {settings.https_port} from {', '.join(settings.https_from)}" if settings.https_from else "")
         for fw in api.list_firewalls():
             if fw.get("name") == wanted["name"]:
                 if not res.firewall_matches(fw, wanted):
                     fw = api.update_firewall(fw["id"], wanted)
-                    say(f"updated firewall {fw['id']}: SSH from {', '.join(allow_from)} only")
+                    say(f"updated firewall {fw['id']}: {opened} only")
                 return fw
         fw = api.create_firewall(wanted)
-        say(f"created firewall {fw['id']}: SSH from {', '.join(allow_from)} only, outbound open")
+        say(f"created firewall {fw['id']}: {opened} only, outbound open")
         return fw
 
     def _create_droplet(self, api: DOApi, deployment: str, pf: Preflight, fingerprint: str, user_data: str, *,
@@ -348,7 +367,8 @@ class DigitalOceanTarget:
         tried: list[str] = []
         for region in regions:
             body = res.droplet_body(deployment, size=pf.size, region=region, image=pf.image,
-                                    ssh_key_fingerprint=fingerprint, user_data=user_data)
+                                    ssh_key_fingerprint=fingerprint, user_data=user_data,
+                                    expires_at=settings.expires_at)
             for attempt in range(1, 4):
                 try:
                     droplet = api.create_droplet(body)
@@ -468,10 +488,13 @@ class DigitalOceanTarget:
         api = self._api(settings)
         tag = res.deployment_tag(deployment)
         name = res.resource_name(deployment)
+        expiry_tags: set[str] = set()
         for droplet in api.list_droplets(tag_name=tag):
             hours, price, cost = res.droplet_cost(droplet)
+            expiry_tags.update(t for t in droplet.get("tags") or [] if t.startswith(res.EXPIRY_PREFIX))
             if api.destroy_droplet(droplet["id"]):
                 say(f"destroyed droplet {droplet['id']} after {hours:.2f} h (about ${cost:.2f})")
+        _delete_unused_tags(api, expiry_tags)
         for fw in api.list_firewalls():
             ours = fw.get("name") == name or tag in (fw.get("tags") or [])
             if ours and api.delete_firewall(fw["id"]):
@@ -507,7 +530,11 @@ class SweepItem:
     hours: float = 0.0
     hourly_usd: float = 0.0
     cost_usd: float = 0.0
+    expires_at: int | None = None  # droplets: unix seconds from the expiry tag
     destroyed: bool = False
+
+    def expired(self, now: float) -> bool:
+        return self.expires_at is not None and self.expires_at <= now
 
 
 def find_leftovers(api: DOApi) -> list[SweepItem]:
@@ -524,7 +551,7 @@ def find_leftovers(api: DOApi) -> list[SweepItem]:
         items.append(SweepItem("droplet", str(d["id"]), d["name"], res.deployment_of(d.get("tags") or []),
                                region=(d.get("region") or {}).get("slug"), size=d.get("size_slug"),
                                created_at=d.get("created_at"), hours=round(hours, 3), hourly_usd=price,
-                               cost_usd=round(cost, 2)))
+                               cost_usd=round(cost, 2), expires_at=res.expiry_of(d.get("tags") or [])))
     prefix = res.OWNER_TAG + "-"
     for fw in api.list_firewalls():
         tags = fw.get("tags") or []
@@ -537,12 +564,31 @@ def find_leftovers(api: DOApi) -> list[SweepItem]:
     return items
 
 
+def _delete_unused_tags(api: DOApi, tags: set[str]) -> None:
+    """Delete expiry tags no droplet carries any more. Deleting a tag untags everything carrying it, and two
+    deployments made in the same second share one."""
+    for t in sorted(tags):
+        if not api.list_droplets(tag_name=t):
+            api.delete_tag(t)
+
+
+def expired_only(items: list[SweepItem], now: float) -> list[SweepItem]:
+    """The droplets past their expiry, and the firewalls and SSH keys of their deployments."""
+    gone = {i.deployment for i in items if i.kind == "droplet" and i.expired(now) and i.deployment}
+    return [i for i in items if (i.kind == "droplet" and i.expired(now)) or
+            (i.kind != "droplet" and i.deployment in gone)]
+
+
 def sweep(*, api_url: str | None = None, destroy: bool = False, on_line: LineSink | None = None,
-          sleep: Callable[[float], None] = time.sleep) -> list[SweepItem]:
-    """List (and with destroy=True remove) every resource tagged or named mistral-lab."""
+          sleep: Callable[[float], None] = time.sleep, expired: bool = False,
+          now: float | None = None) -> list[SweepItem]:
+    """List (and with destroy=True remove) every resource tagged or named mistral-lab; with expired=True only the
+    droplets past their expiry tag and what belongs to their deployments."""
     say = on_line or _quiet
     api = DOApi(api_url, sleep=sleep)
     items = find_leftovers(api)
+    if expired:
+        items = expired_only(items, time.time() if now is None else now)
     if destroy:
         for item in items:
             if item.kind == "droplet":
@@ -554,4 +600,5 @@ def sweep(*, api_url: str | None = None, destroy: bool = False, on_line: LineSin
             say(f"{'destroyed' if item.destroyed else 'already gone'}: {item.kind} {item.id} ({item.name})")
         for deployment in {i.deployment for i in items if i.deployment}:
             api.delete_tag(res.deployment_tag(deployment))
+        _delete_unused_tags(api, {res.expiry_tag(i.expires_at) for i in items if i.expires_at})
     return items

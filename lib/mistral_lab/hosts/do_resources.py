@@ -2,7 +2,8 @@
 
 Ownership is by tag: every droplet we create carries `mistral-lab` and `mistral-lab:<deployment>`; the firewall is
 bound to the deployment tag and named `mistral-lab-<deployment>`; an SSH key we upload is named
-`mistral-lab-<deployment>` (DigitalOcean keys cannot carry tags).
+`mistral-lab-<deployment>` (DigitalOcean keys cannot carry tags). A droplet with a planned end (a workshop) also
+carries `mistral-lab-expires:<unix seconds>`, which `mistral-lab sweep --expired` acts on.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ NVIDIA_X8_IMAGE = "gpu-h100x8-base"
 AMD_IMAGE = "gpu-amd-base"
 NO_CAPACITY = "Size is not available in this region."
 DROPLET_LIMIT = "droplet limit"
+EXPIRY_PREFIX = f"{OWNER_TAG}-expires:"
 
 
 def deployment_tag(deployment: str) -> str:
@@ -29,6 +31,19 @@ def deployment_tag(deployment: str) -> str:
 
 def resource_name(deployment: str) -> str:
     return f"{OWNER_TAG}-{deployment}"
+
+
+def expiry_tag(expires_at: int) -> str:
+    """`mistral-lab-expires:<unix seconds>`: DO tags allow letters, digits, colons, dashes and underscores. Not
+    under `mistral-lab:`, which names the deployment."""
+    return f"{EXPIRY_PREFIX}{int(expires_at)}"
+
+
+def expiry_of(tags: list[str]) -> int | None:
+    """The earliest expiry among the tags (a droplet should carry one), None without any."""
+    found = [int(t.removeprefix(EXPIRY_PREFIX)) for t in tags
+             if t.startswith(EXPIRY_PREFIX) and t.removeprefix(EXPIRY_PREFIX).isdigit()]
+    return min(found) if found else None
 
 
 def deployment_of(tags: list[str]) -> str | None:
@@ -84,32 +99,43 @@ def region_order(size: dict[str, Any], region: str | None) -> list[str]:
     return offered
 
 
-def parse_allow_from(value: str | list[str]) -> list[str]:
+def parse_cidrs(value: str | list[str], *, field: str = "allow_from", service: str = "SSH",
+                example: str = "203.0.113.7/32") -> list[str]:
+    """Addresses as CIDRs (a bare address becomes /32 or /128); the whole internet (/0) is refused."""
     items = [v.strip() for v in (value.split(",") if isinstance(value, str) else value) if v and v.strip()]
     if not items:
-        raise BadInput("no address to allow SSH from", field="allow_from",
-                       fix="pass your public address as a CIDR, e.g. 203.0.113.7/32")
+        raise BadInput(f"no address to allow {service} from", field=field,
+                       fix=f"pass the address(es) as CIDRs, e.g. {example}")
     out = []
     for item in items:
         try:
             net = ipaddress.ip_network(item, strict=False)
         except ValueError:
-            raise BadInput(f"not an IP address or CIDR: {item!r}", field="allow_from",
-                           fix="pass e.g. 203.0.113.7/32 or 2001:db8::1/128") from None
+            raise BadInput(f"not an IP address or CIDR: {item!r}", field=field,
+                           fix=f"pass e.g. {example} or 2001:db8::1/128") from None
         if net.prefixlen == 0:
-            raise BadInput(f"{item} would open SSH to the whole internet", field="allow_from",
-                           fix="pass only your own address, e.g. 203.0.113.7/32")
+            raise BadInput(f"{item} would open {service} to the whole internet", field=field,
+                           fix=f"pass only the networks that need it, e.g. {example}")
         out.append(str(net))
     return out
 
 
-def firewall_body(deployment: str, allow_from: list[str]) -> dict[str, Any]:
-    """Inbound: TCP 22 from the caller only. Outbound: everything; a DO firewall with no outbound rules blocks all
-    outbound traffic, and the droplet must download packages and weights."""
+def parse_allow_from(value: str | list[str]) -> list[str]:
+    return parse_cidrs(value)
+
+
+def firewall_body(deployment: str, allow_from: list[str], *, https_from: list[str] | None = None,
+                  https_port: int = 443) -> dict[str, Any]:
+    """Inbound: TCP 22 from the caller only, and (a workshop) the HTTPS port from the room's networks only.
+    Outbound: everything; a DO firewall with no outbound rules blocks all outbound traffic, and the droplet must
+    download packages and weights."""
     everywhere = {"addresses": ["0.0.0.0/0", "::/0"]}
+    inbound = [{"protocol": "tcp", "ports": "22", "sources": {"addresses": list(allow_from)}}]
+    if https_from:
+        inbound.append({"protocol": "tcp", "ports": str(https_port), "sources": {"addresses": list(https_from)}})
     return {
         "name": resource_name(deployment),
-        "inbound_rules": [{"protocol": "tcp", "ports": "22", "sources": {"addresses": list(allow_from)}}],
+        "inbound_rules": inbound,
         "outbound_rules": [
             {"protocol": "tcp", "ports": "0", "destinations": everywhere},
             {"protocol": "udp", "ports": "0", "destinations": everywhere},
@@ -131,7 +157,7 @@ def firewall_matches(firewall: dict[str, Any], wanted: dict[str, Any]) -> bool:
 
 
 def droplet_body(deployment: str, *, size: str, region: str, image: str, ssh_key_fingerprint: str,
-                 user_data: str) -> dict[str, Any]:
+                 user_data: str, expires_at: int | None = None) -> dict[str, Any]:
     return {
         "name": resource_name(deployment),
         "size": size,
@@ -140,7 +166,7 @@ def droplet_body(deployment: str, *, size: str, region: str, image: str, ssh_key
         # DO installs this key for root; cloud-init then turns root login off. Passing one avoids the e-mailed
         # root password DO sends for droplets created without any key.
         "ssh_keys": [ssh_key_fingerprint],
-        "tags": [OWNER_TAG, deployment_tag(deployment)],
+        "tags": [OWNER_TAG, deployment_tag(deployment)] + ([expiry_tag(expires_at)] if expires_at else []),
         "user_data": user_data,
         "ipv6": False,
         "monitoring": False,

@@ -1,0 +1,174 @@
+"""`mistral-lab workshop up|down|revoke|status|cards|logs`: one model for a room of learners, over HTTPS.
+
+With `--json`, progress goes to stderr and stdout holds only the JSON (the cards, keys included: that is what it is
+for); without it, keys are never printed, only the paths of the 0600 card files.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Annotated, Any
+
+import typer
+import yaml
+from rich.table import Table
+
+from mistral_lab import params
+from mistral_lab import workshop as ws_mod
+from mistral_lab.errors import BadInput
+
+from ._app import app, console, console_err
+
+Opt = typer.Option
+workshop_app = typer.Typer(no_args_is_help=True, help="Serve one model to a room of learners: keys, cards, budget.")
+app.add_typer(workshop_app, name="workshop")
+
+
+def _split(value: str | None) -> list[str] | None:
+    return [v.strip() for v in value.split(",") if v.strip()] if value else None
+
+
+def _options(pairs: list[str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise BadInput(f"not KEY=VALUE: {pair!r}", field="option", fix="e.g. --option host_cache=/srv/cache")
+        if key.lower() in params.SECRET_NAMES:
+            raise BadInput(f"secrets are not options: {key}", field="option",
+                           fix="set DIGITALOCEAN_TOKEN / HF_TOKEN in the environment instead")
+        out[key] = yaml.safe_load(value)
+    return out
+
+
+def _printer(as_json: bool):
+    if as_json:
+        return lambda line: console_err.print(line, highlight=False, markup=False)
+    return lambda line: console.print(line, highlight=False, markup=False)
+
+
+@workshop_app.command("up")
+def up_cmd(
+    name: Annotated[str, Opt(help="the workshop's name (also its deployment's)")],
+    learners: Annotated[int, Opt(help="how many learners: one key and card each")],
+    model: Annotated[str, Opt(help="catalog id, e.g. ministral-8b")],
+    target: Annotated[str, Opt(help="local | ssh | digitalocean")] = "local",
+    hours: Annotated[float, Opt(help="how long it runs; the budget and the expiry follow from it")] = 2.0,
+    budget: Annotated[float | None, Opt(help="refuse to start when the planned cost is over this many dollars")] = None,
+    allow: Annotated[str | None, Opt(help="CIDRs learners connect from, comma-separated (local default: "
+                                          "127.0.0.1/32)")] = None,
+    ssh_from: Annotated[str | None, Opt(help="digitalocean: CIDRs allowed to SSH in (default: this machine)")] = None,
+    https_port: Annotated[int | None, Opt(help="the proxy's port (digitalocean 443; else the first free from 8443)")] = None,
+    public_host: Annotated[str | None, Opt(help="the address on the cards (default: the host's)")] = None,
+    rate: Annotated[int, Opt(help="requests per minute per learner key; more get 429")] = ws_mod.DEFAULT_RATE_PER_MIN,
+    burst: Annotated[int, Opt(help="requests a learner may send at once above the rate")] = ws_mod.DEFAULT_BURST,
+    engine: Annotated[str, Opt(help="auto | vllm | llamacpp")] = "auto",
+    gpu: Annotated[str, Opt(help="size slug, GPU name or auto")] = "auto",
+    region: Annotated[str | None, Opt(help="digitalocean region")] = None,
+    context: Annotated[int | None, Opt(help="tokens per learner (default: what fits)")] = None,
+    host: Annotated[str | None, Opt(help="ssh: host name or address")] = None,
+    ssh_port: Annotated[int | None, Opt(help="ssh/digitalocean: SSH port")] = None,
+    user: Annotated[str | None, Opt(help="ssh/digitalocean: login user")] = None,
+    key: Annotated[str | None, Opt(help="ssh/digitalocean: private key file")] = None,
+    host_key: Annotated[str | None, Opt(help="ssh: the host's public key")] = None,
+    known_hosts: Annotated[str | None, Opt(help="ssh: known_hosts file with the host's key")] = None,
+    api_url: Annotated[str | None, Opt(help="digitalocean: API base URL")] = None,
+    option: Annotated[list[str] | None, Opt("--option", help="more host options, KEY=VALUE (repeatable)")] = None,
+    timeout: Annotated[float, Opt(help="seconds to wait for the model server")] = 900,
+    yes: Annotated[bool, Opt("--yes", "-y", help="do not ask before creating billed resources")] = False,
+    as_json: Annotated[bool, Opt("--json", help='print {"cards": [{"base_url", "api_key", "fingerprint"}, ...]}')] = False,
+) -> None:
+    """Deploy one model for N learners behind an HTTPS proxy with a key each; write printable cards.
+
+    The planned cost for --hours is shown before anything is created; on DigitalOcean the droplet carries an expiry
+    tag (`mistral-lab sweep --expired` destroys it after) and the firewall opens the proxy to --allow only.
+    """
+    say = _printer(as_json)
+    req = ws_mod.RoomRequest.of(name=name, learners=learners, model=model, target=target, hours=hours,
+                                budget_usd=budget, allow=_split(allow), ssh_from=_split(ssh_from),
+                                https_port=https_port, public_host=public_host, rate_per_min=rate, burst=burst,
+                                engine=engine, gpu=gpu, region=region, context=context)
+    room = ws_mod.plan_room(req)
+    if room.hourly_usd and not yes and sys.stdin.isatty():
+        say(room.summary())
+        typer.confirm(f"create it (about ${room.planned_cost_usd:.2f})?", abort=True, err=True)
+    flags = {"host": host, "ssh_port": ssh_port, "user": user, "key": key, "host_key": host_key,
+             "known_hosts": known_hosts, "api_url": api_url}
+    options = {**{k: v for k, v in flags.items() if v is not None}, **_options(option or []), **params.env_secrets()}
+    ws, files = ws_mod.up(req, options=options, say=say, start_timeout=timeout)
+    if as_json:
+        keys = ws_mod.load_keys(ws.name)
+        print(json.dumps({"name": ws.name, "model": ws.model, "base_url": ws.base_url, "fingerprint": ws.fingerprint,
+                          "expires_at": ws.expires_at, "planned_cost_usd": ws.planned_cost_usd,
+                          "cards_html": files["html"], "cards_csv": files["csv"],
+                          "cards": [c.public() for c in ws_mod.cards(ws, keys)]}, indent=2))
+        return
+    console.print(f"[green]up[/green] {ws.name}: {len(ws.learners)} learners at {ws.base_url}\n"
+                  f"  certificate SHA-256 {ws.fingerprint}\n  cards: {files['html']} (print it) and {files['csv']}",
+                  highlight=False)
+
+
+@workshop_app.command("down")
+def down_cmd(
+    name: Annotated[str, typer.Argument()],
+    yes: Annotated[bool, Opt("--yes", "-y", help="do not ask")] = False,
+) -> None:
+    """Stop the proxy and destroy the deployment (droplet, firewall, key); print the total cost."""
+    ws = ws_mod.load(name)
+    if not yes:
+        typer.confirm(f"end workshop {name} ({len(ws.active)} active keys, {ws.model} on {ws.target})?", abort=True)
+    report = ws_mod.down(name, say=lambda line: console.print(line, highlight=False, markup=False))
+    for left in report.leftovers:
+        console_err.print(f"[yellow]left behind[/yellow] {left}")
+
+
+@workshop_app.command("revoke")
+def revoke_cmd(
+    name: Annotated[str, typer.Argument()],
+    learner: Annotated[str, typer.Argument(help="learner id (l07) or the key itself")],
+) -> None:
+    """Revoke one learner's key at once: the proxy reloads its key file, nothing restarts."""
+    ws_mod.revoke(name, learner, say=lambda line: console.print(line, highlight=False, markup=False))
+
+
+@workshop_app.command("status")
+def status_cmd(
+    name: Annotated[str | None, typer.Argument(help="workshop name; all when omitted")] = None,
+    as_json: Annotated[bool, Opt("--json")] = False,
+) -> None:
+    """Workshops: learners, keys active, address, certificate, cost so far, time left."""
+    infos = [ws_mod.status(n) for n in ([name] if name else ws_mod.names())]
+    if as_json:
+        print(json.dumps(infos[0] if name else infos, indent=2))
+        return
+    t = Table("name", "status", "model", "target", "url", "keys", "hours left", "cost $", "planned $")
+    for i in infos:
+        t.add_row(i["name"], i["status"], i["model"], i["target"], i["base_url"],
+                  f"{i['active_keys']}/{len(i['learners'])}", f"{i['expires_in_h']:.2f}",
+                  f"{i.get('cost_usd', 0.0):.2f}", f"{i['planned_cost_usd']:.2f}")
+    console.print(t if infos else "no workshops")
+
+
+@workshop_app.command("cards")
+def cards_cmd(
+    name: Annotated[str, typer.Argument()],
+    as_json: Annotated[bool, Opt("--json", help="print the active cards, keys included")] = False,
+) -> None:
+    """Where the printable cards are; --json prints them."""
+    ws = ws_mod.load(name)
+    keys = ws_mod.load_keys(name)
+    if as_json:
+        print(json.dumps({"cards": [c.public() for c in ws_mod.cards(ws, keys)]}, indent=2))
+        return
+    files = ws_mod.write_cards(ws, keys)
+    console.print(f"{len(ws.active)} cards: {files['html']} and {files['csv']}", highlight=False)
+
+
+@workshop_app.command("logs")
+def logs_cmd(
+    name: Annotated[str, typer.Argument()],
+    lines: Annotated[int, Opt("-n", "--lines")] = 100,
+) -> None:
+    """The proxy's log (errors and rate-limit refusals; learners appear by id, never by key)."""
+    print(ws_mod.proxy_log(name, lines), end="")

@@ -1,0 +1,710 @@
+"""One deployment for a room of learners: an HTTPS proxy with a key per learner, cards to hand out, a budget.
+
+    ws = workshop.up(workshop.RoomRequest(name="ws", learners=30, model="ministral-8b", target="digitalocean",
+                                          hours=2, allow=["203.0.113.0/24"]))
+    workshop.revoke("ws", "l07")
+    workshop.down("ws")
+
+The model is deployed once (`deploy.deploy`, the engine's concurrency sized for the room by the planner) and keeps
+binding 127.0.0.1 with its own server key. In front of it, on the same host and installed through the same Host
+interface, runs nginx from the distribution's packages (`infra/nginx-workshop.conf.j2`): TLS with a self-signed
+certificate made here (its SHA-256 fingerprint is on every card), `allow` for the instructor's CIDRs only, a map of
+learner keys in a 0600 file, `limit_req` and `limit_conn` per key (429), and the server key added on the way in.
+Revoking a key rewrites that file and reloads nginx: no restart, no dropped replies.
+
+On DigitalOcean the firewall opens the proxy's port to the same CIDRs only (SSH stays open to the instructor
+only), and the droplet carries an expiry tag that `mistral-lab sweep --expired` acts on.
+
+Records: the workshop's files live in the deployment's folder (`state.deployment_dir(name)`): `workshop.json` (no
+secret), and 0600 `learner-keys.json`, `cards.html`, `cards.csv`. `down` destroys all of it with the deployment.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import hashlib
+import io
+import ipaddress
+import json
+import re
+import secrets
+import ssl
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import httpx
+import jinja2
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from mistral_lab import deploy, infra_files, state
+from mistral_lab.engines import service
+from mistral_lab.errors import BadInput, EngineError, MistralLabError, TargetError
+from mistral_lab.hosts import do_resources as res
+from mistral_lab.hosts import get_target
+from mistral_lab.hosts.base import Host
+from mistral_lab.plan import Plan, PlanRequest
+from mistral_lab.planning import make_plan
+
+Printer = Callable[[str], None]
+
+KEY_PREFIX = "mlw-"
+# Hex keys: nginx matches map strings ignoring case, so a mixed-case key would be worth less than it looks.
+KEY_BYTES = 24
+MAX_LEARNERS = 500
+MAX_HOURS = 72.0
+# One slot per learner: each may have CONNS_PER_LEARNER requests in flight, so a larger room queues briefly
+# instead of sizing the KV cache for learners that are reading, not asking.
+MAX_SLOTS = 64
+CONNS_PER_LEARNER = 2
+DEFAULT_RATE_PER_MIN = 20
+DEFAULT_BURST = 5
+DEFAULT_PORT = {"digitalocean": 443, "ssh": 8443, "local": 8443}
+READ_TIMEOUT_S = 600
+MAX_BODY_MB = 20  # a few images for vision models
+CERT_SLACK_DAYS = 7  # a workshop that runs over its hours keeps a valid certificate
+FILE = "workshop.json"
+KEYS_FILE = "learner-keys.json"
+CARDS_HTML = "cards.html"
+CARDS_CSV = "cards.csv"
+CERT_FILE = "proxy-cert.pem"
+_SAFE_PATH = re.compile(r"^/[A-Za-z0-9._/+-]+$")
+_SERVER_KEY = re.compile(r"^[A-Za-z0-9._~+/=-]+$")
+
+Target = Literal["local", "ssh", "digitalocean"]
+
+
+def _quiet(_line: str) -> None:
+    pass
+
+
+def _say(text: str) -> None:
+    print(text, flush=True)
+
+
+# ---------------------------------------------------------------------------------------------- the request
+
+
+class RoomRequest(BaseModel):
+    """What the instructor asks for. Everything is checked before anything is created."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    learners: int = Field(ge=1, le=MAX_LEARNERS)
+    model: str
+    target: Target = "local"
+    engine: Literal["auto", "vllm", "llamacpp"] = "auto"
+    gpu: str = "auto"
+    region: str | None = None
+    context: int | None = Field(default=None, gt=0)
+    hours: float = Field(default=2.0, gt=0, le=MAX_HOURS)
+    budget_usd: float | None = Field(default=None, gt=0)
+    allow: list[str] | None = None
+    ssh_from: list[str] | None = None
+    https_port: int | None = Field(default=None, ge=1, le=65535)
+    public_host: str | None = None
+    rate_per_min: int = Field(default=DEFAULT_RATE_PER_MIN, ge=1, le=6000)
+    burst: int = Field(default=DEFAULT_BURST, ge=0, le=1000)
+
+    @classmethod
+    def of(cls, **fields: Any) -> RoomRequest:
+        """From loose parameters (CLI flags), with errors that name the field and the fix."""
+        fixes = {"learners": f"give --learners between 1 and {MAX_LEARNERS}",
+                 "hours": f"give --hours above 0 and at most {MAX_HOURS:g}",
+                 "budget_usd": "give --budget in US dollars, above 0",
+                 "https_port": "give a port between 1 and 65535",
+                 "rate_per_min": "give --rate in requests per minute per learner, at least 1",
+                 "burst": "give --burst of 0 or more"}
+        try:
+            req = cls(**{k: v for k, v in fields.items() if v is not None})
+        except ValidationError as e:
+            err = e.errors()[0]
+            name = ".".join(str(p) for p in err["loc"])
+            raise BadInput(err["msg"], field=name, fix=fixes.get(name)) from None
+        return req
+
+
+def parse_allow(value: str | list[str]) -> list[str]:
+    return res.parse_cidrs(value, field="allow", service="the workshop", example="203.0.113.0/24")
+
+
+def _loopback_only(cidrs: list[str]) -> bool:
+    return all(ipaddress.ip_network(c).is_loopback for c in cidrs)
+
+
+def room_slots(learners: int) -> int:
+    return min(learners, MAX_SLOTS)
+
+
+@dataclass(frozen=True)
+class RoomPlan:
+    """The model's plan for the room and what it costs, decided before anything exists."""
+
+    request: RoomRequest
+    plan: Plan
+    allow: list[str]
+    port: int | None  # None: the first free port from the target's default, chosen on the host
+    listen: str
+    hourly_usd: float
+    planned_cost_usd: float
+
+    def summary(self) -> str:
+        p = self.plan
+        cost = (f"${self.hourly_usd:.2f}/hour x {self.request.hours:g} h = ${self.planned_cost_usd:.2f}"
+                if self.hourly_usd else "$0.00 (no cloud resources)")
+        budget = f", budget ${self.request.budget_usd:.2f}" if self.request.budget_usd else ""
+        return (f"workshop {self.request.name}: {self.request.learners} learners on {p.model} ({p.engine}, "
+                f"{p.gpu_name}, {p.concurrency} slots x {p.context:,} tokens), HTTPS from {', '.join(self.allow)}; "
+                f"planned cost {cost}{budget}")
+
+
+def plan_room(req: RoomRequest) -> RoomPlan:
+    """Size the deployment for the room and price it; raise when the inputs or the budget do not work out."""
+    if req.allow is None:
+        if req.target != "local":
+            raise BadInput(f"a workshop on {req.target} needs the networks its learners come from", field="allow",
+                           fix="pass them as CIDRs, e.g. --allow 203.0.113.0/24 (the room's public address range)")
+        allow = ["127.0.0.1/32"]
+    else:
+        allow = parse_allow(req.allow)
+    if req.ssh_from is not None and req.target != "digitalocean":
+        raise BadInput("--ssh-from only applies to DigitalOcean droplets", field="ssh_from",
+                       fix="drop it; on local and ssh hosts SSH is not ours to open")
+    if req.ssh_from is not None:
+        res.parse_allow_from(req.ssh_from)
+    state.check_name(req.name)
+    local_only = req.target == "local" and _loopback_only(allow)
+    if req.target == "local" and not local_only and not req.public_host:
+        raise BadInput("learners on other machines need this machine's address on their cards", field="public_host",
+                       fix="pass it, e.g. --public-host 192.168.1.20 (or --allow 127.0.0.1/32 to stay on this machine)")
+    port = req.https_port or (DEFAULT_PORT[req.target] if req.target == "digitalocean" else None)
+    plan = make_plan(PlanRequest(model=req.model, target=req.target, engine=req.engine, gpu=req.gpu, region=req.region,
+                                 context=req.context, concurrency=room_slots(req.learners), name=req.name))
+    hourly = float(plan.hourly_usd or 0.0)
+    cost = round(hourly * req.hours, 2)
+    if req.budget_usd is not None and cost > req.budget_usd:
+        most = req.budget_usd / hourly
+        raise BadInput(f"{req.hours:g} h on {plan.gpu} at ${hourly:.2f}/hour is ${cost:.2f}, over the budget of "
+                       f"${req.budget_usd:.2f}", field="budget",
+                       fix=f"at most --hours {int(most * 100) / 100:g} on {plan.gpu}, a cheaper --gpu, or a higher --budget")
+    return RoomPlan(request=req, plan=plan, allow=allow, port=port, listen="127.0.0.1" if local_only else "0.0.0.0",
+                    hourly_usd=hourly, planned_cost_usd=cost)
+
+
+# ---------------------------------------------------------------------------------------------- the record
+
+
+class Learner(BaseModel):
+    id: str
+    revoked_at: str | None = None
+
+    @property
+    def active(self) -> bool:
+        return self.revoked_at is None
+
+
+class Workshop(BaseModel):
+    name: str
+    status: Literal["creating", "up", "failed"]
+    created_at: str = Field(default_factory=state.now)
+    model: str
+    target: Target
+    learners: list[Learner]
+    hours: float
+    expires_at: int = Field(description="unix seconds; on DigitalOcean also the droplet's expiry tag")
+    hourly_usd: float
+    planned_cost_usd: float
+    budget_usd: float | None = None
+    allow: list[str]
+    listen: str
+    public_host: str | None = None
+    https_port: int | None = None
+    rate_per_min: int
+    burst: int
+    conns_per_learner: int = CONNS_PER_LEARNER
+    fingerprint: str | None = Field(default=None, description="SHA-256 of the proxy's certificate, AB:CD:... form")
+    proxy_root: str | None = None
+    proxy_mode: Literal["systemd", "process"] | None = None
+    error: str | None = None
+
+    @property
+    def base_url(self) -> str:
+        host = self.public_host or "127.0.0.1"
+        shown = f"[{host}]" if ":" in host else host
+        return f"https://{shown}{'' if self.https_port == 443 else f':{self.https_port}'}/v1"
+
+    @property
+    def active(self) -> list[Learner]:
+        return [learner for learner in self.learners if learner.active]
+
+    def learner(self, who: str, keys: dict[str, str]) -> Learner:
+        """A learner by id (l07) or by key: an instructor revoking a leaked key may only have the key."""
+        by_key = {v: k for k, v in keys.items()}
+        wanted = by_key.get(who, who)
+        for learner in self.learners:
+            if learner.id == wanted:
+                return learner
+        raise BadInput(f"workshop {self.name} has no learner {who if who in keys else 'with that key'!r}",
+                       field="learner", fix=f"one of {self.learners[0].id}..{self.learners[-1].id}, or the key itself")
+
+
+def exists(name: str) -> bool:
+    return (state.deployment_dir(name) / FILE).is_file()
+
+
+def names() -> list[str]:
+    root = state.home() / "deployments"
+    return sorted(p.name for p in root.iterdir() if (p / FILE).is_file()) if root.is_dir() else []
+
+
+def load(name: str) -> Workshop:
+    if not exists(name):
+        known = names()
+        raise BadInput(f"unknown workshop {name!r}", field="name",
+                       fix=f"known workshops: {', '.join(known)}" if known else "none yet: mistral-lab workshop up ...")
+    return Workshop.model_validate_json((state.deployment_dir(name) / FILE).read_text())
+
+
+def save(ws: Workshop) -> None:
+    state.write_secret(ws.name, FILE, ws.model_dump_json(indent=2))
+
+
+def load_keys(name: str) -> dict[str, str]:
+    return json.loads(state.read_secret(name, KEYS_FILE))
+
+
+def new_key() -> str:
+    return KEY_PREFIX + secrets.token_hex(KEY_BYTES)
+
+
+def learner_ids(n: int) -> list[str]:
+    width = max(2, len(str(n)))
+    return [f"l{i:0{width}d}" for i in range(1, n + 1)]
+
+
+# ---------------------------------------------------------------------------------------------- certificate
+
+
+@dataclass(frozen=True)
+class Certificate:
+    cert_pem: str
+    key_pem: str = field(repr=False)
+    fingerprint: str
+
+
+def fingerprint_of(pem_or_der: str | bytes) -> str:
+    """SHA-256 of the DER certificate as colon hex, the form browsers and `openssl x509 -fingerprint` show."""
+    der = ssl.PEM_cert_to_DER_cert(pem_or_der) if isinstance(pem_or_der, str) else pem_or_der
+    return hashlib.sha256(der).digest().hex(":").upper()
+
+
+def make_certificate(host: str, *, valid_hours: float, name: str) -> Certificate:
+    """A self-signed P-256 certificate for `host` (an address or a DNS name), made here, never on the host."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"mistral-lab workshop {name}")])
+    try:
+        alt: x509.GeneralName = x509.IPAddress(ipaddress.ip_address(host))
+    except ValueError:
+        alt = x509.DNSName(host)
+    now = dt.datetime.now(dt.UTC)
+    ski = x509.SubjectKeyIdentifier.from_public_key(key.public_key())
+    cert = (
+        x509.CertificateBuilder().subject_name(subject).issuer_name(subject).public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(hours=valid_hours, days=CERT_SLACK_DAYS))
+        .add_extension(x509.SubjectAlternativeName([alt]), critical=False)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.KeyUsage(digital_signature=True, content_commitment=False, key_encipherment=False,
+                                     data_encipherment=False, key_agreement=False, key_cert_sign=False,
+                                     crl_sign=False, encipher_only=False, decipher_only=False), critical=True)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .add_extension(ski, critical=False)
+        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ski), critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    cert_pem = cert.public_bytes(serialization.Encoding.PEM).decode()
+    key_pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                serialization.NoEncryption()).decode()
+    return Certificate(cert_pem=cert_pem, key_pem=key_pem,
+                       fingerprint=fingerprint_of(cert.public_bytes(serialization.Encoding.DER)))
+
+
+def pinned_context(host: str, port: int, fingerprint: str, *, timeout: float = 10.0) -> ssl.SSLContext:
+    """Fetch the server's certificate, refuse it unless its fingerprint is the pinned one, then trust only it.
+
+    What the cards' snippet does, for tests and the load benchmark."""
+    pem = ssl.get_server_certificate((host, port), timeout=timeout)
+    seen = fingerprint_of(pem)
+    if seen != fingerprint.upper():
+        raise TargetError(f"the server at {host}:{port} shows certificate {seen}, not the workshop's {fingerprint}",
+                          fix="someone is between you and the workshop, or the address is wrong; do not send keys")
+    return ssl.create_default_context(cadata=pem)
+
+
+# ---------------------------------------------------------------------------------------------- rendering
+
+
+_cards_env = jinja2.Environment(loader=jinja2.PackageLoader("mistral_lab", "infra"), autoescape=True,
+                                undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
+
+
+@dataclass(frozen=True)
+class Card:
+    learner: str
+    base_url: str
+    api_key: str = field(repr=False)
+    fingerprint: str
+    model: str
+
+    def public(self) -> dict[str, str]:
+        return {"learner": self.learner, "base_url": self.base_url, "api_key": self.api_key,
+                "fingerprint": self.fingerprint, "model": self.model}
+
+
+def snippet(card: Card) -> str:
+    """Three lines of Python a learner types: pin the certificate by its fingerprint, make a client, ask."""
+    u = httpx.URL(card.base_url)
+    port = u.port or 443
+    host = u.host
+    return (
+        f'import ssl, hashlib, httpx, openai; pem = ssl.get_server_certificate(("{host}", {port})); '
+        f'assert hashlib.sha256(ssl.PEM_cert_to_DER_cert(pem)).digest().hex(":").upper() == "{card.fingerprint}", '
+        '"not the workshop server"\n'
+        f'client = openai.OpenAI(base_url="{card.base_url}", api_key="{card.api_key}", '
+        'http_client=httpx.Client(verify=ssl.create_default_context(cadata=pem)))\n'
+        f'print(client.chat.completions.create(model="{card.model}", '
+        'messages=[{"role": "user", "content": "Hello!"}]).choices[0].message.content)\n'
+    )
+
+
+def cards(ws: Workshop, keys: dict[str, str]) -> list[Card]:
+    assert ws.fingerprint, "cards need the proxy's certificate"
+    return [Card(learner=learner.id, base_url=ws.base_url, api_key=keys[learner.id], fingerprint=ws.fingerprint,
+                 model=ws.model) for learner in ws.active]
+
+
+def render_cards_html(ws: Workshop, keys: dict[str, str]) -> str:
+    expires = dt.datetime.fromtimestamp(ws.expires_at, dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    return _cards_env.get_template("workshop-cards.html.j2").render(
+        ws=ws, cards=[(c, snippet(c)) for c in cards(ws, keys)], expires=expires,
+        revoked=[learner.id for learner in ws.learners if not learner.active])
+
+
+def render_cards_csv(ws: Workshop, keys: dict[str, str]) -> str:
+    out = io.StringIO()
+    writer = csv.writer(out)
+    writer.writerow(["learner", "base_url", "api_key", "fingerprint", "model", "expires_at", "status"])
+    for learner in ws.learners:
+        writer.writerow([learner.id, ws.base_url, keys[learner.id], ws.fingerprint, ws.model,
+                         dt.datetime.fromtimestamp(ws.expires_at, dt.UTC).isoformat(),
+                         "active" if learner.active else f"revoked {learner.revoked_at}"])
+    return out.getvalue()
+
+
+def write_cards(ws: Workshop, keys: dict[str, str]) -> dict[str, str]:
+    """cards.html (printable, one card per learner) and cards.csv, 0600 beside the record: they hold keys."""
+    html = state.write_secret(ws.name, CARDS_HTML, render_cards_html(ws, keys))
+    table = state.write_secret(ws.name, CARDS_CSV, render_cards_csv(ws, keys))
+    return {"html": str(html), "csv": str(table)}
+
+
+def render_keys_map(name: str, active: dict[str, str]) -> str:
+    return infra_files.render("nginx-keys.map.j2", name=name,
+                              learners=[{"id": i, "key": k} for i, k in sorted(active.items())])
+
+
+def render_nginx_conf(ws: Workshop, *, root: str, backend_port: int, worker_user: str | None) -> str:
+    return infra_files.render(
+        "nginx-workshop.conf.j2", name=ws.name, model=ws.model, learners=len(ws.learners), root=root,
+        worker_user=worker_user, workers=1, listen=ws.listen, port=ws.https_port, allow=ws.allow,
+        rate_per_min=ws.rate_per_min, burst=ws.burst, conns_per_learner=ws.conns_per_learner,
+        backend_port=backend_port, read_timeout_s=READ_TIMEOUT_S, max_body_mb=MAX_BODY_MB,
+        retry_after_s=max(1, -(-60 // ws.rate_per_min)),
+    )
+
+
+# ---------------------------------------------------------------------------------------------- the proxy on its host
+
+
+def _proxy_spec(ws: Workshop, nginx: str = "nginx") -> service.ServiceSpec:
+    assert ws.proxy_root and ws.proxy_mode and ws.https_port
+    root = ws.proxy_root
+    # daemon off: the service (systemd, or our supervised process) is nginx's master, so stop and status see it.
+    argv = [nginx, "-e", "stderr", "-p", f"{root}/", "-c", f"{root}/nginx.conf", "-g", "daemon off;"]
+    return service.ServiceSpec(name=f"{ws.name}-proxy", model=ws.model, engine="nginx", root=root, argv=argv,
+                               port=ws.https_port, key_var="", mode=ws.proxy_mode, user=None)
+
+
+def _proxy_script(host: Host, ws: Workshop, action: str, *, check: bool = True, **env: str) -> str:
+    spec = _proxy_spec(ws)
+    base = {"ACTION": action, "ROOT": spec.root, "MODE": spec.mode, "UNIT": spec.unit, "TIMEOUT": "30"}
+    r = host.run_script(infra_files.with_env(infra_files.read("workshop-proxy.sh"), {**base, **env}), check=False)
+    if check and not r.ok:
+        raise EngineError(f"the workshop proxy's {action} failed (exit {r.returncode}):\n"
+                          + "\n".join((r.stdout + r.stderr).strip().splitlines()[-20:]),
+                          field="proxy", fix=_proxy_fix(r.stdout + r.stderr, ws))
+    return r.stdout
+
+
+def _proxy_fix(log: str, ws: Workshop) -> str:
+    if "Permission denied" in log and (ws.https_port or 0) < 1024:
+        return "ports below 1024 need root: pass --https-port 8443 (or run the host with systemd)"
+    if "Address already in use" in log:
+        return f"port {ws.https_port} is taken on the host: pass another --https-port"
+    if "sudo" in log:
+        return "the login user needs passwordless sudo to install nginx (or install it: apt-get install nginx)"
+    return "read the lines above; `mistral-lab workshop down NAME` removes what was made"
+
+
+def _host_user(host: Host) -> tuple[str, int]:
+    out = host.run("id -un; id -u", retry_safe=True).stdout.split()
+    return out[0], int(out[1])
+
+
+def _free_port(host: Host, start: int) -> int:
+    out = host.run_script(infra_files.with_env(infra_files.read("free-port.sh"), {"START": str(start)}),
+                          retry_safe=True).stdout
+    return int(out.strip().splitlines()[-1])
+
+
+def install_proxy(host: Host, ws: Workshop, dep: state.Deployment, keys: dict[str, str], cert: Certificate,
+                  say: Printer) -> Workshop:
+    """Put nginx, its config, certificate and key files on the host; start it and wait until it listens."""
+    assert dep.service is not None and dep.endpoint is not None
+    root = f"{dep.service.root}/proxy"
+    if not _SAFE_PATH.match(root):
+        raise BadInput(f"the deployment folder {root!r} has characters nginx's config cannot hold", field="host_root",
+                       fix="deploy under a plain path (letters, digits, . _ - /): option host_root")
+    server_key = dep.api_key()
+    if not _SERVER_KEY.match(server_key):
+        raise EngineError("the server key has characters nginx's config cannot hold", field="api_key",
+                          fix=f"tear down and deploy again: mistral-lab workshop down {ws.name}")
+    ws.proxy_root, ws.proxy_mode = root, dep.service.kind
+    if ws.https_port is None:
+        ws.https_port = _free_port(host, DEFAULT_PORT[ws.target])
+        say(f"  the proxy listens on port {ws.https_port}")
+    out = _proxy_script(host, ws, "install").strip().splitlines()
+    nginx = out[-1]
+    say(f"  {out[-2] if len(out) > 1 else 'nginx'} at {nginx}")
+    login, uid = _host_user(host)
+    # A root master would run workers as `nobody`, which cannot write the proxy's temp folder.
+    worker_user = login if (ws.proxy_mode == "systemd" or uid == 0) else None
+    host.put_text(cert.cert_pem, f"{root}/cert.pem", mode=0o644)
+    host.put_text(cert.key_pem, f"{root}/cert.key", mode=0o600)
+    host.put_text(infra_files.render("nginx-upstream-auth.conf.j2", server_key=server_key),
+                  f"{root}/upstream-auth.conf", mode=0o600)
+    host.put_text(render_keys_map(ws.name, {learner.id: keys[learner.id] for learner in ws.active}),
+                  f"{root}/keys.map", mode=0o600)
+    host.put_text(render_nginx_conf(ws, root=root, backend_port=dep.endpoint.remote_port, worker_user=worker_user),
+                  f"{root}/nginx.conf", mode=0o644)
+    spec = _proxy_spec(ws, nginx)
+    service.install(host, spec)
+    _proxy_script(host, ws, "check")
+    service.stop(host, spec)  # what an earlier attempt may have left
+    start = host.run_script(infra_files.with_env(infra_files.read("service.sh"), {
+        "ACTION": "start", "ROOT": spec.root, "UNIT": spec.unit, "MODE": spec.mode, "LINES": "50"}), check=False)
+    if not start.ok:
+        raise EngineError(f"could not start the workshop proxy: {start.stderr.strip() or start.stdout.strip()}",
+                          field="proxy", fix=_proxy_fix(start.stdout + start.stderr, ws))
+    say("  " + _proxy_script(host, ws, "wait", PORT=str(ws.https_port)).strip().splitlines()[-1])
+    return ws
+
+
+def _stop_proxy(ws: Workshop, dep: state.Deployment | None, say: Printer) -> bool:
+    if not (ws.proxy_root and ws.proxy_mode and dep is not None):
+        return False
+    try:
+        host = get_target(dep.plan.target, {}).reconnect(dep.host)
+        try:
+            service.stop(host, _proxy_spec(ws))
+        finally:
+            host.close()
+        say(f"✔ stopped the proxy of {ws.name}")
+        return True
+    except MistralLabError as e:
+        say(f"… could not reach the host to stop the proxy ({e.message}); destroying anyway")
+        return False
+
+
+def _reload(ws: Workshop, keys: dict[str, str]) -> None:
+    dep = state.load(ws.name)
+    host = get_target(dep.plan.target, {}).reconnect(dep.host)
+    try:
+        assert ws.proxy_root
+        host.put_text(render_keys_map(ws.name, {learner.id: keys[learner.id] for learner in ws.active}),
+                      f"{ws.proxy_root}/keys.map", mode=0o600)
+        _proxy_script(host, ws, "reload")
+    finally:
+        host.close()
+
+
+def check_from_here(ws: Workshop, *, timeout: float = 10.0) -> int:
+    """A request without a key through the pinned TLS connection: 401 means TLS, the certificate and the key check
+    all work. Returns the status."""
+    assert ws.fingerprint and ws.https_port
+    host = ws.public_host or "127.0.0.1"
+    ctx = pinned_context(host, ws.https_port, ws.fingerprint, timeout=timeout)
+    with httpx.Client(verify=ctx, timeout=timeout) as c:
+        return c.get(ws.base_url + "/models").status_code
+
+
+# ---------------------------------------------------------------------------------------------- up, revoke, down
+
+
+def up(req: RoomRequest, *, options: dict[str, Any] | None = None, say: Printer = _say,
+       start_timeout: float = 900) -> tuple[Workshop, dict[str, str]]:
+    """Plan, show the cost, deploy, put the proxy in front, write the cards. Returns the record and the card files.
+
+    A failure anywhere removes what was made (the droplet, the servers, the records)."""
+    room = plan_room(req)
+    say(room.summary())
+    if exists(req.name) or state.exists(req.name):
+        raise BadInput(f"{req.name} already exists", field="name",
+                       fix=f"pick another --name, or `mistral-lab workshop down {req.name}` first")
+    expires_at = int(time.time() + req.hours * 3600)
+    ids = learner_ids(req.learners)
+    keys = {i: new_key() for i in ids}
+    ws = Workshop(name=req.name, status="creating", model=room.plan.model, target=req.target,
+                  learners=[Learner(id=i) for i in ids], hours=req.hours, expires_at=expires_at,
+                  hourly_usd=room.hourly_usd, planned_cost_usd=room.planned_cost_usd, budget_usd=req.budget_usd,
+                  allow=room.allow, listen=room.listen, public_host=req.public_host, https_port=room.port,
+                  rate_per_min=req.rate_per_min, burst=req.burst)
+    save(ws)
+    state.write_secret(req.name, KEYS_FILE, json.dumps(keys, indent=2))
+    opts = dict(options or {})
+    if req.target == "digitalocean":
+        opts.update(https_from=room.allow, https_port=room.port, expires_at=expires_at)
+        if req.ssh_from:
+            opts["allow_from"] = req.ssh_from
+    try:
+        dep = deploy.deploy(PlanRequest(model=req.model, target=req.target, engine=req.engine, gpu=req.gpu,
+                                        region=req.region, context=req.context,
+                                        concurrency=room_slots(req.learners), name=req.name),
+                            options=opts, say=say, start_timeout=start_timeout, keep_on_failure=False)
+        if ws.public_host is None and req.target != "local":
+            ws.public_host = dep.host.address
+        say("▶ proxy")
+        t0 = time.monotonic()
+        cert = make_certificate(ws.public_host or "127.0.0.1", valid_hours=req.hours, name=req.name)
+        ws.fingerprint = cert.fingerprint
+        state.write_secret(req.name, CERT_FILE, cert.cert_pem)
+        host = get_target(dep.plan.target, {}).reconnect(dep.host)
+        try:
+            install_proxy(host, ws, dep, keys, cert, say)
+        finally:
+            host.close()
+        save(ws)
+        _check_reachable(ws, say)
+        say(f"✔ proxy in {time.monotonic() - t0:.1f}s: {ws.base_url}, certificate {ws.fingerprint}")
+        ws.status = "up"
+        save(ws)
+        files = write_cards(ws, keys)
+        say(f"✔ workshop {ws.name} is up until "
+            f"{dt.datetime.fromtimestamp(expires_at, dt.UTC).strftime('%H:%M UTC')}: {len(ids)} cards in "
+            f"{files['html']} and {files['csv']}")
+        return ws, files
+    except BaseException as e:
+        ws.status, ws.error = "failed", str(e) if isinstance(e, MistralLabError) else f"{type(e).__name__}: {e}"
+        say(f"✘ workshop up failed; removing what it made ({ws.error.splitlines()[0]})")
+        _remove(ws, say)
+        raise
+
+
+def _check_reachable(ws: Workshop, say: Printer) -> None:
+    try:
+        code = check_from_here(ws)
+    except (OSError, httpx.HTTPError) as e:
+        if ws.target == "local":
+            raise EngineError(f"the proxy does not answer on {ws.base_url}: {type(e).__name__}: {e}", field="proxy",
+                              fix="read the proxy's log: <deployment folder>/proxy/serve.log") from None
+        say(f"  could not reach {ws.base_url} from this machine ({type(e).__name__}); fine if it is outside --allow")
+        return
+    if code != 401:
+        raise EngineError(f"the proxy answered {code} to a request without a key; expected 401", field="proxy",
+                          fix="read the proxy's config: <deployment folder>/proxy/nginx.conf")
+
+
+def _remove(ws: Workshop, say: Printer) -> deploy.TeardownReport | None:
+    dep = state.load(ws.name) if state.exists(ws.name) else None
+    _stop_proxy(ws, dep, say)
+    report = deploy.teardown(ws.name, say=say) if dep is not None else None
+    state.remove(ws.name)  # whatever is left: the workshop's own files, which hold keys
+    return report
+
+
+def revoke(name: str, who: str, *, say: Printer = _say) -> Learner:
+    """Take one learner's key out of the proxy: rewrite its key file and reload nginx (no restart)."""
+    ws = load(name)
+    keys = load_keys(name)
+    learner = ws.learner(who, keys)
+    if not learner.active:
+        say(f"{learner.id} was already revoked at {learner.revoked_at}")
+        return learner
+    if ws.status != "up":
+        raise BadInput(f"workshop {name} is {ws.status}", field="name", fix=f"mistral-lab workshop down {name}")
+    learner.revoked_at = state.now()
+    _reload(ws, keys)
+    save(ws)
+    write_cards(ws, keys)
+    say(f"✔ revoked {learner.id}: its key gets 401 from now on; {len(ws.active)} keys remain")
+    return learner
+
+
+@dataclass
+class DownReport:
+    name: str
+    hours: float
+    cost_usd: float
+    planned_cost_usd: float
+    leftovers: list[str]
+
+
+def down(name: str, *, say: Printer = _say) -> DownReport:
+    """Stop the proxy, destroy the deployment (the droplet, its firewall and key on DigitalOcean), forget it all."""
+    ws = load(name)
+    report = _remove(ws, say)
+    hours = report.hours if report else 0.0
+    cost = report.cost_usd if report else 0.0
+    say(f"✔ workshop {name} is gone after {hours:.2f} h: total cost about ${cost:.2f} "
+        f"(planned ${ws.planned_cost_usd:.2f})")
+    return DownReport(name=name, hours=hours, cost_usd=cost, planned_cost_usd=ws.planned_cost_usd,
+                      leftovers=report.leftovers if report else [])
+
+
+def status(name: str) -> dict[str, Any]:
+    ws = load(name)
+    dep = state.load(name) if state.exists(name) else None
+    info = ws.model_dump(mode="json")
+    info["base_url"] = ws.base_url
+    info["active_keys"] = len(ws.active)
+    info["expires_in_h"] = round((ws.expires_at - time.time()) / 3600, 2)
+    if dep is not None:
+        info["hours_up"] = round(deploy.hours_up(dep), 3)
+        info["cost_usd"] = deploy.cost_so_far(dep)
+    info["cards"] = {"html": str(state.deployment_dir(name) / CARDS_HTML),
+                     "csv": str(state.deployment_dir(name) / CARDS_CSV)}
+    return info
+
+
+def proxy_log(name: str, lines: int = 100) -> str:
+    ws = load(name)
+    dep = state.load(name)
+    host = get_target(dep.plan.target, {}).reconnect(dep.host)
+    try:
+        return service.logs(host, _proxy_spec(ws), lines)
+    finally:
+        host.close()
+
+
+__all__ = ["Card", "Certificate", "DownReport", "Learner", "RoomPlan", "RoomRequest", "Workshop", "cards",
+           "check_from_here", "down", "fingerprint_of", "load", "load_keys", "make_certificate", "names",
+           "pinned_context", "plan_room", "revoke", "snippet", "status", "up"]
