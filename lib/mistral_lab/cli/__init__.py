@@ -13,6 +13,7 @@ from . import digitalocean as _digitalocean  # noqa: F401  (registers commands)
 from . import hosts as _hosts  # noqa: F401  (registers commands)
 from . import models as _models  # noqa: F401  (registers commands)
 from . import query as _query  # noqa: F401  (registers commands)
+from . import workshop as _workshop  # noqa: F401  (registers commands)
 from ._app import app, console_err
 
 __all__ = ["app", "main"]
