@@ -356,6 +356,18 @@ def _rope_permute(w: np.ndarray, n_head: int) -> np.ndarray:
 _PY_QUANTS = {"F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1"}
 
 
+def check_quant(quant: str) -> str:
+    """The GGUF type in llama.cpp's spelling; a name it does not know fails here, before minutes of writing F16."""
+    from gguf import LlamaFileType
+
+    q = quant.strip().upper()
+    known = [m.name.removeprefix("MOSTLY_") for m in LlamaFileType if m.name.startswith("MOSTLY_")]
+    if q != "F32" and q not in known:
+        raise BadInput(f"unknown GGUF type {quant!r}", field="quant",
+                       fix="one of F32, " + ", ".join(known) + " (or hf for a Hugging Face folder)")
+    return q
+
+
 def _file_type(quant: str) -> int:
     from gguf import LlamaFileType
 
@@ -715,6 +727,8 @@ def make_model(
     quant = (quant or "F16").strip()
     context = model.capabilities.max_context
     is_hf = quant.lower() == "hf"
+    if not is_hf:
+        quant = check_quant(quant)
     if out is None:
         fingerprint = model_fingerprint(arch, "hf" if is_hf else quant, seed, context)
         base = Path(cache or DEFAULT_CACHE) / "models"

@@ -8,8 +8,10 @@ import click
 
 from mistral_lab.errors import MistralLabError
 
+from . import bench as _bench  # noqa: F401  (registers commands)
 from . import deploy as _deploy  # noqa: F401  (registers commands)
 from . import digitalocean as _digitalocean  # noqa: F401  (registers commands)
+from . import eval as _eval  # noqa: F401  (registers commands)
 from . import hosts as _hosts  # noqa: F401  (registers commands)
 from . import models as _models  # noqa: F401  (registers commands)
 from . import query as _query  # noqa: F401  (registers commands)
