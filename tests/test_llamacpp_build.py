@@ -6,7 +6,9 @@ script runs against a prepared cache folder or with tools missing, which takes m
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -152,26 +154,41 @@ def _run(tmp_path: Path, path: str | None = None, **env: str) -> subprocess.Comp
     )
 
 
-def _fake_cached_build(cache: Path, dirname: str, targets=lb.DEFAULT_TARGETS) -> Path:
+def _fake_cached_build(cache: Path, dirname: str, targets=lb.DEFAULT_TARGETS, recipe: int | None = None) -> Path:
     dest = cache / "llama.cpp" / dirname
     (dest / "bin").mkdir(parents=True)
     for t in targets:
         (dest / "bin" / t).write_text("#!/bin/sh\n")
         (dest / "bin" / t).chmod(0o755)
-    (dest / "build.json").write_text("{}")
+    info = {"key": dirname} if recipe is None else {"key": dirname, "recipe": recipe, "arch": "native"}
+    (dest / "build.json").write_text(json.dumps(info, indent=2))
     return dest / "bin"
 
 
+def _script_recipe() -> int:
+    m = re.search(r"^RECIPE=(\d+)$", build_script().read_text(), re.M)
+    assert m, "the build script names its recipe"
+    return int(m.group(1))
+
+
 def test_cached_key_skips_the_build_and_needs_no_compiler(tmp_path):
-    bin_dir = _fake_cached_build(tmp_path / "cache", "0.3.36-cpu-native")
+    bin_dir = _fake_cached_build(tmp_path / "cache", "0.3.36-cpu-native", recipe=_script_recipe())
     r = _run(tmp_path, path=_tools_without_compilers(tmp_path))
     assert r.returncode == 0, r.stderr
     assert "cached: 0.3.36-cpu-native already built" in r.stdout and "skipping the build" in r.stdout
     assert lb.parse_bin_dir(r.stdout) == str(bin_dir)
 
 
+def test_a_cache_from_an_older_recipe_is_rebuilt(tmp_path):
+    # e.g. recipe 1 built -march=native with AMX on VMs that cannot run it
+    _fake_cached_build(tmp_path / "cache", "0.3.36-cpu-native", recipe=_script_recipe() - 1)
+    r = _run(tmp_path, path=_tools_without_compilers(tmp_path))
+    assert r.returncode == 2 and "skipping the build" not in r.stdout
+    assert "cmake not found" in r.stderr
+
+
 def test_uploaded_sdist_gets_the_pypi_key(tmp_path):
-    bin_dir = _fake_cached_build(tmp_path / "cache", "0.3.36-cpu-portable")
+    bin_dir = _fake_cached_build(tmp_path / "cache", "0.3.36-cpu-portable", recipe=_script_recipe())
     tarball = tmp_path / "llama_cpp_python-0.3.36.tar.gz"
     tarball.write_bytes(b"")
     r = _run(tmp_path, SOURCE="tarball", TARBALL=str(tarball), ARCH="portable")

@@ -35,6 +35,8 @@ PYPI_URL="${PYPI_URL:-https://pypi.org}"
 GIT_URL="${GIT_URL:-https://github.com/ggml-org/llama.cpp}"
 KEEP_BUILD="${KEEP_BUILD:-1}"
 PACKAGE=llama-cpp-python
+# Bumped when the build recipe changes what a cached key holds; older caches are rebuilt.
+RECIPE=2
 
 say() { echo "llamacpp-build: $*"; }
 die() {
@@ -138,7 +140,8 @@ main() {
   for t in "${TARGET_LIST[@]}"; do
     [ -x "$BIN/$t" ] || missing+=("$t")
   done
-  if [ -f "$DEST/build.json" ] && [ ${#missing[@]} = 0 ]; then
+  # A cache made by an older recipe of this script may hold binaries that do not run here (see cpu_flags): rebuild.
+  if [ -f "$DEST/build.json" ] && [ ${#missing[@]} = 0 ] && [[ "$(<"$DEST/build.json")" == *"\"recipe\": $RECIPE,"* ]]; then
     say "cached: $KEY already built ($TARGETS), skipping the build"
     echo "LLAMACPP_BIN=$BIN"
     exit 0
@@ -279,6 +282,59 @@ main() {
   say "source: $SOURCE_DESC, llama.cpp commit $COMMIT, tree $TREE"
 
   # ---- configure and build -----------------------------------------------------------------------------------
+  # -march=native trusts CPUID. Some VMs (Firecracker among them) advertise AMX but leave its tile state off, so
+  # AMX code dies with SIGILL on the first Q4_K/Q8_0 matmul. Where AMX is advertised, a tiny program tries a
+  # tile instruction; if that traps, the native feature set is spelled out without AMX.
+  amx_runs() {
+    local dir
+    dir=$(mktemp -d)
+    cat >"$dir/amx.c" <<'C'
+#include <immintrin.h>
+#include <string.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+int main(void) {
+  unsigned char cfg[64];
+  if (syscall(SYS_arch_prctl, 0x1023, 18)) return 1; /* ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA */
+  memset(cfg, 0, sizeof cfg);
+  cfg[0] = 1; cfg[16] = 64; cfg[48] = 16;
+  _tile_loadconfig(cfg);
+  _tile_zero(0);
+  _tile_release();
+  return 0;
+}
+C
+    local ok=1
+    if "$CC_BIN" -O1 -mamx-tile "$dir/amx.c" -o "$dir/amx" >/dev/null 2>&1 && (ulimit -c 0; "$dir/amx") 2>/dev/null; then
+      ok=0
+    fi
+    rm -rf "$dir"
+    return $ok
+  }
+  cpu_flags() {
+    local cpu
+    cpu=" $(grep -m1 '^flags' /proc/cpuinfo 2>/dev/null | cut -d: -f2) "
+    if [[ "$cpu" != *" amx_tile "* ]] || amx_runs; then
+      FLAGS+=(-DGGML_NATIVE=ON)
+      return
+    fi
+    say "configure: this CPU advertises AMX but cannot run it: building its other native features without AMX"
+    has() { for f in "$@"; do [[ "$cpu" == *" $f "* ]] || return 1; done; }
+    onoff() { if has "${@:2}"; then FLAGS+=("-D$1=ON"); else FLAGS+=("-D$1=OFF"); fi; }
+    FLAGS+=(-DGGML_NATIVE=OFF -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF)
+    onoff GGML_SSE42 sse4_2
+    onoff GGML_F16C f16c
+    onoff GGML_FMA fma
+    onoff GGML_BMI2 bmi2
+    onoff GGML_AVX avx
+    onoff GGML_AVX2 avx2
+    onoff GGML_AVX_VNNI avx_vnni
+    onoff GGML_AVX512 avx512f avx512cd avx512vl avx512dq avx512bw
+    onoff GGML_AVX512_VBMI avx512vbmi
+    onoff GGML_AVX512_VNNI avx512_vnni
+    onoff GGML_AVX512_BF16 avx512_bf16
+  }
+
   BUILD="$DEST/build"
   FLAGS=(
     -DCMAKE_BUILD_TYPE=Release
@@ -293,7 +349,7 @@ main() {
   case "$BACKEND" in
     cpu)
       FLAGS+=(-DGGML_CUDA=OFF)
-      if [ "$ARCH" = native ]; then FLAGS+=(-DGGML_NATIVE=ON); else FLAGS+=(-DGGML_NATIVE=OFF); fi
+      if [ "$ARCH" = native ]; then cpu_flags; else FLAGS+=(-DGGML_NATIVE=OFF); fi
       ;;
     cuda) FLAGS+=(-DGGML_CUDA=ON "-DCMAKE_CUDA_ARCHITECTURES=$ARCH") ;;
     rocm)
@@ -307,12 +363,12 @@ main() {
   if command -v ninja >/dev/null 2>&1; then GENERATOR=(-G Ninja); fi
 
   START=$SECONDS
-  if [ ! -f "$BUILD/CMakeCache.txt" ]; then
-    say "configure: cmake ${FLAGS[*]}"
-    cmake -S "$TREE" -B "$BUILD" "${GENERATOR[@]}" "${FLAGS[@]}" >"$DEST/configure.log" 2>&1 \
-      || { tail -n 40 "$DEST/configure.log" >&2; die "cmake configure failed (log: $DEST/configure.log)" \
-        "read the log; a missing toolkit or compiler is the usual cause" 1; }
-  fi
+  # Configured every time (seconds): a kept tree picks up changed flags and recompiles only what they touch.
+  if [ -f "$BUILD/CMakeCache.txt" ]; then GENERATOR=(); fi
+  say "configure: cmake ${FLAGS[*]}"
+  cmake -S "$TREE" -B "$BUILD" "${GENERATOR[@]}" "${FLAGS[@]}" >"$DEST/configure.log" 2>&1 \
+    || { tail -n 40 "$DEST/configure.log" >&2; die "cmake configure failed (log: $DEST/configure.log)" \
+      "read the log; a missing toolkit or compiler is the usual cause" 1; }
   say "build: ${TARGET_LIST[*]} with $JOBS jobs (minutes on a few cores)"
   # Progress lines from cmake are kept in the log; a line every 30 s tells the caller we are alive.
   # The ticker drops the lock's fd and takes its sleep with it when stopped, so neither the lock nor the
@@ -349,6 +405,7 @@ main() {
   {
     printf '{\n'
     printf '  "key": %s,\n' "$(json_str "$KEY")"
+    printf '  "recipe": %s,\n' "$RECIPE"
     printf '  "source": %s,\n' "$(json_str "$SOURCE")"
     printf '  "source_desc": %s,\n' "$(json_str "$SOURCE_DESC")"
     printf '  "version": %s,\n' "$(json_str "$VERSION")"
