@@ -12,7 +12,8 @@ import base64
 import json
 import mimetypes
 import os
-from collections.abc import Callable, Iterator
+import re
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import date, timedelta
 from pathlib import Path
@@ -24,10 +25,15 @@ from pydantic import BaseModel, ValidationError
 
 from mistral_lab.catalog import get_model
 from mistral_lab.catalog.schema import Model
-from mistral_lab.errors import BadInput, EngineError
+from mistral_lab.errors import BadInput, EngineError, MistralLabError
 
 T = TypeVar("T", bound=BaseModel)
 Message = dict[str, Any]
+_NO_VISION = re.compile(r"image input is not supported|not a multimodal model|does not support (image|multimodal|vision)"
+                        r"|multimodal is not supported|At most 0 image", re.IGNORECASE)
+_FORMAT_BROKEN = re.compile(r"does not match the expected .*format|Failed to parse (tool call|input)", re.IGNORECASE)
+# Servers whose streams send usage only when asked with stream_options (others may refuse the field).
+_USAGE_ON_REQUEST = ("llamacpp", "vllm")
 
 
 @dataclass
@@ -44,24 +50,65 @@ class Reply:
     tool_calls: list[ToolCall] = field(default_factory=list)
     finish_reason: str | None = None
     usage: dict[str, int] = field(default_factory=dict)
-    raw: Any = None
+    raw: Any = field(default=None, repr=False)
+    # run_tools: every message of the round trip, the tool results included, that led to this reply.
+    messages: list[Message] = field(default_factory=list, repr=False)
+
+
+@dataclass
+class ToolCallPiece:
+    """Part of a streamed tool call: the first piece of a call carries its id and name, later ones more arguments."""
+
+    index: int
+    id: str | None = None
+    name: str | None = None
+    arguments: str = ""
 
 
 @dataclass
 class Delta:
-    """One streamed piece: text of the answer or of the reasoning."""
+    """One streamed piece: text of the answer or of the reasoning; the last piece carries finish_reason and usage."""
 
     content: str = ""
     reasoning: str = ""
+    tool_calls: list[ToolCallPiece] = field(default_factory=list)
+    finish_reason: str | None = None
+    usage: dict[str, int] = field(default_factory=dict)
 
 
-def system_prompt(model: Model, today: date | None = None) -> str | None:
-    """The card's system prompt with the model name and today's and yesterday's dates filled in."""
+def assemble(pieces: Iterable[Delta]) -> Reply:
+    """A stream put back together: the Reply the same request would have got without streaming."""
+    content: list[str] = []
+    reasoning: list[str] = []
+    calls: dict[int, dict[str, Any]] = {}
+    finish, usage = None, {}
+    for d in pieces:
+        content.append(d.content)
+        reasoning.append(d.reasoning)
+        for tc in d.tool_calls:
+            call = calls.setdefault(tc.index, {"id": "", "name": "", "arguments": ""})
+            call["id"] = tc.id or call["id"]
+            call["name"] += tc.name or ""
+            call["arguments"] += tc.arguments
+        finish = d.finish_reason or finish
+        usage = d.usage or usage
+    return Reply(
+        content="".join(content), reasoning="".join(reasoning) or None, finish_reason=finish, usage=usage,
+        tool_calls=[ToolCall(id=c["id"], name=c["name"], arguments=_parse_args(c["arguments"]))
+                    for _, c in sorted(calls.items())],
+    )
+
+
+def system_prompt(model: Model, today: date | None = None, repo: str | None = None) -> str | None:
+    """The card's system prompt with the model name and today's and yesterday's dates filled in.
+
+    `{name}` is the repository's name after the slash, as the cards' `load_system_prompt` fills it."""
     if not model.system_prompt:
         return None
     today = today or date.today()
+    name = (repo or model.default_variant.weights[0].repo).split("/")[-1]
     return (
-        model.system_prompt.replace("{name}", model.name)
+        model.system_prompt.replace("{name}", name)
         .replace("{today}", today.isoformat())
         .replace("{yesterday}", (today - timedelta(days=1)).isoformat())
     )
@@ -100,23 +147,37 @@ class Client:
         engine: str | None = None,
         timeout: float = 300.0,
         use_system_prompt: bool = True,
+        variant: str | None = None,
+        http_client: httpx.Client | None = None,
+        key_hint: str | None = None,
     ):
+        if not base_url or not base_url.startswith(("http://", "https://")):
+            raise BadInput(f"base URL {base_url!r} is not an http(s) URL", field="base_url",
+                           fix="give the server's OpenAI-compatible root, e.g. http://127.0.0.1:8080/v1")
         self.base_url = base_url.rstrip("/")
         self._openai = openai.OpenAI(base_url=self.base_url, api_key=api_key or "none", timeout=timeout,
-                                     max_retries=0)
+                                     max_retries=0, http_client=http_client)
         self._model = model
         self._engine = engine
         self.catalog: Model | None = None
         if catalog_id:
             self.catalog = get_model(catalog_id)
+        self.variant = variant
         self.use_system_prompt = use_system_prompt
+        self._key_hint = key_hint or "the deployment's key (Client.from_deployment(NAME) reads it from the record)"
         self._tunnel = None
+
+    def __repr__(self) -> str:
+        # Never the key: notebooks and logs show this.
+        return f"Client({self.base_url!r}, model={self._model!r}, catalog={self.catalog.id if self.catalog else None!r})"
 
     # ---- construction ---------------------------------------------------------------------------------
     @classmethod
     def from_env(cls, base_url: str, *, key_env: str = "MISTRAL_API_KEY", **kw: Any) -> Client:
         """A client for any OpenAI-compatible URL, the key read from the environment variable `key_env`."""
-        return cls(base_url, os.environ.get(key_env), **kw)
+        key = os.environ.get(key_env)
+        hint = f"the right key in ${key_env}" if key else f"a key: ${key_env} is not set"
+        return cls(base_url, key, key_hint=hint, **kw)
 
     @classmethod
     def from_deployment(cls, name: str, **kw: Any) -> Client:
@@ -124,8 +185,12 @@ class Client:
         from mistral_lab.deploy import connect
 
         conn = connect(name)
-        client = cls(conn.base_url, conn.api_key, model=conn.served_model, catalog_id=conn.catalog_id,
-                     engine=conn.engine, **kw)
+        try:
+            client = cls(conn.base_url, conn.api_key, model=conn.served_model, catalog_id=conn.catalog_id,
+                         engine=conn.engine, variant=conn.plan.variant, key_hint=f"the key of deployment {name}", **kw)
+        except BaseException:
+            conn.close()
+            raise
         client._tunnel = conn
         return client
 
@@ -145,14 +210,37 @@ class Client:
     def _call(self, fn: Callable[[], Any]) -> Any:
         try:
             return fn()
-        except openai.AuthenticationError:
-            raise EngineError("the server refused the API key (401)", field="api_key",
-                              fix="use the deployment's key (mistral-lab status NAME) or set the right key variable") from None
-        except openai.APIConnectionError as e:
-            raise EngineError(f"cannot reach the server at {self.base_url}: {e.__cause__ or e}", field="base_url",
-                              fix="is the deployment up? check `mistral-lab status`, or redeploy") from None
-        except openai.BadRequestError as e:
-            raise EngineError(f"the server rejected the request: {e.message}", field="request") from None
+        except openai.APIError as e:
+            raise self._error(e) from None
+
+    def _error(self, e: openai.APIError) -> MistralLabError:
+        """What the server (or its absence) said, as an error that names the field at fault and the fix."""
+        if isinstance(e, openai.AuthenticationError):
+            return EngineError(f"the server at {self.base_url} refused the API key (401)", field="api_key",
+                               fix=f"use {self._key_hint}")
+        if isinstance(e, openai.APITimeoutError):
+            return EngineError(f"no answer from {self.base_url} in time", field="timeout",
+                               fix="raise Client(timeout=...) or ask for fewer tokens (max_tokens)")
+        if isinstance(e, openai.APIConnectionError):
+            return EngineError(f"cannot reach the server at {self.base_url}: {e.__cause__ or e.message}",
+                               field="base_url", fix="is the deployment up? check `mistral-lab status`, or redeploy")
+        message = _server_message(e)
+        if _NO_VISION.search(message):
+            # llama-server without a vision projector answers 500 to an image; vLLM a 400 naming the modality.
+            return BadInput(f"the model at {self.base_url} cannot read images: {message}", field="image",
+                            fix="deploy a vision model (e.g. ministral-3b, mistral-small-3.1) with its vision encoder")
+        if _FORMAT_BROKEN.search(message):
+            return EngineError(f"the server could not parse the model's output into the requested format: {message}",
+                               field="response_format",
+                               fix="raise max_tokens, or constrain free-text fields (enum, maxLength) in the schema")
+        if isinstance(e, openai.NotFoundError):
+            return EngineError(f"{self.base_url} has no such endpoint or model (404): {message}", field="base_url",
+                               fix="the base URL is the OpenAI-compatible root, usually ending in /v1")
+        if isinstance(e, openai.BadRequestError):
+            return EngineError(f"the server rejected the request: {message}", field="request")
+        status = getattr(e, "status_code", None)
+        return EngineError(f"the server failed ({status or 'error'}): {message}", field="server",
+                           fix="see the server's log: mistral-lab logs NAME")
 
     @property
     def model(self) -> str:
@@ -167,6 +255,16 @@ class Client:
         return self._model
 
     @property
+    def may_think(self) -> bool:
+        """Whether the model may reason before it answers: a reasoning-effort model, or a variant that always
+        thinks (the deployed one when known). Unknown models may."""
+        if self.catalog is None:
+            return True
+        if self.catalog.capabilities.reasoning_effort:
+            return True
+        return any(v.thinks for v in self.catalog.variants if self.variant in (None, v.id))
+
+    @property
     def engine(self) -> str | None:
         """'vllm' or 'llamacpp' when known (from the deployment, or what /v1/models says owns the model)."""
         if self._engine is None:
@@ -176,6 +274,9 @@ class Client:
     # ---- requests -------------------------------------------------------------------------------------
     def _messages(self, prompt: str | list[Message], system: str | None, image: str | Path | None) -> list[Message]:
         if isinstance(prompt, list):
+            if image is not None:
+                raise BadInput("an image goes with a text prompt, not with a message list", field="image",
+                               fix="put an image_part(path) into the user message's content yourself")
             messages = list(prompt)
         else:
             content: Any = prompt
@@ -207,6 +308,10 @@ class Client:
                 extra.setdefault("chat_template_kwargs", {})["reasoning_effort"] = reasoning_effort
             else:
                 extra["reasoning_effort"] = reasoning_effort
+        if (kw.get("tools") or kw.get("response_format")) and self.engine == "llamacpp" and not self.may_think:
+            # llama.cpp's Mistral grammar lets a reply open with an optional [THINK] block before the JSON or the
+            # tool call; a model that does not reason gets no such room, so the constrained part comes first.
+            extra.setdefault("reasoning_format", "none")
         if temperature is None and self.catalog is not None:
             s = self.catalog.sampling
             pick = s.reasoning_high if (reasoning_effort == "high" and s.reasoning_high) else s.default
@@ -243,10 +348,8 @@ class Client:
             ToolCall(id=c.id, name=c.function.name, arguments=_parse_args(c.function.arguments))
             for c in (msg.tool_calls or [])
         ]
-        usage = r.usage.model_dump(exclude_none=True) if r.usage else {}
         return Reply(content=msg.content or "", reasoning=_reasoning_of(msg), tool_calls=calls,
-                     finish_reason=choice.finish_reason, usage={k: v for k, v in usage.items() if isinstance(v, int)},
-                     raw=r)
+                     finish_reason=choice.finish_reason, usage=_int_usage(r.usage), raw=r)
 
     def stream(
         self,
@@ -259,20 +362,35 @@ class Client:
         max_tokens: int | None = None,
         **kw: Any,
     ) -> Iterator[Delta]:
-        """Yield answer and reasoning text as it arrives."""
+        """Yield answer and reasoning text as it arrives; the last piece has finish_reason and usage.
+        `assemble(client.stream(...))` gives the Reply that `chat(...)` would."""
         messages = self._messages(prompt, system, image)
         params = self._params(reasoning_effort, temperature, max_tokens=max_tokens, **kw)
+        if self.engine in _USAGE_ON_REQUEST:
+            params.setdefault("stream_options", {"include_usage": True})
         stream = self._call(lambda: self._openai.chat.completions.create(
             model=self.model, messages=messages, stream=True, **params))
         try:
             for chunk in stream:
+                usage = _int_usage(chunk.usage)
                 if not chunk.choices:
+                    if usage:
+                        yield Delta(usage=usage)
                     continue
-                d = chunk.choices[0].delta
-                piece = Delta(content=d.content or "", reasoning=_reasoning_of(d) or "")
-                if piece.content or piece.reasoning:
+                choice = chunk.choices[0]
+                d = choice.delta
+                piece = Delta(
+                    content=d.content or "", reasoning=_reasoning_of(d) or "", finish_reason=choice.finish_reason,
+                    usage=usage,
+                    tool_calls=[ToolCallPiece(index=tc.index, id=tc.id, name=tc.function.name if tc.function else None,
+                                              arguments=(tc.function.arguments or "") if tc.function else "")
+                                for tc in (d.tool_calls or [])],
+                )
+                if piece.content or piece.reasoning or piece.tool_calls or piece.finish_reason or piece.usage:
                     yield piece
-        except (httpx.RemoteProtocolError, openai.APIConnectionError) as e:
+        except openai.APIError as e:
+            raise self._error(e) from None
+        except httpx.HTTPError as e:
             raise EngineError(f"the stream from {self.base_url} broke off: {e}", field="base_url",
                               fix="check the server's log: mistral-lab logs NAME") from None
         finally:
@@ -317,6 +435,7 @@ class Client:
         for _ in range(max_rounds):
             reply = self.chat(messages, tools=specs, tool_choice=choice, **kw)
             if not reply.tool_calls:
+                reply.messages = messages
                 return reply
             messages.append({
                 "role": "assistant",
@@ -332,10 +451,30 @@ class Client:
                     trace.append({"tool": call.name, "arguments": call.arguments, "result": result})
                 messages.append({"role": "tool", "tool_call_id": call.id, "name": call.name, "content": result})
             choice = "auto"  # after the results, let the model answer
-        return self.chat(messages, tools=specs, tool_choice="none", **kw)
+        reply = self.chat(messages, tools=specs, tool_choice="none", **kw)
+        reply.messages = messages
+        return reply
 
     def conversation(self, system: str | None = None) -> Conversation:
         return Conversation(self, system)
+
+
+def _int_usage(usage: Any) -> dict[str, int]:
+    if not usage:
+        return {}
+    return {k: v for k, v in usage.model_dump(exclude_none=True).items() if isinstance(v, int)}
+
+
+def _server_message(e: openai.APIError) -> str:
+    """The server's own words: OpenAI-style {"error": {"message"}}, or the bare message."""
+    body = e.body
+    if isinstance(body, dict):
+        inner = body.get("error", body)
+        if isinstance(inner, dict) and inner.get("message"):
+            return str(inner["message"])
+        if isinstance(inner, str):
+            return inner
+    return e.message
 
 
 def _parse_args(text: str | None) -> dict[str, Any]:
