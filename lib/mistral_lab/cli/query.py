@@ -17,9 +17,11 @@ from ._app import app, console_err
 Opt = typer.Option
 
 
-def open_client(name: str | None, base_url: str | None, key_env: str) -> Client:
+def open_client(name: str | None, base_url: str | None, key_env: str, catalog_id: str | None = None) -> Client:
+    """A deployment by name (its tunnel reopened), or any OpenAI-compatible URL with the key from `key_env`;
+    `catalog_id` tells a bare URL's client which catalog model it talks to (sampling, capabilities)."""
     if base_url:
-        return Client.from_env(base_url, key_env=key_env)
+        return Client.from_env(base_url, key_env=key_env, catalog_id=catalog_id)
     if not name:
         raise BadInput("say which deployment", field="NAME", fix="give a deployment name, or --base-url URL")
     return Client.from_deployment(name)
@@ -27,14 +29,21 @@ def open_client(name: str | None, base_url: str | None, key_env: str) -> Client:
 
 def _schema_from_file(path: str) -> dict[str, Any]:
     p = Path(path)
+    fix = 'a JSON Schema object, e.g. {"type": "object", "properties": {"city": {"type": "string"}}}'
     try:
         schema = json.loads(p.read_text())
     except FileNotFoundError:
-        raise BadInput(f"no JSON schema at {p}", field="--json-schema") from None
+        raise BadInput(f"no JSON schema at {p}", field="--json-schema", fix="give the path of a .json file") from None
     except json.JSONDecodeError as e:
-        raise BadInput(f"{p} is not JSON: {e.msg} (line {e.lineno})", field="--json-schema") from None
+        raise BadInput(f"{p} is not JSON: {e.msg} (line {e.lineno})", field="--json-schema", fix=fix) from None
     if not isinstance(schema, dict):
-        raise BadInput(f"{p} must hold a JSON schema object", field="--json-schema")
+        raise BadInput(f"{p} must hold a JSON schema object", field="--json-schema", fix=fix)
+    try:
+        import jsonschema
+
+        jsonschema.validators.validator_for(schema).check_schema(schema)
+    except jsonschema.SchemaError as e:
+        raise BadInput(f"{p} is not a valid JSON schema: {e.message}", field="--json-schema", fix=fix) from None
     return schema
 
 

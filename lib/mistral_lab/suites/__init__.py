@@ -279,12 +279,14 @@ def table(result: EvalRun) -> Any:
     from rich.table import Table
 
     t = Table(title=f"{result.suite} on {result.model} ({result.engine or 'unknown engine'})")
-    for col in ("prompt", "category", "status", "score", "tokens", "seconds", "detail"):
-        t.add_column(col, overflow="fold")
+    t.add_column("prompt", no_wrap=True)
+    for col in ("status", "score", "tokens", "s"):
+        t.add_column(col, no_wrap=True)
+    t.add_column("detail", overflow="fold", min_width=16)
     for r in result.rows:
         score = "—" if not r.scored else (f"{r.score:.2f} {'✔' if r.passed else '✘'}")
-        t.add_row(r.id, r.category, r.status, score, str(r.completion_tokens or ""),
-                  "" if r.latency_s is None else f"{r.latency_s:.1f}", r.detail[:80])
+        t.add_row(r.id, r.status, score, str(r.completion_tokens or ""),
+                  "" if r.latency_s is None else f"{r.latency_s:.1f}", r.detail[:120])
     mean = result.mean_score
     t.caption = (f"{sum(1 for r in result.scored if r.passed)}/{len(result.scored)} passed, mean score "
                  f"{mean:.2f}" if mean is not None else "no scored prompts")
