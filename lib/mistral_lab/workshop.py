@@ -29,6 +29,7 @@ import ipaddress
 import json
 import re
 import secrets
+import shlex
 import ssl
 import time
 from collections.abc import Callable
@@ -510,6 +511,7 @@ def install_proxy(host: Host, ws: Workshop, dep: state.Deployment, keys: dict[st
     service.install(host, spec)
     _proxy_script(host, ws, "check")
     service.stop(host, spec)  # what an earlier attempt may have left
+    host.run(f"rm -f {shlex.quote(root)}/nginx.pid")  # readiness is judged by nginx writing it anew
     start = host.run_script(infra_files.with_env(infra_files.read("service.sh"), {
         "ACTION": "start", "ROOT": spec.root, "UNIT": spec.unit, "MODE": spec.mode, "LINES": "50"}), check=False)
     if not start.ok:

@@ -43,9 +43,9 @@ def _options(pairs: list[str]) -> dict[str, Any]:
 
 
 def _printer(as_json: bool):
-    if as_json:
-        return lambda line: console_err.print(line, highlight=False, markup=False)
-    return lambda line: console.print(line, highlight=False, markup=False)
+    # soft_wrap: a progress line stays one line, whatever the terminal's width (or none).
+    out = console_err if as_json else console
+    return lambda line: out.print(line, highlight=False, markup=False, soft_wrap=True)
 
 
 @workshop_app.command("up")
@@ -118,7 +118,7 @@ def down_cmd(
     ws = ws_mod.load(name)
     if not yes:
         typer.confirm(f"end workshop {name} ({len(ws.active)} active keys, {ws.model} on {ws.target})?", abort=True)
-    report = ws_mod.down(name, say=lambda line: console.print(line, highlight=False, markup=False))
+    report = ws_mod.down(name, say=_printer(False))
     for left in report.leftovers:
         console_err.print(f"[yellow]left behind[/yellow] {left}")
 
@@ -129,7 +129,7 @@ def revoke_cmd(
     learner: Annotated[str, typer.Argument(help="learner id (l07) or the key itself")],
 ) -> None:
     """Revoke one learner's key at once: the proxy reloads its key file, nothing restarts."""
-    ws_mod.revoke(name, learner, say=lambda line: console.print(line, highlight=False, markup=False))
+    ws_mod.revoke(name, learner, say=_printer(False))
 
 
 @workshop_app.command("status")

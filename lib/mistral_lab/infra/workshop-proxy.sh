@@ -72,8 +72,12 @@ case "$ACTION" in
   wait)
     : "${PORT:?}" "${UNIT:?}"
     for _ in $(seq 1 $((${TIMEOUT:-30} * 10))); do
-      if (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null; then
-        echo "listening on port $PORT"
+      # nginx writes its pid file only once every listen socket is bound: a port that answers while there is no
+      # pid file is someone else's.
+      master=$($RUN_AS_MASTER cat "$ROOT/nginx.pid" 2>/dev/null || true)
+      if [ -n "$master" ] && $RUN_AS_MASTER kill -0 "$master" 2>/dev/null \
+        && (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null; then
+        echo "listening on port $PORT (master $master)"
         exit 0
       fi
       if [ "$MODE" = systemd ]; then
