@@ -48,3 +48,29 @@ def test_does_not_fit_exits_2_with_needed_and_available():
 def test_bad_option_value_exits_2_naming_the_field():
     r = run("plan", "ministral-3b", "--target", "aws")
     assert r.returncode == 2 and "target" in r.stderr
+
+
+def test_a_typo_in_the_model_id_names_the_intended_one():
+    r = run("plan", "mistral-lage-3")
+    assert r.returncode == 2 and r.stdout == ""
+    assert "model" in r.stderr and "'mistral-lage-3'" in r.stderr
+    assert "did you mean mistral-large-3" in r.stderr
+
+
+def test_every_plan_option_reaches_the_plan():
+    r = run("plan", "ministral-8b", "--target", "digitalocean", "--engine", "llamacpp", "--gpu", "l40s",
+            "--context", "8192", "--concurrency", "2", "--json")
+    assert r.returncode == 0, r.stderr
+    plan = json.loads(r.stdout)
+    assert (plan["target"], plan["engine"], plan["gpu"]) == ("digitalocean", "llamacpp", "gpu-l40sx1-48gb")
+    assert (plan["context"], plan["concurrency"], plan["precision"]) == (8192, 2, "gguf")
+    assert plan["hourly_usd"] == 1.57 and plan["serve_command"].startswith("llama-server ")
+
+
+def test_a_plan_that_does_not_fit_still_prints_its_json_and_exits_2():
+    r = run("plan", "ministral-14b", "--target", "digitalocean", "--gpu", "gpu-4000adax1-20gb", "--context", "262144",
+            "--json")
+    assert r.returncode == 2
+    plan = json.loads(r.stdout)
+    assert plan["fits"] is False and plan["memory"]["total_gb"] > plan["memory"]["available_gb"]
+    assert "cheapest size that fits" in r.stderr

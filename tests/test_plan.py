@@ -116,3 +116,19 @@ def test_host_facts_decide_the_gpu():
     plan = resolve(PlanRequest(model="ministral-3b", target="ssh"), host=host)
     assert plan.gpu_name == "NVIDIA L40S" and not plan.gpu_assumed
     assert plan.memory["available_gb"] == pytest.approx(46068 * 1024 * 1024 / 1e9 * 0.9, rel=1e-3)
+
+
+def test_fixed_hardware_falls_back_to_a_precision_that_fits():
+    on_h100s = resolve(PlanRequest(model="mistral-large-3", target="digitalocean", gpu="gpu-h100x8-640gb"))
+    assert on_h100s.fits and on_h100s.precision == "nvfp4" and on_h100s.repo.endswith("-NVFP4")
+    assert on_h100s.context <= 65536  # the NVFP4 repo is meant for contexts below 64k
+    assert "fp8 needs" in on_h100s.notes[0] and "--precision" in on_h100s.notes[0]
+    assert on_h100s.serve_argv[2] == on_h100s.repo
+    on_h200s = resolve(PlanRequest(model="mistral-large-3", target="digitalocean", gpu="gpu-h200x8-1128gb"))
+    assert on_h200s.fits and on_h200s.precision == "fp8" and not on_h200s.notes
+    # A precision the user asked for is kept, fitting or not.
+    asked = resolve(PlanRequest(model="mistral-large-3", target="digitalocean", gpu="gpu-h100x8-640gb", precision="fp8"))
+    assert asked.precision == "fp8" and not asked.fits
+    # Nothing fits one L40S: the default precision is reported, not some other one.
+    none = resolve(PlanRequest(model="mistral-large-3", target="digitalocean", gpu="l40s"))
+    assert none.precision == "fp8" and not none.fits

@@ -113,3 +113,46 @@ def test_estimates_agree_with_published_figures(model_id, req):
         f"{model_id} {req.precision} {req.quant or ''}: estimated {mem.total_gb:.1f} GB vs published {req.memory_gb} GB "
         f"({req.source})"
     )
+
+
+# The figures the seeds publish (shared/seeds, ground truth), as the issue lists them. Each must stay in the catalog,
+# attributed to its seed, so the tolerance check above keeps running on it.
+SEED_FIGURES = [
+    # model, precision, quant, GB, what, GPUs, seed, the seed's words
+    ("ministral-3b", "fp8", None, 8, "gpu", None, "seed 002", "3B FP8: 8 GB VRAM"),
+    ("ministral-8b", "fp8", None, 12, "gpu", None, "seed 002", "8B FP8: 12 GB VRAM"),
+    ("ministral-14b", "fp8", None, 24, "gpu", None, "seed 002", "14B FP8: 24 GB VRAM"),
+    ("mistral-small-3.1", "gguf", "Q4_K_M", 16, "gpu", None, "seed 001", "Q4 on 1x RTX 4090: ~16GB VRAM"),
+    ("mistral-small-3.1", "bf16", None, 55, "gpu", None, "seed 001", "full BF16 needs ~55GB"),
+    ("mistral-medium-3.5", "gguf", "UD-Q4_K_XL", 80, "total", None, "seed 000", "4-bit: 80 GB RAM + VRAM"),
+    ("mistral-large-3", "fp8", None, 1128, "gpu", "8xh200", "seed 002", "FP8 on a node of H200s"),
+    ("mistral-large-3", "nvfp4", None, 640, "gpu", "8xh100", "seed 002", "NVFP4 on smaller nodes"),
+]
+
+
+@pytest.mark.parametrize(("model_id", "precision", "quant", "gb", "what", "gpus", "seed", "words"), SEED_FIGURES,
+                         ids=[f"{f[0]}-{f[1]}-{f[3]}GB" for f in SEED_FIGURES])
+def test_the_seed_figures_are_checked_requirements(model_id, precision, quant, gb, what, gpus, seed, words):
+    reqs = get_model(model_id).requirements
+    match = [r for r in reqs if (r.precision, r.quant, r.memory_gb, r.what, r.gpus) == (precision, quant, gb, what, gpus)]
+    assert match, f"{model_id}: the catalog lost the published figure {words!r} ({seed})"
+    assert any(r.source.startswith(seed) for r in match), f"{model_id}: {words!r} must cite {seed}"
+
+
+def _large3(precision: str):
+    model = get_model("mistral-large-3")
+    return model, next(w for w in model.default_variant.weights if w.precision == precision)
+
+
+def test_large_3_fp8_needs_h200s_and_nvfp4_runs_on_h100s():
+    """Seed 002: FP8 on an H200 node, NVFP4 where the node is smaller. The estimate must tell the two apart."""
+    model, fp8 = _large3("fp8")
+    _, nvfp4 = _large3("nvfp4")
+    h100x8, h200x8 = hardware.resolve_size("8xh100"), hardware.resolve_size("8xh200")
+    kw = dict(engine="vllm", context=4096, concurrency=1)
+    assert sizing.estimate(model, fp8, h200x8, **kw).fits
+    assert not sizing.estimate(model, fp8, h100x8, **kw).fits
+    assert sizing.estimate(model, nvfp4, h100x8, **kw).fits
+    # NVFP4 stores 4.5 bits per weight: a bit over half of FP8's bytes for the same model.
+    ratio = sizing.weights_gb(model, nvfp4) / sizing.weights_gb(model, fp8)
+    assert 0.5 < ratio < 0.65

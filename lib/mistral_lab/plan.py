@@ -180,6 +180,7 @@ def resolve(req: PlanRequest, *, host: hardware.Size | None = None, sizes: list[
     sized = dict(engine=engine, concurrency=concurrency, quant=quant, kv_dtype=kv_dtype, vision=vision)
     notes: list[str] = []
 
+    found_here = size is None  # the planner picks a size that fits: nothing to fall back from
     if size is None:
         pool = sizes or list(hardware.DO_SIZES.values())
         want_ctx = req.context or min(max_ctx, DEFAULT_CONTEXT)
@@ -203,6 +204,10 @@ def resolve(req: PlanRequest, *, host: hardware.Size | None = None, sizes: list[
     fit_ctx = sizing.largest_context(model, weights, size, utilization=utilization, **sized)
     context = req.context or min(max_ctx, DEFAULT_CONTEXT, fit_ctx) or min(max_ctx, MIN_CONTEXT)
     memory = sizing.estimate(model, weights, size, context=context, utilization=utilization, **sized)
+    if not memory.fits and not found_here and req.precision is None and req.quant is None:
+        smaller = _other_weights_that_fit(req, host, sizes, variant, engine, weights, memory)
+        if smaller is not None:
+            return smaller
     if req.context is None and fit_ctx < MIN_CONTEXT:
         notes.append(f"does not fit even at context {MIN_CONTEXT}")
 
@@ -251,6 +256,24 @@ def resolve(req: PlanRequest, *, host: hardware.Size | None = None, sizes: list[
     )
     argv = render.serve_argv(plan, model)
     return plan.model_copy(update={"serve_argv": argv, "serve_command": render.shell_join(argv)})
+
+
+def _other_weights_that_fit(req: PlanRequest, host: hardware.Size | None, sizes: list[hardware.Size] | None,
+                            variant: Variant, engine: str, tried: Weights, memory: sizing.Memory) -> Plan | None:
+    """When the hardware is fixed and the default precision does not fit it, the first other precision of the same
+    variant that does (the cards' own advice: Large 3 FP8 needs 8x H200, NVFP4 runs on 8x H100)."""
+    for w in variant.weights:
+        if w is tried or (w.precision == "gguf") != (engine == "llamacpp"):
+            continue
+        try:
+            alt = resolve(req.model_copy(update={"precision": w.precision, "engine": engine}), host=host, sizes=sizes)
+        except BadInput:  # e.g. a context over that file's maximum, or a precision this GPU cannot run
+            continue
+        if alt.fits:
+            note = (f"{tried.precision} needs {memory.total_gb:.1f} GB of the {memory.available_gb:.1f} GB usable "
+                    f"here: planned {w.precision} ({w.repo}) instead; pass --precision to choose")
+            return alt.model_copy(update={"notes": [note, *alt.notes]})
+    return None
 
 
 def require_fit(plan: Plan, *, sizes: list[hardware.Size] | None = None) -> Plan:
