@@ -178,6 +178,13 @@ def test_a_json_schema_reply_validates_into_the_pydantic_model(llama_server, wir
     assert body["reasoning_format"] == "none"
 
 
+def test_json_cut_off_by_max_tokens_says_so(llama_server):
+    with (Client(llama_server.v1, llama_server.api_key, catalog_id="tiny-random") as c,
+          pytest.raises(EngineError, match=r"stopped at max_tokens \(3 tokens\) before its JSON ended") as e):
+        c.json("Describe Paris as JSON", City, max_tokens=3, seed=1)
+    assert e.value.field == "max_tokens" and "raise max_tokens" in e.value.fix
+
+
 def test_a_reply_that_fails_the_models_own_validation_is_a_clear_error(llama_server):
     class Checked(City):
         # A rule the JSON schema cannot carry, so the server's grammar cannot enforce it: only pydantic sees it.

@@ -1,13 +1,16 @@
-"""The client by deployment name, `mistral-lab ask` and `mistral-lab eval`, against tiny-random deployed on this
-machine with mistral_lab.deploy (the real llama.cpp build, the real service), as tests/test_deploy.py does."""
+"""The client by deployment name, `mistral-lab ask`, `mistral-lab eval` and notebooks/query.ipynb through papermill,
+against tiny-random deployed on this machine with mistral_lab.deploy (the real llama.cpp build, the real service),
+as tests/test_deploy.py does; and the notebook against a bare URL with the key in the environment."""
 
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
 import jsonschema
+import papermill as pm
 import pytest
 
 from mistral_lab import deploy, state, suites
@@ -19,6 +22,7 @@ from mistral_lab.plan import PlanRequest
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
 
+ROOT = Path(__file__).resolve().parents[1]
 NAME = "query-cli"
 # Closed choices and bounded numbers: the random model's reply then always fits the grammar within max_tokens.
 CITY_SCHEMA = {
@@ -143,3 +147,34 @@ def test_eval_refuses_an_unknown_suite_or_prompt(deployment, capsys):
     assert code == 2 and "unknown suite 'sedes'" in err and "seeds" in err
     code, _, err = _run(capsys, ["eval", NAME, "--only", "math-zoo,nope", "--out", str(Path("/dev/null"))])
     assert code == 2 and "no prompt ['nope']" in err
+
+
+def _outputs(nb_path: Path) -> str:
+    nb = json.loads(nb_path.read_text())
+    return "\n".join("".join(o.get("text", "")) + json.dumps(o.get("data", {}), ensure_ascii=False)
+                     for cell in nb["cells"] for o in cell.get("outputs", []))
+
+
+def test_the_query_notebook_on_a_named_deployment_leaves_it_up(deployment, tmp_path):
+    out = tmp_path / "query.ipynb"
+    pm.execute_notebook(str(ROOT / "notebooks/query.ipynb"), str(out), cwd=str(ROOT / "notebooks"),
+                        progress_bar=False, parameters={"deployment": NAME})
+    text = _outputs(out)
+    assert "tiny-random on llamacpp" in text and "tiny-random has no vision encoder" in text
+    assert "City(city=" in text and "seeds on tiny-random" in text
+    saved = Path(re.search(r"saved: (\S+\.json)", text).group(1))
+    assert len(json.loads(saved.read_text())["rows"]) == len(suites.load("seeds").prompts)
+    # Found up, so left up; and its key appears nowhere in what the notebook shows or stores.
+    assert state.load(NAME).status == "up"
+    assert state.read_secret(NAME, "api_key") not in out.read_text()
+
+
+def test_the_query_notebook_on_a_bare_url_reads_the_key_from_the_environment(llama_server, tmp_path, monkeypatch):
+    monkeypatch.setenv("QUERY_NB_KEY", llama_server.api_key)
+    out = tmp_path / "query-url.ipynb"
+    pm.execute_notebook(str(ROOT / "notebooks/query.ipynb"), str(out), cwd=str(ROOT / "notebooks"),
+                        progress_bar=False, parameters={"base_url": llama_server.v1, "key_env": "QUERY_NB_KEY",
+                                                        "model": "tiny-random"})
+    text = out.read_text()
+    assert "tiny-random on llamacpp at " + llama_server.v1 in _outputs(out)
+    assert llama_server.api_key not in text, "the key is neither a parameter nor an output"

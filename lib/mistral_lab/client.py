@@ -165,6 +165,7 @@ class Client:
         self.variant = variant
         self.use_system_prompt = use_system_prompt
         self._key_hint = key_hint or "the deployment's key (Client.from_deployment(NAME) reads it from the record)"
+        self.deployment: str | None = None  # the deployment's name, when opened from one
         self._tunnel = None
 
     def __repr__(self) -> str:
@@ -192,6 +193,7 @@ class Client:
             conn.close()
             raise
         client._tunnel = conn
+        client.deployment = name
         return client
 
     def close(self) -> None:
@@ -408,6 +410,10 @@ class Client:
         try:
             data = json.loads(reply.content)
         except json.JSONDecodeError as e:
+            if reply.finish_reason == "length":
+                raise EngineError(f"the reply stopped at max_tokens ({reply.usage.get('completion_tokens')} tokens) "
+                                  "before its JSON ended", field="max_tokens",
+                                  fix="raise max_tokens, or bound free text in the schema (maxLength, enum)") from None
             raise EngineError(f"the reply is not JSON ({e.msg}): {reply.content[:200]!r}", field="response_format") from None
         if schema is None:
             return data
@@ -521,3 +527,34 @@ class Conversation:
             parts.append(d.content)
             yield d
         self.messages.append({"role": "assistant", "content": "".join(parts)})
+
+
+def connect_or_deploy(deployment: str | None = None, *, base_url: str | None = None, key_env: str = "MISTRAL_API_KEY",
+                      model: str | None = None, say: Callable[[str], None] = print) -> tuple[Client, bool]:
+    """What a notebook talks to: a bare URL (key from `key_env`, `model` its catalog id), or a deployment: the named
+    one, the only one up, or the generated tiny model deployed on this machine. Also says whether it was deployed
+    just now, so the notebook tears down only what it made."""
+    if base_url:
+        return Client.from_env(base_url, key_env=key_env, catalog_id=model), False
+    from mistral_lab.bench import ensure_deployment
+
+    dep, deployed_here = ensure_deployment(deployment, say=say)
+    return Client.from_deployment(dep.name), deployed_here
+
+
+def show_stream(pieces: Iterable[Delta], out: Callable[[str], None] | None = None) -> Reply:
+    """Print a stream as it arrives, the reasoning apart from the answer, and return the whole Reply."""
+    write = out or (lambda text: print(text, end="", flush=True))
+    seen: list[Delta] = []
+    section = None
+    for d in pieces:
+        seen.append(d)
+        for name, text in (("reasoning", d.reasoning), ("answer", d.content)):
+            if not text:
+                continue
+            if section != name:
+                write(("\n" if section else "") + f"[{name}] ")
+                section = name
+            write(text)
+    write("\n")
+    return assemble(seen)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
-from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -24,7 +22,7 @@ def eval_cmd(
     reasoning: Annotated[str, Opt("--reasoning", help="auto (each prompt's own) | none | high")] = "auto",
     max_tokens: Annotated[int, Opt("--max-tokens", help="per reply; reasoning needs thousands")] = 4096,
     temperature: Annotated[float | None, Opt("--temperature", help="default: the catalog's for the model")] = None,
-    out: Annotated[str | None, Opt("--out", help="JSON file (default runs/eval/NAME-SUITE-TIME.json)")] = None,
+    out: Annotated[str | None, Opt("--out", help="JSON file (default: evals/NAME-SUITE-TIME.json in the state folder)")] = None,
     base_url: Annotated[str | None, Opt("--base-url", help="any OpenAI-compatible URL instead of a deployment")] = None,
     key_env: Annotated[str, Opt("--key-env", help="variable holding the key for --base-url")] = "MISTRAL_API_KEY",
     model: Annotated[str | None, Opt("--model", help="catalog id of the model behind --base-url")] = None,
@@ -42,7 +40,5 @@ def eval_cmd(
         result = suites.run(client, chosen, reasoning=reasoning, max_tokens=max_tokens, only=ids, say=progress,
                             **extra)
     console.print(suites.table(result))
-    stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
-    label = name or "url"
-    path = suites.write_json(result, Path(out) if out else Path("runs") / "eval" / f"{label}-{chosen.id}-{stamp}.json")
+    path = suites.write_json(result, out, label=name or "url")
     console.print(f"wrote {path}", highlight=False)

@@ -29,7 +29,8 @@ from mistral_lab.errors import BadInput, MistralLabError
 
 from .scoring import SCORERS, Score
 
-__all__ = ["EvalRow", "EvalRun", "Score", "Suite", "SuitePrompt", "load", "names", "run", "write_json"]
+__all__ = ["EvalRow", "EvalRun", "Score", "Suite", "SuitePrompt", "default_path", "load", "names", "run", "show", "table",
+           "write_json"]
 
 
 class _Strict(BaseModel):
@@ -267,11 +268,26 @@ def run(client: Any, suite: Suite | str = "seeds", *, reasoning: str = "auto", m
     return result
 
 
-def write_json(result: EvalRun, path: str | Path) -> Path:
-    out = Path(path)
+def default_path(label: str, suite_id: str) -> Path:
+    """Where a run is saved unless told: next to the deployment records, one file per run."""
+    from mistral_lab import state
+
+    stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
+    return state.home() / "evals" / f"{label}-{suite_id}-{stamp}.json"
+
+
+def write_json(result: EvalRun, path: str | Path | None = None, label: str | None = None) -> Path:
+    """Save the run as JSON (rows, settings, summary); without a path, under `default_path`."""
+    out = Path(path) if path else default_path(label or result.catalog_id or "url", result.suite)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result.to_dict(), ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
     return out
+
+
+def show(result: EvalRun) -> None:
+    from rich.console import Console
+
+    Console().print(table(result))
 
 
 def table(result: EvalRun) -> Any:
