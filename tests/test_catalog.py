@@ -160,3 +160,98 @@ def test_moe_and_mla_models_carry_the_numbers_sizing_needs():
             assert a.experts_per_token < a.experts and a.active_params_b < a.total_params_b, m.id
         if a.attention == "mla":
             assert a.kv_heads is None and a.head_dim is None, f"{m.id}: MLA caches a latent, not per-head K/V"
+
+
+# Facts the seeds (shared/seeds, the ground truth) state, with the words they use; the catalog must agree.
+def _m(model_id: str) -> Model:
+    return next(m for m in MODELS if m.id == model_id)
+
+
+def _repos(model_id: str) -> set[str]:
+    return {w.repo for w in _all_weights(_m(model_id))}
+
+
+SEED_FACTS = [
+    ("seed 002: the three Ministral models have vision and a 256k context",
+     lambda: {(_m(i).capabilities.max_context, _m(i).has_vision) for i in ("ministral-3b", "ministral-8b",
+                                                                          "ministral-14b")}, {(262144, True)}),
+    ("seed 002: vllm serve mistralai/Ministral-3-8B-Instruct-2512",
+     lambda: "mistralai/Ministral-3-8B-Instruct-2512" in _repos("ministral-8b"), True),
+    ("seed 002: Large 3 is a MoE of 675B parameters, 41B active, with images, 256k and function calling",
+     lambda: (_m("mistral-large-3").architecture.kind, _m("mistral-large-3").architecture.total_params_b,
+              _m("mistral-large-3").architecture.active_params_b, _m("mistral-large-3").has_vision,
+              _m("mistral-large-3").capabilities.max_context, _m("mistral-large-3").capabilities.tools),
+     ("moe", 675, 41, True, 262144, True)),
+    ("seed 001: Small 3.1 is 24B dense with a 128K context, native vision and function calling",
+     lambda: (_m("mistral-small-3.1").architecture.kind, _m("mistral-small-3.1").architecture.total_params_b,
+              _m("mistral-small-3.1").capabilities.max_context, _m("mistral-small-3.1").has_vision,
+              _m("mistral-small-3.1").capabilities.tools), ("dense", 24, 131072, True, True)),
+    ("seed 001 and 004: temperature=0.15 for Small 3.1",
+     lambda: _m("mistral-small-3.1").sampling.default.temperature, 0.15),
+    ("seed 001: vllm serve mistralai/Mistral-Small-3.1-24B-Instruct-2503 --tool-call-parser mistral",
+     lambda: ("mistralai/Mistral-Small-3.1-24B-Instruct-2503" in _repos("mistral-small-3.1"),
+              _m("mistral-small-3.1").engines.vllm.tool_parser), (True, "mistral")),
+    ("seed 003: Small 4 has 128 experts, 4 active, 119B parameters, 6.5B active per token, 256k",
+     lambda: (_m("mistral-small-4").architecture.experts, _m("mistral-small-4").architecture.experts_per_token,
+              _m("mistral-small-4").architecture.total_params_b, _m("mistral-small-4").architecture.active_params_b,
+              _m("mistral-small-4").capabilities.max_context), (128, 4, 119, 6.5, 262144)),
+    ("seed 003: reasoning_effort 'none' or 'high'; temperature 0.7 with high",
+     lambda: (_m("mistral-small-4").capabilities.reasoning_effort,
+              _m("mistral-small-4").sampling.reasoning_high.temperature), (["none", "high"], 0.7)),
+    ("seed 003: the custom Docker image mistralllm/vllm-ms4:latest",
+     lambda: _m("mistral-small-4").engines.vllm.docker_image, "mistralllm/vllm-ms4:latest"),
+    ("seed 003: vllm serve mistralai/Mistral-Small-4-119B-2603-NVFP4 --tensor-parallel-size 2 --attention-backend "
+     "TRITON_MLA",
+     lambda: ("mistralai/Mistral-Small-4-119B-2603-NVFP4" in _repos("mistral-small-4"),
+              _m("mistral-small-4").engines.vllm.tensor_parallel,
+              _m("mistral-small-4").engines.vllm.extra_flags.get("nvfp4")),
+     (True, 2, ["--attention-backend", "TRITON_MLA"])),
+    ("seed 000: Medium 3.5 is a dense 128B with text and image input and a 256K context",
+     lambda: (_m("mistral-medium-3.5").architecture.kind, round(_m("mistral-medium-3.5").architecture.total_params_b),
+              _m("mistral-medium-3.5").has_vision, _m("mistral-medium-3.5").capabilities.max_context),
+     ("dense", 128, True, 262144)),
+    ("seed 000: reasoning_effort 'none' / 'high', temperature = 0.7 for high",
+     lambda: (_m("mistral-medium-3.5").capabilities.reasoning_effort,
+              _m("mistral-medium-3.5").sampling.reasoning_high.temperature,
+              _m("mistral-medium-3.5").engines.llamacpp.reasoning_kwarg), (["none", "high"], 0.7, True)),
+    ("seed 000: llama-server -hf unsloth/Mistral-Medium-3.5-128B-GGUF:UD-Q4_K_XL --mmproj mmproj-BF16.gguf",
+     lambda: next((w.recommended_quant, w.mmproj) for w in _all_weights(_m("mistral-medium-3.5"))
+                  if w.repo == "unsloth/Mistral-Medium-3.5-128B-GGUF"), ("UD-Q4_K_XL", "mmproj-BF16.gguf")),
+]
+
+
+@pytest.mark.parametrize(("words", "read", "expected"), SEED_FACTS, ids=[f[0][:60] for f in SEED_FACTS])
+def test_the_catalog_agrees_with_the_seeds(words, read, expected):
+    assert read() == expected, words
+
+
+def test_every_model_carries_the_recipes_and_sampling_the_issue_asks_for():
+    for m in REAL:
+        if m.engines.vllm is not None:
+            v = m.engines.vllm
+            assert re.fullmatch(r"\d+\.\d+\.\d+", v.min_version) and v.pip_spec.startswith("vllm"), m.id
+            assert v.tool_parser == "mistral" or not m.capabilities.tools, m.id
+        if m.engines.llamacpp is not None and m.engines.llamacpp.supported:
+            assert "--jinja" in m.engines.llamacpp.flags, m.id
+            assert any(w.precision == "gguf" for w in _all_weights(m)), f"{m.id}: llama.cpp needs a GGUF repo"
+        assert 0 <= m.sampling.default.temperature <= 1, m.id
+    ministral = [m for m in REAL if m.family == "ministral-3"]
+    assert {m.id for m in ministral} == {"ministral-3b", "ministral-8b", "ministral-14b"}
+    for m in ministral:
+        assert {"instruct", "reasoning"} <= {v.id for v in m.variants}, m.id
+        assert {w.precision for w in m.variant("instruct").weights} >= {"fp8", "bf16", "gguf"}, m.id
+
+
+# Blocks quoting a third party whose figures a primary source corroborates, so nothing is left unconfirmed.
+CORROBORATED = {
+    "mistral-medium-3.5.variants[0].weights[0]": "the recipe's '~134 GB raw' confirms the third party's 124.4 GiB",
+}
+
+
+def test_figures_quoted_from_third_parties_are_marked_unverified():
+    """The catalog's rule (models.yaml header): what only a third party states stays in `unverified`."""
+    for m in MODELS:
+        for path, block in _sourced_blocks(m, m.id):
+            if re.search(r"third[- ]part", block.source.lower()) and path not in CORROBORATED:
+                assert block.unverified, f"{path} quotes a third party but marks nothing unverified"
+            assert len(block.unverified) == len(set(block.unverified)), path

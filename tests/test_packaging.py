@@ -1,4 +1,5 @@
-"""The conda environment and pyproject list the same dependencies; notebooks are committed without outputs."""
+"""The conda environment and pyproject list the same pinned dependencies; CI runs the README's test command;
+notebooks are committed without outputs."""
 
 from __future__ import annotations
 
@@ -12,20 +13,55 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _name(spec: str) -> str:
-    return re.split(r"[<>=!~\[ ]", spec.strip(), maxsplit=1)[0].lower().replace("_", "-")
+def _split(spec: str) -> tuple[str, str]:
+    """'ml_dtypes >= 0.4' -> ('ml-dtypes', '>=0.4'): pip and conda spell names and spacing differently."""
+    spec = spec.split(";")[0].replace(" ", "")
+    name = re.split(r"[<>=!~\[]", spec, maxsplit=1)[0]
+    return name.lower().replace("_", "-"), spec[len(name):]
 
 
-def test_environment_yml_matches_pyproject():
-    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    wanted = {_name(d) for d in project["dependencies"] + project["optional-dependencies"]["dev"]}
+def _environment() -> tuple[dict[str, str], str]:
     env = yaml.safe_load((ROOT / "environment.yml").read_text())
-    have = set()
+    have: dict[str, str] = {}
+    python = ""
     for dep in env["dependencies"]:
-        specs = dep["pip"] if isinstance(dep, dict) else [dep]
-        have |= {_name(s) for s in specs if not s.startswith("-e")}
-    have -= {"python", "pip"}
-    assert wanted == have, f"only in pyproject: {wanted - have}; only in environment.yml: {have - wanted}"
+        for spec in dep["pip"] if isinstance(dep, dict) else [dep]:
+            if spec.startswith("-e"):
+                continue
+            name, version = _split(spec)
+            if name == "python":
+                python = version.lstrip("=")
+            elif name != "pip":
+                have[name] = version
+    return have, python
+
+
+def test_environment_yml_has_the_same_dependencies_and_pins_as_pyproject():
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    wanted = dict(_split(d) for d in project["dependencies"] + project["optional-dependencies"]["dev"])
+    have, python = _environment()
+    assert set(wanted) == set(have), (f"only in pyproject: {sorted(set(wanted) - set(have))}; "
+                                      f"only in environment.yml: {sorted(set(have) - set(wanted))}")
+    differ = {n: (wanted[n], have[n]) for n in wanted if wanted[n] != have[n]}
+    assert not differ, f"pins differ (pyproject, environment.yml): {differ}"
+    # conda's python=3.11 must be one pyproject accepts.
+    floor = project["requires-python"].removeprefix(">=")
+    assert tuple(map(int, python.split("."))) >= tuple(map(int, floor.split("."))), (python, floor)
+
+
+def test_ci_runs_exactly_the_readme_test_command():
+    readme = (ROOT / "README.md").read_text()
+    commands = re.findall(r"^(make \w+)\s+#", readme, flags=re.M)
+    assert commands[:2] == ["make demo", "make test"], commands
+    ci = (ROOT / ".ci" / "run").read_text()
+    (ran,) = [line.removeprefix("exec ").strip() for line in ci.splitlines() if line.startswith("exec ")]
+    assert ran == "make test"
+    makefile = (ROOT / "Makefile").read_text()
+    test_recipe = makefile[makefile.index("\ntest:"):].split("\n\n")[0]
+    # One run: the lint prerequisite (ruff), then pytest with xdist over the tests and nbval over the notebooks.
+    assert "test: lint" in test_recipe and "ruff check" in makefile
+    assert all(flag in test_recipe for flag in ("pytest", "-n ", "--nbval-lax", "tests", "notebooks"))
+    assert re.search(r"^demo: setup$", makefile, flags=re.M) and re.search(r"^lint: setup$", makefile, flags=re.M)
 
 
 def test_notebooks_are_committed_without_outputs_and_with_a_parameters_cell():
