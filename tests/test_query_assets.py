@@ -30,3 +30,14 @@ def test_the_receipt_text_holds_every_fact_the_ocr_prompt_is_scored_on():
     assert f"{RECEIPT['total']:.2f} {RECEIPT['currency']}" in text
     ocr = next(p for p in suites.load("seeds").prompts if p.id == "ocr-receipt")
     assert ocr.image == receipt_path().name
+
+
+def test_the_suite_and_the_image_ship_in_the_package():
+    import tomllib
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    globs = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["mistral_lab"]
+    package = root / "lib" / "mistral_lab"
+    shipped = {p.relative_to(package) for g in globs for p in package.glob(g)}
+    assert Path("suites/seeds.yaml") in shipped and Path("assets/receipt.png") in shipped
