@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import tomllib
+from pathlib import Path
+
 import numpy as np
 from PIL import Image
 
@@ -33,9 +36,6 @@ def test_the_receipt_text_holds_every_fact_the_ocr_prompt_is_scored_on():
 
 
 def test_the_suite_and_the_image_ship_in_the_package():
-    import tomllib
-    from pathlib import Path
-
     root = Path(__file__).resolve().parents[1]
     globs = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["mistral_lab"]
     package = root / "lib" / "mistral_lab"
