@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import hashlib
 import http.server
 import json
@@ -363,6 +364,65 @@ def test_an_idle_dropped_connection_is_reopened(sshd_factory, web: int):
         assert h.connects == 2
         # The tunnel asks for a live transport per connection, so it works on the new one.
         assert _get(tunnel.local_port, "/after") == b"hello /after"
+
+
+class _CountingProxy:
+    """A TCP relay in front of sshd that counts the bytes the client sends: what keepalives look like on the wire."""
+
+    def __init__(self, address: str, port: int):
+        self.upstream = (address, port)
+        self.client_bytes = 0
+        self._lock = threading.Lock()
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self._listener.getsockname()[1]
+        self._socks: list[socket.socket] = [self._listener]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return
+            server = socket.create_connection(self.upstream)
+            self._socks += [client, server]
+            threading.Thread(target=self._pump, args=(client, server, True), daemon=True).start()
+            threading.Thread(target=self._pump, args=(server, client, False), daemon=True).start()
+
+    def _pump(self, src: socket.socket, dst: socket.socket, count: bool) -> None:
+        try:
+            while data := src.recv(65536):
+                if count:
+                    with self._lock:
+                        self.client_bytes += len(data)
+                dst.sendall(data)
+        except OSError:
+            pass
+
+    def close(self) -> None:
+        for s in self._socks:
+            with contextlib.suppress(OSError):
+                s.close()
+
+
+def test_an_idle_connection_sends_keepalives(sshd: SshdServer):
+    """SSH keepalives every keepalive_s (so NATs and the host keep the connection) plus TCP keepalives (so a
+    vanished peer is noticed); a connection with a long interval stays silent over the same idle time."""
+    fast, slow = _CountingProxy(sshd.address, sshd.port), _CountingProxy(sshd.address, sshd.port)
+    try:
+        with SSHHost(sshd.record(port=fast.port), keepalive_s=1) as h1, \
+                SSHHost(sshd.record(port=slow.port), keepalive_s=600) as h2:
+            assert h1.run("true").ok and h2.run("true").ok
+            sock = h1._alive().sock
+            assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) == 1
+            before = (fast.client_bytes, slow.client_bytes)
+            time.sleep(3.5)
+            sent = (fast.client_bytes - before[0], slow.client_bytes - before[1])
+            assert h1.run("echo still here").stdout == "still here\n"
+    finally:
+        fast.close()
+        slow.close()
+    assert sent[0] > 0 and sent[1] == 0, f"bytes sent while idle (keepalive 1 s, 600 s): {sent}"
 
 
 def _drop_after(server: SshdServer, marker: Path, delay: float) -> threading.Thread:
