@@ -6,7 +6,9 @@ from __future__ import annotations
 import ast
 import io
 import json
+import socketserver
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -180,3 +182,45 @@ def test_vllm_bench_serve_command_forces_length_and_saves():
         assert flag in joined
     fig = native.parse_vllm_bench({"output_throughput": 900.0, "median_ttft_ms": 40.0, "completed": 64}, 8)
     assert fig.tokens_per_s == 900.0 and fig.detail["completed"] == 64
+
+
+class _OneRequestPerConnection(socketserver.BaseRequestHandler):
+    """Answers the first request on a connection with a short SSE stream, then closes the connection when the next
+    request arrives, without answering it and without having said `Connection: close` (HTTP/1.1 allows it)."""
+
+    def handle(self) -> None:
+        f = self.request.makefile("rb")
+        for n in range(2):
+            length = 0
+            while (line := f.readline()) not in (b"\r\n", b""):
+                if line.lower().startswith(b"content-length:"):
+                    length = int(line.split(b":")[1])
+            if not line or n == 1:
+                return
+            f.read(length)
+            events = [{"choices": [{"delta": {"content": w}}]} for w in ("a", "b", "c")]
+            events.append({"choices": [], "usage": {"prompt_tokens": 4, "completion_tokens": 3}})
+            body = b"".join(b"data: " + json.dumps(e).encode() + b"\n\n" for e in events) + b"data: [DONE]\n\n"
+            self.request.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n"
+                                 b"\r\n%x\r\n%s\r\n0\r\n\r\n" % (len(body), body))
+
+
+def test_a_kept_alive_connection_closed_under_us_is_retried_on_a_new_one(tmp_path):
+    server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), _OneRequestPerConnection)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        spec = {"model": "m", "base_url": f"http://127.0.0.1:{server.server_address[1]}/v1", "points": [
+            {"index": 0, "workload": "w", "concurrency": 1, "max_requests": 12, "max_duration_s": 30, "warmup": 4}],
+            "workloads": {"w": {"kind": "chat", "prompts": ["hi"], "max_tokens": 3}}, "max_total_s": 60}
+        out = tmp_path / "records.jsonl"
+        assert loadgen.run(spec, str(out), None) is None
+    finally:
+        server.shutdown()
+        server.server_close()
+    docs = [json.loads(line) for line in out.read_text().splitlines()]
+    recs = [d for d in docs if d["type"] == "request" and not d["warmup"]]
+    # The warm-up leaves four idle connections, all of which the server drops on their next request: a retry that
+    # took another one from the pool would fail again.
+    assert len(recs) == 12 and [r["error"] for r in recs] == [None] * 12
+    assert all(r["completion_tokens"] == 3 and r["chunks"] == 3 for r in recs)

@@ -75,8 +75,8 @@ class Pool:
                 self.ssl.verify_mode = ssl.CERT_NONE
         self.idle: list[Conn] = []
 
-    async def get(self) -> tuple[Conn, bool]:
-        while self.idle:
+    async def get(self, fresh: bool = False) -> tuple[Conn, bool]:
+        while self.idle and not fresh:
             conn = self.idle.pop()
             if not conn.reader.at_eof():
                 return conn, True
@@ -193,7 +193,10 @@ async def stream_chat(pool: Pool, payload: dict, api_key: str | None) -> dict:
     for attempt in (0, 1):
         conn = None
         try:
-            conn, reused = await pool.get()
+            # The retry takes a new connection: the server that closed one kept-alive connection under us may have
+            # closed the other idle ones too (llama-server does so right after a response, without a
+            # `Connection: close`), and a second stale one must not turn into a recorded error.
+            conn, reused = await pool.get(fresh=attempt > 0)
             t0 = time.perf_counter()
             rec["wall_start"] = time.time()
             conn.writer.write(raw)
