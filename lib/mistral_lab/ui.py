@@ -1,9 +1,12 @@
-"""ipywidgets front ends for JupyterLab: a deploy panel whose plan follows the pickers, and a streaming chat.
+"""ipywidgets front ends for JupyterLab: a deploy panel whose plan follows the pickers (and, once deployed, shows
+what it costs so far), and a streaming chat with reasoning apart, the catalog's sampling defaults, images and a
+tool-call trace.
 
 Panels appear only when a person runs the notebook in Jupyter (the kernel was started by a Jupyter server);
 papermill and nbval runs stay headless and unchanged. Every panel calls the same library functions the
-notebooks and the CLI call; what is shown is rendered by small pure functions (`plan_html`, `memory_bar_html`)
-that tests check without a browser.
+notebooks and the CLI call; what is shown is rendered by small pure functions (`plan_html`, `memory_bar_html`,
+`running_cost_html`, `reply_html`, `reasoning_html`, `tool_trace_html`, `chat_defaults`) that tests check without
+a browser.
 """
 
 from __future__ import annotations
@@ -13,16 +16,20 @@ import os
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 from mistral_lab import hardware
 from mistral_lab.catalog import get_model, model_ids
+from mistral_lab.catalog.schema import Model
 from mistral_lab.errors import MistralLabError
 from mistral_lab.plan import Plan, PlanRequest
 
 ENGINES = ["auto", "vllm", "llamacpp"]
 TARGETS = ["local", "ssh", "digitalocean"]
 _COLORS = {"weights": "#4a6fa5", "kv_cache": "#e39a3b", "overhead": "#9aa5b1"}
+COST_TICK_S = 5.0  # how often a live deployment's cost is redrawn
 
 
 def interactive() -> bool:
@@ -92,6 +99,74 @@ def gpu_choices() -> list[str]:
     return ["auto", "cpu", *hardware.DO_SIZES]
 
 
+def running_cost_html(dep: Any, now: datetime | None = None) -> str:
+    """How long a deployment has been up and what it has cost: a droplet bills from creation to destroy."""
+    created = datetime.fromisoformat(dep.created_at)
+    hours = max(((now or datetime.now(UTC)) - created).total_seconds() / 3600, 0.0)
+    hourly = dep.plan.hourly_usd or 0.0
+    money = (f"${hourly:.2f}/hour · about <b>${hours * hourly:.2f}</b> so far" if hourly
+             else "no cloud charges")
+    return (f'<div class="ml-cost" data-cost-usd="{hours * hourly:.4f}">{html.escape(dep.name)} up '
+            f"{hours:.2f} h · {money}</div>")
+
+
+@dataclass(frozen=True)
+class ChatDefaults:
+    efforts: list[tuple[str, str | None]]  # dropdown options; one ("n/a", None) when the model has no switch
+    effort: str | None
+    temperature: float
+    top_p: float | None
+    vision: bool
+    tools: bool
+    thinks: bool = False  # a variant that always reasons: its sampling is the card's reasoning one
+
+
+def sampling_for(model: Model | None, effort: str | None, *, thinks: bool = False) -> tuple[float, float | None]:
+    """The catalog's temperature (and top_p): reasoning_high for effort "high" or a variant that always thinks,
+    where the card gives one; the default otherwise."""
+    if model is None:
+        return 0.7, None
+    s = model.sampling
+    pick = s.reasoning_high if ((effort == "high" or thinks) and s.reasoning_high) else s.default
+    return pick.temperature, pick.top_p
+
+
+def chat_defaults(model: Model | None, variant: str | None = None) -> ChatDefaults:
+    """What the chat controls start at, from the catalog: the first effort the template takes, and the sampling
+    for it (or for the variant, when it is one that reasons)."""
+    efforts = list((model.capabilities.reasoning_effort if model else None) or [])
+    effort = efforts[0] if efforts else None
+    thinks = bool(model and variant and any(v.id == variant and v.thinks for v in model.variants))
+    temperature, top_p = sampling_for(model, effort, thinks=thinks)
+    return ChatDefaults(efforts=[(e, e) for e in efforts] or [("n/a", None)], effort=effort,
+                        temperature=temperature, top_p=top_p, vision=bool(model and model.has_vision),
+                        tools=bool(model and model.capabilities.tools), thinks=thinks)
+
+
+def reply_html(text: str, *, done: bool) -> str:
+    return f'<div class="{"ml-done" if done else "ml-streaming"}">{html.escape(text)}</div>'
+
+
+def reasoning_html(text: str) -> str:
+    return (f'<div class="ml-reasoning" style="white-space:pre-wrap;color:#555;font-size:12px">'
+            f"{html.escape(text)}</div>") if text else ""
+
+
+def reasoning_title(text: str) -> str:
+    return f"reasoning ({len(text.split())} words)" if text else "reasoning"
+
+
+def tool_trace_html(trace: list[dict[str, Any]]) -> str:
+    """One line per tool call, in order: the tool, its arguments as the model sent them, what it returned."""
+    return "".join(
+        f"<div class='ml-tool'>🔧 {html.escape(str(t['tool']))}({html.escape(str(t['arguments']))}) → "
+        f"{html.escape(str(t['result']))}</div>" for t in trace)
+
+
+def turn_html(text: str, answer: str) -> str:
+    return f"<p><b>you</b>: {html.escape(text)}</p><p><b>model</b>: {html.escape(answer)}</p>"
+
+
 # ---------------------------------------------------------------------------------------------- widgets
 
 
@@ -118,6 +193,8 @@ class DeployPanel:
         self.teardown_button = w.Button(description="Teardown", button_style="danger", icon="trash",
                                         disabled=True)
         self.status = w.HTML()
+        self.cost_view = w.HTML()
+        self._cost_stop = threading.Event()
         self.log = w.Textarea(layout=w.Layout(width="100%", height="160px"), disabled=True)
         self._extra = {k: v for k, v in req.model_dump().items()
                        if k not in ("model", "variant", "engine", "target", "gpu", "name") and v is not None}
@@ -128,10 +205,35 @@ class DeployPanel:
         self.teardown_button.on_click(lambda _b: self._start(self._teardown))
         self.widget = w.VBox([
             w.HBox([self.model, self.variant]), w.HBox([self.engine, self.target]), w.HBox([self.gpu, self.name]),
-            self.plan_view, w.HBox([self.deploy_button, self.teardown_button, self.status]), self.log,
+            self.plan_view, w.HBox([self.deploy_button, self.teardown_button, self.status]), self.cost_view, self.log,
         ])
         self.widget.add_class("ml-deploy-panel")
         self.refresh()
+        self._attach_existing(req)
+
+    def _attach_existing(self, req: PlanRequest) -> None:
+        """A deployment of this name that is already up (the notebook's cells made it): show it and its cost."""
+        from mistral_lab import state
+
+        name = req.name
+        if name and state.exists(name):
+            dep = state.load(name)
+            if dep.status == "up":
+                self.attach(dep)
+
+    def attach(self, dep: Any) -> None:
+        """Follow a live deployment: its cost redraws every COST_TICK_S seconds until it is torn down."""
+        self.deployment = dep
+        self.teardown_button.disabled = False
+        self._cost_stop.set()
+        stop = self._cost_stop = threading.Event()
+        self.cost_view.value = running_cost_html(dep)
+
+        def tick() -> None:
+            while not stop.wait(COST_TICK_S):
+                self.cost_view.value = running_cost_html(dep)
+
+        threading.Thread(target=tick, daemon=True).start()
 
     @staticmethod
     def _variants(model_id: str) -> list[tuple[str, str | None]]:
@@ -190,7 +292,7 @@ class DeployPanel:
         from mistral_lab.deploy import cost_so_far, deploy
 
         dep = deploy(self.request(), options=self.options, say=self._say)
-        self.deployment = dep
+        self.attach(dep)
         cost = f", ${dep.plan.hourly_usd:.2f}/hour, ${cost_so_far(dep):.2f} so far" if dep.plan.hourly_usd else ""
         self.status.value = f"<b>{html.escape(dep.name)}</b> is up{cost}"
         if self.on_deployed:
@@ -201,7 +303,9 @@ class DeployPanel:
 
         assert self.deployment is not None
         report = teardown(self.deployment.name, say=self._say)
+        self._cost_stop.set()
         self.deployment = None
+        self.cost_view.value = ""
         self.status.value = f"torn down after {report.hours:.2f} h (about ${report.cost_usd:.2f})"
 
 
@@ -213,17 +317,18 @@ class ChatPanel:
         import ipywidgets as w
 
         self.client = client
-        model = client.catalog
+        self.model = model = client.catalog
         self.conversation = client.conversation()
-        efforts = (model.capabilities.reasoning_effort if model else None) or []
-        temp = model.sampling.default.temperature if model else 0.7
-        self.effort = w.Dropdown(options=[("default", None), *[(e, e) for e in efforts]], description="reasoning",
-                                 disabled=not efforts)
-        self.temperature = w.FloatSlider(value=temp, min=0.0, max=1.5, step=0.05, description="temperature")
+        d = chat_defaults(model, getattr(client, "variant", None))
+        self._thinks = d.thinks
+        self.effort = w.Dropdown(options=d.efforts, value=d.effort, description="reasoning", disabled=d.effort is None)
+        self.temperature = w.FloatSlider(value=d.temperature, min=0.0, max=1.5, step=0.05, description="temperature")
+        self.top_p = d.top_p
         self.max_tokens = w.IntSlider(value=256, min=16, max=4096, step=16, description="max tokens")
-        self.tools = w.Checkbox(value=False, description="calculator tool", disabled=not (model and model.capabilities.tools))
-        self.image = w.FileUpload(accept="image/*", multiple=False, description="image",
-                                  disabled=not (model and model.has_vision))
+        self.tools = w.Checkbox(value=False, description="calculator tool", disabled=not d.tools)
+        self.image = w.FileUpload(accept="image/*", multiple=False, description="image", disabled=not d.vision)
+        # The card's sampling changes with the effort (e.g. 0.1 for none, 0.7 for high): the slider follows.
+        self.effort.observe(self._effort_changed, names="value")
         self.prompt = w.Textarea(placeholder="Ask something…", layout=w.Layout(width="100%", height="70px"))
         self.prompt.add_class("ml-chat-input")
         self.send = w.Button(description="Send", button_style="primary", icon="paper-plane")
@@ -239,6 +344,9 @@ class ChatPanel:
         self.widget = w.VBox([self.history, w.HBox([self.effort, self.temperature, self.max_tokens]), w.HBox([self.tools, self.image]),
                               self.prompt, self.send, self.reasoning_box, self.reply, self.trace])
         self.widget.add_class("ml-chat-panel")
+
+    def _effort_changed(self, change: dict[str, Any]) -> None:
+        self.temperature.value, self.top_p = sampling_for(self.model, change["new"], thinks=self._thinks)
 
     def _image_path(self) -> str | None:
         if not self.image.value:
@@ -260,6 +368,8 @@ class ChatPanel:
         self.reply.value, self.reasoning.value, self.trace.value = "", "", ""
         kw = {"temperature": self.temperature.value, "reasoning_effort": self.effort.value,
               "max_tokens": self.max_tokens.value}
+        if self.top_p is not None:
+            kw["top_p"] = self.top_p
         try:
             if self.tools.value:
                 self._with_tools(text, kw)
@@ -270,22 +380,25 @@ class ChatPanel:
                     reply = self.conversation.say(text, image=image, **kw)
                     answer.append(reply.content)
                     thought.append(reply.reasoning or "")
-                    self.reply.value = html.escape(reply.content)
                 else:
                     for piece in self.conversation.stream(text, **kw):
                         answer.append(piece.content)
                         thought.append(piece.reasoning)
-                        self.reply.value = f'<div class="ml-streaming">{html.escape("".join(answer))}</div>'
+                        self.reply.value = reply_html("".join(answer), done=False)
                         if piece.reasoning:
-                            self.reasoning.value = html.escape("".join(thought))
-                self.reply.value = f'<div class="ml-done">{html.escape("".join(answer))}</div>'
-            self.history.value += (f"<p><b>you</b>: {html.escape(text)}</p>"
-                                   f"<p><b>model</b>: {html.escape(self._last_answer())}</p>")
+                            self._show_reasoning("".join(thought))
+                self._show_reasoning("".join(thought))
+                self.reply.value = reply_html("".join(answer), done=True)
+            self.history.value += turn_html(text, self._last_answer())
             self.prompt.value = ""
         except MistralLabError as e:
             self.reply.value = error_html(e)
         finally:
             self.send.disabled = False
+
+    def _show_reasoning(self, text: str) -> None:
+        self.reasoning.value = reasoning_html(text)
+        self.reasoning_box.set_title(0, reasoning_title(text))
 
     def _last_answer(self) -> str:
         for m in reversed(self.conversation.messages):
@@ -301,10 +414,9 @@ class ChatPanel:
         reply = self.client.run_tools(list(self.conversation.messages), {"calculator": calculator.calculate},
                                       [calculator.TOOL_SPEC], trace=trace, **kw)
         self.conversation.messages.append({"role": "assistant", "content": reply.content})
-        self.trace.value = "".join(
-            f"<div class='ml-tool'>🔧 {html.escape(t['tool'])}({html.escape(str(t['arguments']))}) → "
-            f"{html.escape(t['result'])}</div>" for t in trace)
-        self.reply.value = f'<div class="ml-done">{html.escape(reply.content)}</div>'
+        self.trace.value = tool_trace_html(trace)
+        self._show_reasoning(reply.reasoning or "")
+        self.reply.value = reply_html(reply.content, done=True)
 
 
 def show(widget_panel: Any) -> Any:
