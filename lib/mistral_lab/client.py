@@ -529,17 +529,31 @@ class Conversation:
         self.messages.append({"role": "assistant", "content": "".join(parts)})
 
 
+NOTEBOOK_DEPLOYMENT = "tiny-query"
+
+
 def connect_or_deploy(deployment: str | None = None, *, base_url: str | None = None, key_env: str = "MISTRAL_API_KEY",
                       model: str | None = None, say: Callable[[str], None] = print) -> tuple[Client, bool]:
     """What a notebook talks to: a bare URL (key from `key_env`, `model` its catalog id), or a deployment: the named
-    one, the only one up, or the generated tiny model deployed on this machine. Also says whether it was deployed
-    just now, so the notebook tears down only what it made."""
+    one (redeployed from its record if it stopped), the only one up, or else the generated tiny model deployed on
+    this machine as `tiny-query`. Also says whether it was deployed just now, so the notebook tears down only what
+    it made.
+
+    The tiny fallback has its own name rather than deploy.ensure's `tiny-local`: local deployments of one name share
+    a folder on this machine, so a benchmark notebook running beside this one would otherwise have its server
+    replaced."""
     if base_url:
         return Client.from_env(base_url, key_env=key_env, catalog_id=model), False
-    from mistral_lab.bench import ensure_deployment
+    from mistral_lab import deploy, state
+    from mistral_lab.plan import PlanRequest
 
-    dep, deployed_here = ensure_deployment(deployment, say=say)
-    return Client.from_deployment(dep.name), deployed_here
+    existed = set(state.names())
+    name = deployment or deploy.the_only(up=True)
+    if name is None:
+        dep = deploy.deploy(PlanRequest(model="tiny-random", target="local", name=NOTEBOOK_DEPLOYMENT), say=say)
+    else:
+        dep = deploy.ensure(name, say=say)
+    return Client.from_deployment(dep.name), dep.name not in existed
 
 
 def show_stream(pieces: Iterable[Delta], out: Callable[[str], None] | None = None) -> Reply:
