@@ -156,3 +156,22 @@ def test_chat_panel_streams_a_reply_from_a_real_server(llama_server):
     assert any('class="ml-streaming"' in v for v in seen)  # it filled in as it arrived
     assert 'class="ml-done"' in panel.reply.value and panel.prompt.value == ""
     assert "<b>you</b>: Say hello." in panel.history.value and not panel.send.disabled
+
+
+@pytest.mark.slow
+def test_benchmark_panel_fills_the_plot_and_table_level_by_level(llama_server, tmp_path):
+    pytest.importorskip("ipywidgets")
+    panel = ui.BenchmarkPanel(None, workload="32/16", max_concurrency=2, duration_s=2, base_url=llama_server.v1,
+                              api_key=llama_server.api_key, model="tiny-random", engine="llamacpp",
+                              catalog_id="tiny-random", where="client", results_dir=tmp_path)
+    tables: list[str] = []
+    panel.table.observe(lambda change: tables.append(change["new"]), names="value")
+    panel.start.click()
+    assert panel.done.wait(600), panel.log.value
+    assert "done: 2 levels" in panel.status.value, panel.log.value
+    assert [t.count("<tr>") - 1 for t in tables] == [1, 2]  # one row after the first level, two after the second
+    assert "32/16 c=1" in tables[-1] and "32/16 c=2" in tables[-1]
+    assert bytes(panel.plot.value).startswith(b"\x89PNG") and len(panel.runs) == 2
+    merged = ui.merged_run(panel.runs)
+    assert [p.concurrency for p in merged.points] == [1, 2] and merged.meta.loads == [1.0, 2.0]
+    assert all(p.requests > p.errors for p in merged.points)

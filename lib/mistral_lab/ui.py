@@ -1,6 +1,6 @@
 """ipywidgets front ends for JupyterLab: a deploy panel whose plan follows the pickers (and, once deployed, shows
-what it costs so far), and a streaming chat with reasoning apart, the catalog's sampling defaults, images and a
-tool-call trace.
+what it costs so far), a streaming chat with reasoning apart, the catalog's sampling defaults, images and a
+tool-call trace, and a benchmark sweep whose plot and table fill in level by level.
 
 Panels appear only when a person runs the notebook in Jupyter (the kernel was started by a Jupyter server);
 papermill and nbval runs stay headless and unchanged. Every panel calls the same library functions the
@@ -170,6 +170,11 @@ def turn_html(text: str, answer: str) -> str:
 # ---------------------------------------------------------------------------------------------- widgets
 
 
+def _append(log: Any, line: str, keep: int = 20000) -> None:
+    """Add a progress line to a log box, keeping its tail: a long deploy must not grow the notebook without end."""
+    log.value = (log.value + line + "\n")[-keep:]
+
+
 class DeployPanel:
     """Pickers from the catalog; the plan redraws on every change; Deploy / Teardown with live progress."""
 
@@ -262,7 +267,7 @@ class DeployPanel:
         return plan
 
     def _say(self, line: str) -> None:
-        self.log.value = (self.log.value + line + "\n")[-20000:]
+        _append(self.log, line)
 
     def _start(self, job: Callable[[], None]) -> None:
         """Run a slow step in a thread, so the kernel keeps serving widget updates (progress, elapsed time)."""
@@ -419,6 +424,101 @@ class ChatPanel:
         self.reply.value = reply_html(reply.content, done=True)
 
 
+def merged_run(runs: list[Any]) -> Any:
+    """One Run holding the points of several one-level runs (a sweep run level by level), for one plot."""
+    points = [p.model_copy(update={"index": i}) for i, p in enumerate(pt for r in runs for pt in r.points)]
+    loads = [x for r in runs for x in r.meta.loads]
+    return runs[0].model_copy(update={"points": points, "meta": runs[0].meta.model_copy(update={"loads": loads})})
+
+
+def points_table_html(points: list[Any]) -> str:
+    """The sweep's summary: one row per load level, as the bench report's table reads."""
+    def ms(d: Any, q: str = "p50") -> str:
+        return f"{getattr(d, q) * 1000:.0f}" if d is not None else "–"
+
+    head = ("load", "requests", "errors", "output tok/s", "req/s", "TTFT p50 ms", "TTFT p90 ms", "TPOT p50 ms",
+            "e2e p90 s")
+    rows = []
+    for p in points:
+        load = f"c={p.concurrency}" if p.concurrency is not None else f"{p.rate:g}/s"
+        e2e = f"{p.e2e_s.p90:.2f}" if p.e2e_s is not None else "–"
+        cells = (f"{html.escape(p.workload)} {load}", str(p.requests), str(p.errors), f"{p.output_tokens_per_s:.1f}",
+                 f"{p.request_per_s:.2f}", ms(p.ttft_s), ms(p.ttft_s, "p90"), ms(p.tpot_s), e2e)
+        rows.append("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
+    return ('<table class="ml-bench-table"><tr>' + "".join(f"<th>{h}</th>" for h in head) + "</tr>"
+            + "".join(rows) + "</table>")
+
+
+def figure_png(fig: Any) -> bytes:
+    import io
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=80)
+    return buf.getvalue()
+
+
+class BenchmarkPanel:
+    """Start a concurrency sweep; the throughput/latency plot and the table fill in after each level.
+
+    `bench.run` reports once a run ends, so the sweep is run one level at a time (each saved as its own run);
+    `target` is passed to it as is (e.g. base_url=..., api_key=..., where="client" for an endpoint of no deployment).
+    """
+
+    def __init__(self, deployment: str | None = None, *, workload: str = "128/128", max_concurrency: int = 4,
+                 duration_s: float = 20.0, **target: Any):
+        import ipywidgets as w
+
+        self.deployment, self.target = deployment, target
+        self.workload = w.Text(value=workload, description="workload")
+        self.max_concurrency = w.BoundedIntText(value=max_concurrency, min=1, max=1024, description="up to c=")
+        self.duration = w.BoundedFloatText(value=duration_s, min=1, max=3600, description="s per level")
+        self.start = w.Button(description="Start sweep", button_style="primary", icon="play")
+        self.start.add_class("ml-bench-start")
+        self.status = w.HTML()
+        self.plot = w.Image(format="png")
+        self.table = w.HTML()
+        self.table.add_class("ml-bench-summary")
+        self.log = w.Textarea(layout=w.Layout(width="100%", height="120px"), disabled=True)
+        self.runs: list[Any] = []
+        self.done = threading.Event()
+        self.start.on_click(lambda _b: self._begin())
+        self.widget = w.VBox([w.HBox([self.workload, self.max_concurrency, self.duration]),
+                              w.HBox([self.start, self.status]), self.plot, self.table, self.log])
+        self.widget.add_class("ml-bench-panel")
+
+    def _say(self, line: str) -> None:
+        _append(self.log, line)
+
+    def _begin(self) -> None:
+        self.start.disabled = True
+        self.done.clear()
+        self.runs = []
+        threading.Thread(target=self._sweep, daemon=True).start()
+
+    def _sweep(self) -> None:
+        from mistral_lab import bench
+        from mistral_lab.bench import plots
+
+        try:
+            levels = bench.sweep_levels(self.max_concurrency.value)
+            for i, c in enumerate(levels, 1):
+                self.status.value = f"level {i}/{len(levels)}: c={c}…"
+                run = bench.run(self.deployment, workload=self.workload.value, concurrency=[c],
+                                duration_s=self.duration.value, native_bench=False, plots=False, progress=False,
+                                say=self._say, **self.target)
+                self.runs.append(run)
+                merged = merged_run(self.runs)
+                self.plot.value = figure_png(plots.throughput_latency(merged))
+                self.table.value = points_table_html(merged.points)
+            self.status.value = f"done: {len(levels)} levels, saved as {', '.join(r.ref for r in self.runs)}"
+        except Exception as e:  # noqa: BLE001  (shown to the user in the panel)
+            self._say(f"✘ {e}")
+            self.status.value = error_html(e)
+        finally:
+            self.start.disabled = False
+            self.done.set()
+
+
 def show(widget_panel: Any) -> Any:
     from IPython.display import display
 
@@ -431,6 +531,13 @@ def deploy_panel(request: PlanRequest | None = None, options: dict[str, Any] | N
     if not interactive():
         return None
     return show(DeployPanel(request, options))
+
+
+def benchmark_panel(deployment: str, **kw: Any) -> BenchmarkPanel | None:
+    """Show the benchmark panel when interactive; headless runs call `bench.run` in their cells instead."""
+    if not interactive():
+        return None
+    return show(BenchmarkPanel(deployment, **kw))
 
 
 def chat_panel(deployment: str) -> ChatPanel | None:
