@@ -153,6 +153,18 @@ def test_a_droplet_that_never_becomes_active_times_out_clearly(fake):
     DigitalOceanTarget().destroy(state_record("demo"))
 
 
+def test_ssh_that_never_answers_times_out_naming_the_address_and_the_likely_cause(fake):
+    fake.state.machine_start_delay = 120  # the droplet is active, its sshd never comes up within the wait
+    lines: list[str] = []
+    with pytest.raises(TargetError) as e:
+        _provision(fake, lines=lines, ssh_timeout=2, poll_interval=0.2)
+    (droplet,) = fake.state.droplets.values()
+    assert f"SSH to {droplet.address}:{fake.ssh_port} did not answer within 2 s" in str(e.value)
+    assert "allow_from" in e.value.fix
+    assert any(line.startswith("waiting for SSH:") for line in lines)
+    DigitalOceanTarget().destroy(state_record("demo"))
+
+
 @needs_sshd
 def test_the_price_is_shown_before_anything_is_created(fake):
     said: list[tuple[str, int]] = []  # each line with the number of POSTs the fake had seen when it was said
