@@ -1,4 +1,4 @@
-"""API calls and SSH round trips for one DigitalOcean droplet, create -> ready -> facts -> destroy.
+"""API calls and SSH round trips for one DigitalOcean droplet, create -> ready -> facts -> again -> destroy.
 
 Runs the real DigitalOcean target against the fake DO API (tests/fakedo), whose droplet is a real sshd on
 127.0.0.N, and counts every API request from the fake's own request log and every SSH connection and session
@@ -8,7 +8,8 @@ from the sshd's log. Writes benchmarks/results/do_provision.json and prints a ta
 
 What the numbers mean for a real droplet: the API calls per phase are what DigitalOcean's rate limit (250/minute,
 5,000/hour) sees; the waiting polls scale with how long DO takes to boot the droplet (here `polls_to_active`
-polls), so `GET /v2/droplets/{id}` is reported separately.
+polls), so `GET /v2/droplets/{id}` is reported separately. `provision_again` deploys the same name a second time:
+it must find the droplet by tag and create nothing (no POST that makes a resource).
 """
 
 from __future__ import annotations
@@ -54,6 +55,12 @@ def one_run(workdir: Path, run: int) -> dict:
         host.facts()
         host.close()
         marks["facts"] = (len(fake.log), backend.ssh_counts(), time.monotonic() - t)
+        # Deploying the same name again finds the droplet by its tag: what idempotency costs in calls.
+        t = time.monotonic()
+        again = DigitalOceanTarget(target.options).provision(ProvisionRequest(deployment=f"bench{run}",
+                                                                              gpu_slug="s-1vcpu-1gb"))
+        again.close()
+        marks["provision_again"] = (len(fake.log), backend.ssh_counts(), time.monotonic() - t)
         t = time.monotonic()
         target.destroy(host.record)
         marks["destroy"] = (len(fake.log), backend.ssh_counts(), time.monotonic() - t)
@@ -88,6 +95,9 @@ def main() -> None:
         "settings": {"polls_to_active": POLLS_TO_ACTIVE, "poll_interval_s": POLL_INTERVAL, "runs": args.runs},
         "machine": {"python": platform.python_version(), "cpus": os.cpu_count(), "platform": platform.platform()},
         "stable": all(r["phases"][p]["api_calls"] == first[p]["api_calls"] for r in runs for p in first),
+        "again_created_nothing": all(
+            not any(k.startswith(("POST /v2/droplets", "POST /v2/firewalls", "POST /v2/account/keys"))
+                    for k in r["phases"]["provision_again"]["api_by_route"]) for r in runs),
         "runs": runs,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -99,7 +109,8 @@ def main() -> None:
               f"{p['seconds']:>9.2f}")
     total = {k: sum(p[k] for p in first.values()) for k in ("api_calls", "ssh_connections", "ssh_sessions")}
     print(f"{'total':<18}{total['api_calls']:>10}{'':>16}{total['ssh_connections']:>11}{total['ssh_sessions']:>14}")
-    print(f"leftovers after destroy: {runs[0]['leftovers']}; same counts in all {args.runs} runs: {result['stable']}")
+    print(f"leftovers after destroy: {runs[0]['leftovers']}; same counts in all {args.runs} runs: {result['stable']}; "
+          f"deploying again created nothing: {result['again_created_nothing']}")
     print(f"wrote {args.out.relative_to(ROOT)}")
 
 
