@@ -462,3 +462,22 @@ def test_a_failure_mid_up_removes_what_it_made(llamacpp_bin):
     assert started, lines
     for line in started:
         assert not Path(f"/proc/{line.rsplit(' ', 1)[1]}").exists()
+
+
+def test_under_systemd_the_proxy_master_runs_as_root_and_its_workers_as_the_login_user():
+    # A droplet runs the proxy as a systemd unit: root binds 443, workers drop to the SSH user, who owns the folder.
+    from mistral_lab.engines import service
+
+    ws, _ = _workshop_with_cards()
+    ws = ws.model_copy(update={"proxy_root": "/home/mistral/mistral-lab/deployments/room/proxy",
+                               "proxy_mode": "systemd", "https_port": 443, "listen": "0.0.0.0"})
+    spec = ws_mod._proxy_spec(ws, "/usr/sbin/nginx")
+    unit = service.render_unit(spec)
+    assert "User=" not in unit and f"ExecStart={ws.proxy_root}/serve.sh" in unit
+    assert spec.unit == "mistral-lab-room-proxy"
+    script = service.render_serve_script(spec)
+    assert "exec /usr/sbin/nginx -e stderr -p /home/mistral/mistral-lab/deployments/room/proxy/" in script
+    assert "'daemon off;'" in script
+    conf = ws_mod.render_nginx_conf(ws, root=ws.proxy_root, backend_port=8080, worker_user="mistral")
+    assert "\nuser mistral;\n" in conf and "listen 0.0.0.0:443 ssl;" in conf
+    assert "proxy_pass http://127.0.0.1:8080;" in conf
