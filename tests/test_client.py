@@ -198,6 +198,18 @@ def test_a_reply_that_fails_the_models_own_validation_is_a_clear_error(llama_ser
     assert e.value.field == "response_format"
 
 
+def test_a_json_schema_dict_is_sent_and_checked_again_here(llama_server, wire):
+    digit = {"title": "digit check", "type": "object", "properties": {"n": {"type": "integer", "minimum": 0, "maximum": 9}},
+             "required": ["n"], "additionalProperties": False}
+    with Client(llama_server.v1, llama_server.api_key, catalog_id="tiny-random", http_client=wire.http) as c:
+        assert 0 <= c.json("A digit", digit, max_tokens=40, seed=1)["n"] <= 9
+        # llama.cpp's grammar leaves `not` out, so only the client's own check can catch this reply.
+        with pytest.raises(EngineError, match="does not match the schema: .* should not be valid") as e:
+            c.json("A digit", {**digit, "not": {"required": ["n"]}}, max_tokens=40, seed=1)
+    assert e.value.field == "response_format"
+    assert wire.chats()[0]["response_format"]["json_schema"]["name"] == "digit_check"
+
+
 # ---- tools ---------------------------------------------------------------------------------------------------
 
 

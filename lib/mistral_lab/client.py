@@ -399,13 +399,17 @@ class Client:
             stream.close()
 
     # ---- structured output ----------------------------------------------------------------------------
-    def json(self, prompt: str | list[Message], schema: type[T] | None = None, **kw: Any) -> T | dict[str, Any]:
-        """JSON mode (no schema) or a JSON schema from a pydantic model; the reply is parsed and validated."""
+    def json(self, prompt: str | list[Message], schema: type[T] | dict[str, Any] | None = None,
+             **kw: Any) -> T | dict[str, Any]:
+        """JSON mode (no schema), or a JSON schema: a pydantic model (the reply comes back as one) or a JSON Schema
+        dict (the reply is checked against it). The server constrains the reply; the client validates it again."""
         if schema is None:
             fmt: dict[str, Any] = {"type": "json_object"}
         else:
-            fmt = {"type": "json_schema",
-                   "json_schema": {"name": schema.__name__, "schema": schema.model_json_schema(), "strict": True}}
+            body = schema if isinstance(schema, dict) else schema.model_json_schema()
+            title = schema.get("title", "reply") if isinstance(schema, dict) else schema.__name__
+            fmt = {"type": "json_schema", "json_schema": {
+                "name": re.sub(r"[^A-Za-z0-9_-]", "_", str(title))[:64] or "reply", "schema": body, "strict": True}}
         reply = self.chat(prompt, response_format=fmt, **kw)
         try:
             data = json.loads(reply.content)
@@ -416,6 +420,14 @@ class Client:
                                   fix="raise max_tokens, or bound free text in the schema (maxLength, enum)") from None
             raise EngineError(f"the reply is not JSON ({e.msg}): {reply.content[:200]!r}", field="response_format") from None
         if schema is None:
+            return data
+        if isinstance(schema, dict):
+            import jsonschema
+
+            try:
+                jsonschema.validate(data, schema)
+            except jsonschema.ValidationError as e:
+                raise EngineError(f"the reply does not match the schema: {e.message}", field="response_format") from None
             return data
         try:
             return schema.model_validate(data)

@@ -10,7 +10,7 @@ from typing import Annotated, Any
 import typer
 
 from mistral_lab.client import Client
-from mistral_lab.errors import BadInput, EngineError
+from mistral_lab.errors import BadInput
 
 from ._app import app, console_err
 
@@ -60,6 +60,7 @@ def ask_cmd(
     temperature: Annotated[float | None, Opt("--temperature")] = None,
     base_url: Annotated[str | None, Opt("--base-url", help="any OpenAI-compatible URL instead of a deployment")] = None,
     key_env: Annotated[str, Opt("--key-env", help="variable holding the key for --base-url")] = "MISTRAL_API_KEY",
+    model: Annotated[str | None, Opt("--model", help="catalog id of the model behind --base-url")] = None,
 ) -> None:
     """Ask a deployment one question. With --json-schema, standard output is the validated JSON object alone."""
     if base_url and name and prompt is None:
@@ -70,16 +71,9 @@ def ask_cmd(
         prompt = sys.stdin.read()
     kw: dict[str, Any] = dict(system=system, image=image, reasoning_effort=reasoning, max_tokens=max_tokens,
                               temperature=temperature)
-    with open_client(name, base_url, key_env) as client:
+    with open_client(name, base_url, key_env, catalog_id=model) as client:
         if json_schema:
-            schema = _schema_from_file(json_schema)
-            fmt = {"type": "json_schema", "json_schema": {"name": schema.get("title", "reply"), "schema": schema}}
-            reply = client.chat(prompt, response_format=fmt, **kw)
-            try:
-                data = json.loads(reply.content)
-            except json.JSONDecodeError as e:
-                raise EngineError(f"the reply is not JSON ({e.msg})", field="--json-schema") from None
-            _validate(data, schema)
+            data = client.json(prompt, _schema_from_file(json_schema), **kw)
             print(json.dumps(data, ensure_ascii=False))
             return
         if no_stream:
@@ -102,11 +96,3 @@ def ask_cmd(
                 print(piece.content, end="", flush=True)
         print()
 
-
-def _validate(data: Any, schema: dict[str, Any]) -> None:
-    import jsonschema
-
-    try:
-        jsonschema.validate(data, schema)
-    except jsonschema.ValidationError as e:
-        raise EngineError(f"the reply does not match the schema: {e.message}", field="--json-schema") from None
