@@ -34,6 +34,7 @@ from test_digitalocean import (
 from mistral_lab.errors import TargetError
 from mistral_lab.hosts import do_api
 from mistral_lab.hosts import do_resources as res
+from mistral_lab.hosts.base import ProvisionRequest
 from mistral_lab.hosts.cloudinit import generate_ed25519
 from mistral_lab.hosts.digitalocean import DigitalOceanTarget, find_leftovers
 from mistral_lab.hosts.do_api import DOApi, DOApiError, TokenRefused
@@ -150,6 +151,23 @@ def test_a_droplet_that_never_becomes_active_times_out_clearly(fake):
     assert f"droplet {droplet.id} is still new after 1 s" in str(e.value) and "bills" in e.value.fix
     assert any("waiting for it to become active" in line for line in lines)
     assert fake.count("GET /v2/droplets/{id}") >= 5  # polled, not slept through
+    DigitalOceanTarget().destroy(state_record("demo"))
+
+
+def test_the_firewall_opens_ssh_only_to_the_callers_address_and_all_outbound(fake, monkeypatch):
+    monkeypatch.setenv("MISTRAL_LAB_ALLOW_FROM", "198.51.100.7")
+    fake.state.droplet_limit = 0  # stop right after the firewall: its rules are what this test reads
+    options = _options(fake)
+    del options["allow_from"]
+    with pytest.raises(TargetError, match="droplet limit"):
+        DigitalOceanTarget(options).provision(ProvisionRequest(deployment="demo", gpu_slug="s-1vcpu-1gb"))
+    (fw,) = fake.state.firewalls.values()
+    assert fw["tags"] == ["mistral-lab:demo"]
+    assert fw["inbound_rules"] == [{"protocol": "tcp", "ports": "22", "sources": {"addresses": ["198.51.100.7/32"]}}]
+    # A firewall without outbound rules blocks all outbound traffic: nothing could be downloaded.
+    everywhere = {"addresses": ["0.0.0.0/0", "::/0"]}
+    assert {(r["protocol"], r["ports"]) for r in fw["outbound_rules"]} == {("tcp", "0"), ("udp", "0"), ("icmp", "0")}
+    assert all(r["destinations"] == everywhere for r in fw["outbound_rules"])
     DigitalOceanTarget().destroy(state_record("demo"))
 
 
