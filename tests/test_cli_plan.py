@@ -74,3 +74,13 @@ def test_a_plan_that_does_not_fit_still_prints_its_json_and_exits_2():
     plan = json.loads(r.stdout)
     assert plan["fits"] is False and plan["memory"]["total_gb"] > plan["memory"]["available_gb"]
     assert "cheapest size that fits" in r.stderr
+
+
+def test_usage_errors_exit_2_with_a_message_not_a_traceback():
+    for args, says in [(("plan", "ministral-3b", "--context", "abc"), "--context"),
+                       (("plan",), "Missing argument 'model'"),
+                       (("no-such-command",), "No such command"),
+                       (("hosts", "sweep"), "No such command 'sweep'")]:
+        r = run(*args)
+        assert r.returncode == 2, (args, r.stderr)
+        assert says in r.stderr and "Traceback" not in r.stderr + r.stdout, (args, r.stderr)

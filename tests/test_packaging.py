@@ -72,3 +72,18 @@ def test_notebooks_are_committed_without_outputs_and_with_a_parameters_cell():
         code = [c for c in nb["cells"] if c["cell_type"] == "code"]
         assert all(not c.get("outputs") and c.get("execution_count") is None for c in code), nb_path.name
         assert any("parameters" in c.get("metadata", {}).get("tags", []) for c in code), nb_path.name
+
+
+def test_every_command_the_readme_shows_exists():
+    import typer.main
+
+    from mistral_lab.cli import app
+
+    root = typer.main.get_command(app)
+    shown = re.findall(r"mistral-lab ([a-z][a-z-]*)(?: ([a-z][a-z-]*))?", (ROOT / "README.md").read_text())
+    assert shown
+    for name, sub in shown:
+        assert name in root.commands, f"README shows `mistral-lab {name}`, which does not exist"
+        group = root.commands[name]
+        if hasattr(group, "commands"):  # a command group: the next word is one of its commands
+            assert sub in group.commands, f"README shows `mistral-lab {name} {sub}`, which does not exist"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 
 import click
+import typer
 
 from mistral_lab.errors import MistralLabError
 
@@ -21,15 +22,24 @@ from ._app import app, console_err
 __all__ = ["app", "main"]
 
 
+# typer 0.2x carries its own copy of click: usage errors (a missing argument, `--context abc`, an unknown command)
+# come from either copy, and both must end as a message and exit 2, not a traceback.
+_USAGE_ERRORS = (click.ClickException, *(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException"))
+_ABORTS = (click.exceptions.Abort, typer.Abort, KeyboardInterrupt)
+
+
 def main(argv: list[str] | None = None) -> None:
     try:
-        app(args=argv, standalone_mode=False)
+        # Outside standalone mode a command's `raise typer.Exit(n)` comes back as the return value.
+        code = app(args=argv, standalone_mode=False)
     except MistralLabError as e:
         console_err.print(f"[red]error[/red] {e}", highlight=False, markup=True)
         sys.exit(e.exit_code)
-    except click.ClickException as e:
+    except _USAGE_ERRORS as e:
         e.show()
         sys.exit(e.exit_code)
-    except (click.exceptions.Abort, KeyboardInterrupt):
+    except _ABORTS:
         console_err.print("aborted")
         sys.exit(130)
+    if isinstance(code, int) and code:
+        sys.exit(code)
