@@ -87,3 +87,13 @@ def test_every_command_the_readme_shows_exists():
         group = root.commands[name]
         if hasattr(group, "commands"):  # a command group: the next word is one of its commands
             assert sub in group.commands, f"README shows `mistral-lab {name} {sub}`, which does not exist"
+
+
+def test_deploy_notebook_parameters_default_to_nothing_billable():
+    nb = json.loads((ROOT / "notebooks" / "deploy.ipynb").read_text())
+    (cell,) = [c for c in nb["cells"] if "parameters" in c.get("metadata", {}).get("tags", [])]
+    values: dict = {}
+    exec("".join(cell["source"]), {}, values)  # plain assignments, as papermill overrides them
+    assert (values["model"], values["target"], values["dry_run"]) == ("tiny-random", "local", False)
+    assert {"model", "target", "engine", "gpu", "context", "concurrency", "name", "dry_run"} <= set(values)
+    assert not any(k in values for k in ("token", "api_key", "hf_token")), "secrets are never parameters"
