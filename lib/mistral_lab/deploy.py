@@ -112,6 +112,21 @@ def _spec_from_record(dep: state.Deployment) -> service.ServiceSpec:
                                argv=[], port=dep.plan.port, key_var="", mode=dep.service.kind)
 
 
+def _served_context(host: Host, endpoint: state.Endpoint, api_key: str) -> int | None:
+    """The context the server really serves: vLLM lists it as max_model_len in /v1/models (with
+    `--max-model-len auto` it is only known once the server has measured its memory)."""
+    tunnel = host.forward(endpoint.remote_port)
+    try:
+        r = httpx.get(endpoint.base_url(tunnel.local_port) + "/models",
+                      headers={"Authorization": f"Bearer {api_key}"}, timeout=10)
+        value = ((r.json().get("data") or [{}])[0]).get("max_model_len")
+        return int(value) if value else None
+    except (httpx.HTTPError, ValueError, TypeError, AttributeError, OSError):
+        return None
+    finally:
+        tunnel.close()
+
+
 def _healthy(dep: state.Deployment) -> bool:
     """Whether a recorded deployment still serves: reconnect, tunnel, /health and /v1/models with its key."""
     if dep.status != "up" or dep.endpoint is None:
@@ -233,6 +248,11 @@ def deploy(
                     say(f"  port {port} was taken while the server started; trying the next one")
                     port += 1
             dep.endpoint = state.Endpoint(remote_port=plan.port, served_model=plan.model, api_key_file=key_file)
+            served = _served_context(host, dep.endpoint, api_key) if plan.engine == "vllm" else None
+            if served:
+                dep.extra["max_model_len"] = served
+                if served != plan.context:
+                    say(f"  the server fitted a context of {served} tokens (the plan estimated {plan.context})")
 
         dep.status = "up"
         state.save(dep)

@@ -22,7 +22,8 @@ TARGET_OPTIONS = {
     "host_root", "host_cache", "service", "extra_args",  # all targets
     "llamacpp_source", "llamacpp_version", "llamacpp_tarball", "llamacpp_backend", "llamacpp_arch",  # llama.cpp
     "model_source", "hf_endpoint", "pypi_url",  # llama.cpp
-    "vllm_mode",  # vLLM
+    "vllm_install", "vllm_spec", "vllm_image", "vllm_python", "vllm_extra_packages", "max_model_len",  # vLLM
+    "find_links", "index_url", "extra_index_url", "torch_backend", "cpu_kv_cache_gib", "hf_revision",  # vLLM
 }
 # Notebook-only knobs that are neither plan fields nor host options.
 NOTEBOOK_ONLY = {"dry_run", "deployment", "base_url", "workload", "sweep", "duration", "prompt", "reasoning_effort",

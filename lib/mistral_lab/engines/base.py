@@ -22,6 +22,7 @@ class Installed:
     env: dict[str, str] = field(default_factory=dict)  # non-secret variables the server needs
     skipped: bool = False  # true when the cached install was reused
     tools: dict[str, str] = field(default_factory=dict)  # other binaries, e.g. llama-bench
+    features: tuple[str, ...] = ()  # what the installed version accepts beyond the pinned floor (vLLM: max_model_len_auto)
 
 
 @dataclass(frozen=True)
@@ -29,6 +30,7 @@ class ModelFiles:
     ref: str  # what the server loads: an absolute path on the host, or a repo id in a filled cache
     mmproj: str | None = None
     skipped: bool = False
+    weight_format: str | None = None  # the layout found in the files (vLLM: mistral | hf), when it was looked at
 
 
 @dataclass(frozen=True)
