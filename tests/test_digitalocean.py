@@ -177,6 +177,15 @@ def test_access_token_env_also_works(fake, monkeypatch, token):
         DigitalOceanTarget().preflight(CPU)
 
 
+@pytest.mark.parametrize("name", ["token", "DO_TOKEN", "digitalocean_token"])
+def test_a_token_given_as_an_option_is_refused_before_any_call(fake, token, name):
+    with pytest.raises(BadInput) as e:
+        DigitalOceanTarget({name: token}).preflight(CPU)
+    assert e.value.field == name and "DIGITALOCEAN_TOKEN" in (e.value.fix or "")
+    assert token not in str(e.value) + (e.value.fix or "")
+    assert fake.count("GET /v2/account") == 0 and fake.count("GET /v2/sizes") == 0
+
+
 def test_429_retry_after_is_honoured(fake):
     fake.state.faults.inject("GET /v2/sizes", 429, times=2, retry_after=1)
     t = time.monotonic()

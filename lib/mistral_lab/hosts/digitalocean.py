@@ -49,6 +49,7 @@ from mistral_lab.hosts.cloudinit import (
     render_user_data,
 )
 from mistral_lab.hosts.do_api import DOApi, DOApiError, read_token
+from mistral_lab.params import SECRET_NAMES
 
 ALLOW_FROM_ENV = "MISTRAL_LAB_ALLOW_FROM"
 ECHO_URL = "https://api.ipify.org"
@@ -93,6 +94,11 @@ class DOSettings(BaseModel):
         merged: dict[str, Any] = {}
         for layer in layers:
             merged.update({k: v for k, v in (layer or {}).items() if v is not None})
+        # Options end up in records and notebooks; a token given here would too, so it is refused, not ignored.
+        given = sorted(k for k in merged if k.lower() in SECRET_NAMES)
+        if given:
+            raise BadInput(f"secrets are not DigitalOcean options: {', '.join(given)}", field=given[0],
+                           fix="put the token in the environment: export DIGITALOCEAN_TOKEN=...")
         try:
             return cls.model_validate(merged)
         except ValidationError as e:
