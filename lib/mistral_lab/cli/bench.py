@@ -17,22 +17,14 @@ from ._app import app, console, console_err
 Opt = typer.Option
 
 
-def _ints(text: str | None, field: str) -> list[int] | None:
+def _numbers(text: str | None, field: str, kind: type[int] | type[float]) -> list | None:
     if not text:
         return None
     try:
-        return [int(x) for x in text.split(",") if x.strip()]
+        return [kind(x) for x in text.split(",") if x.strip()]
     except ValueError:
-        raise BadInput(f"{text!r} is not a comma-separated list of integers", field=field, fix="e.g. 1,2,4,8") from None
-
-
-def _floats(text: str | None, field: str) -> list[float] | None:
-    if not text:
-        return None
-    try:
-        return [float(x) for x in text.split(",") if x.strip()]
-    except ValueError:
-        raise BadInput(f"{text!r} is not a comma-separated list of numbers", field=field, fix="e.g. 0.5,1,2") from None
+        what, example = ("integers", "1,2,4,8") if kind is int else ("numbers", "0.5,1,2")
+        raise BadInput(f"{text!r} is not a comma-separated list of {what}", field=field, fix=f"e.g. {example}") from None
 
 
 def _compare(refs: list[str], plot: str | None, as_json: bool) -> None:
@@ -137,7 +129,7 @@ def bench_cmd(
     quiet = as_json
     run = bench.run(
         name if not base_url else None,
-        workload=workload, concurrency=_ints(concurrency, "--concurrency"), rate=_floats(rate, "--rate"),
+        workload=workload, concurrency=_numbers(concurrency, "--concurrency", int), rate=_numbers(rate, "--rate", float),
         requests=requests, duration_s=duration, warmup=warmup, where="client" if base_url else where,  # type: ignore[arg-type]
         seed=seed, slo=SLO(ttft_s=slo_ttft, tpot_s=slo_tpot), native_bench=native, hourly_usd=hourly,
         bandwidth_gbs=bandwidth, bandwidth_source="given (--bandwidth-gbs)" if bandwidth else None,
