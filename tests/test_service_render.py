@@ -70,3 +70,49 @@ def test_diagnose_names_the_cause(log, expect):
 
 def test_catalog_hints_win_over_common_causes():
     assert diagnose("out of memory in MLA kernel", {"MLA kernel": "use --attention-backend TRITON_MLA"}).startswith("use")
+
+
+def test_the_readiness_wait_sends_the_key_without_putting_it_on_a_command_line(tmp_path):
+    """A real HTTP server that wants the key on /v1/models, and a curl on PATH that records its argv then runs the
+    real curl: the wait succeeds only if the key reached the server, and no argv may hold it."""
+    import http.server
+    import os
+    import threading
+
+    from mistral_lab import infra_files
+
+    seen: list[str] = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802  (http.server's name)
+            seen.append(self.path)
+            ok = self.path == "/health" or self.headers.get("Authorization") == f"Bearer {SECRET}"
+            self.send_response(200 if ok else 401)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    root, shims = tmp_path / "root", tmp_path / "bin"
+    root.mkdir()
+    shims.mkdir()
+    (root / "env").write_text(f"VLLM_API_KEY={SECRET}\n")
+    (root / "serve.pid").write_text(str(os.getpid()))  # "the server" is alive while this test runs
+    argv_log = tmp_path / "curl-argv"
+    real_curl = shutil.which("curl")
+    assert real_curl, "curl is one of the project's system packages"
+    (shims / "curl").write_text(f'#!/bin/sh\nprintf "%s\\n" "$*" >> {argv_log}\nexec {real_curl} "$@"\n')
+    (shims / "curl").chmod(0o755)
+    script = infra_files.with_env(infra_files.read("wait-ready.sh"), {
+        "ROOT": str(root), "PORT": str(server.server_address[1]), "TIMEOUT": "20", "MODE": "process",
+        "UNIT": "x", "KEY_VAR": "VLLM_API_KEY"})
+    try:
+        r = subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=60,
+                           env={**os.environ, "PATH": f"{shims}:{os.environ['PATH']}"})
+    finally:
+        server.shutdown()
+    assert r.returncode == 0 and "ready after" in r.stdout, r.stdout + r.stderr
+    assert "/v1/models" in seen and argv_log.read_text().count("\n") >= 2
+    assert SECRET not in argv_log.read_text(), "the key was on curl's command line"

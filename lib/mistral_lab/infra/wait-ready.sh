@@ -14,7 +14,8 @@ BASE="http://127.0.0.1:$PORT"
 fetch() {  # fetch URL [auth] -> prints HTTP status
   if command -v curl >/dev/null; then
     if [ "${2:-}" = auth ]; then
-      curl -s -o /dev/null -w '%{http_code}' -H "Authorization: Bearer $KEY" "$1" || true
+      # The header goes in on stdin (printf is a builtin), so the key never shows in curl's argv / ps.
+      printf 'Authorization: Bearer %s\n' "$KEY" | curl -s -o /dev/null -w '%{http_code}' -H @- "$1" || true
     else
       curl -s -o /dev/null -w '%{http_code}' "$1" || true
     fi
