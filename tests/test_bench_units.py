@@ -118,6 +118,7 @@ def test_point_figures_from_records():
     assert p.decode_tokens_per_s == pytest.approx(p.server_decode_tokens_per_s)  # same time base by construction
     assert p.tpot_s.p50 == pytest.approx(p.itl_s.p50)
     assert p.client_cpu_ms_per_1k_tokens == pytest.approx(10 / 100 * 1000)
+    assert p.client_cpu_share == pytest.approx(0.01 / 4.0)
 
 
 def test_summarize_all_groups_by_point_and_skips_the_run_level_line():

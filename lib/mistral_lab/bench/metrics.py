@@ -124,6 +124,8 @@ class Point(BaseModel):
     error_samples: list[str] = Field(default_factory=list)
     client_cpu_ms_per_1k_tokens: float | None = Field(default=None,
                                                       description="the load generator's own CPU time")
+    client_cpu_share: float | None = Field(default=None, description="load generator CPU time / the point's span: "
+                                           "near 1, one core of client was the limit, not the server")
 
     @property
     def load(self) -> str:
@@ -187,6 +189,7 @@ def summarize(point_doc: dict, records: list[dict], *, slo: SLO = SLO(), hourly_
         stopped_by=point_doc.get("stopped_by"),
         error_samples=samples,
         client_cpu_ms_per_1k_tokens=(cpu * 1000.0 / streamed * 1000.0) if cpu is not None and streamed else None,
+        client_cpu_share=cpu / span if cpu is not None and span > 0 else None,
     )
 
 

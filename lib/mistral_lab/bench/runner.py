@@ -44,6 +44,8 @@ DEFAULT_DURATION_S = 120.0
 DEFAULT_REQUEST_TIMEOUT_S = 300.0
 MAX_CONSECUTIVE_ERRORS = 10
 MAX_REQUESTS_PER_POINT = 1000
+# One asyncio process parses every streamed token; past this share of one core it, not the server, sets the pace.
+CLIENT_BOUND_SHARE = 0.8
 # Engines that take `ignore_eos` in a chat request, so `max_tokens` is the exact output length.
 FORCES_OUTPUT = ("llamacpp", "vllm")
 
@@ -438,6 +440,10 @@ def run(
         if aborted:
             say(f"✘ the run ended early: {aborted}")
 
+        for p in pts:
+            if (p.client_cpu_share or 0) > CLIENT_BOUND_SHARE:
+                notes.append(f"{p.workload} {p.load}: the load generator kept {p.client_cpu_share:.0%} of a core busy, "
+                             "so this point may show the client's limit rather than the server's")
         records = [d for d in docs if d.get("type") == "request" and not d.get("warmup")]
         rows, more = _roofline_rows(pts, records, ep, bandwidth_gbs, bandwidth_source, weights_gb)
         notes += more
