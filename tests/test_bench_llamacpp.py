@@ -260,11 +260,9 @@ def test_make_model_like_writes_the_catalog_architecture(llamacpp_bin, capsys, t
     assert {tensors[s.gguf_name][1].name for s in specs if s.kind != "norm"} <= {matrix_type, "Q6_K"}  # Q4_K_M keeps some Q6_K
     assert any(tensors[s.gguf_name][1].name == matrix_type for s in specs)
 
-    # The file runs: llama-bench loads it through the same code path as a deployment's llama-bench step. Without
-    # repacking, because a native build from before llamacpp-build.sh's AMX probe (recipe 2) picks AMX kernels for
-    # Q8_0/Q4_K that die with SIGILL on VMs advertising AMX without enabling it: this test is about the file.
+    # The file runs: llama-bench loads it through the same code path as a deployment's llama-bench step.
     res = native.run_llama_bench(LocalHost(tmp_path), str(llamacpp_bin / "llama-bench"), str(out), prompt=32, gen=16,
-                                 reps=1, repack=False)
+                                 reps=1)
     assert [f.test for f in res.figures] == ["pp32", "tg16"] and all(f.tokens_per_s > 0 for f in res.figures)
 
 

@@ -166,9 +166,6 @@ def test_llama_bench_json_is_parsed():
     assert [(f.test, f.tokens_per_s) for f in figs] == [("pp512", 1000.5), ("tg128 @ d4096", 250.0)]
     argv = native.llama_bench_argv("/b/llama-bench", "/m.gguf", gpu=True, depth=4096)
     assert argv[argv.index("-ngl") + 1] == "999" and argv[argv.index("-d") + 1] == "4096" and "json" in argv
-    assert "--repack" not in argv  # the server repacks by default: so does its benchmark
-    no_repack = native.llama_bench_argv("/b/llama-bench", "/m.gguf", repack=False)
-    assert no_repack[no_repack.index("--repack") + 1] == "0"
 
 
 def test_vllm_bench_serve_command_forces_length_and_saves():

@@ -38,12 +38,8 @@ class NativeResult(BaseModel):
 
 
 def llama_bench_argv(binary: str, model_path: str, *, prompt: int = 512, gen: int = 128, reps: int = 3,
-                     depth: int = 0, gpu: bool = False, threads: int | None = None, repack: bool = True) -> list[str]:
+                     depth: int = 0, gpu: bool = False, threads: int | None = None) -> list[str]:
     argv = [binary, "-m", model_path, "-p", str(prompt), "-n", str(gen), "-r", str(reps), "-o", "json"]
-    if not repack:
-        # CPU weight repacking picks AMX kernels where the CPU advertises AMX; a VM that advertises it without
-        # enabling the tile state dies on them (SIGILL in tinygemm_kernel_amx), so callers can opt out.
-        argv += ["--repack", "0"]
     if depth:
         argv += ["-d", str(depth)]  # generation measured with this many tokens already in the KV cache
     if gpu:
