@@ -119,6 +119,25 @@ def test_two_local_deployments_get_different_ports(home):
         deploy.teardown("two", say=lambda _: None)
 
 
+def test_the_same_name_from_two_clients_on_one_host_keeps_both_up(home, tmp_path, monkeypatch):
+    # Two MISTRAL_LAB_HOMEs (two users, two notebooks, two xdist workers) each deploy "shared" on this machine.
+    first = deploy.deploy(PlanRequest(model="tiny-random", target="local", name="shared"), say=lambda _: None)
+    first_key = first.api_key()
+    monkeypatch.setenv("MISTRAL_LAB_HOME", str(tmp_path / "other-home"))
+    second = deploy.deploy(PlanRequest(model="tiny-random", target="local", name="shared"), say=lambda _: None)
+    try:
+        assert second.service.root != first.service.root and second.endpoint.remote_port != first.endpoint.remote_port
+        for dep, key in ((first, first_key), (second, second.api_key())):
+            r = _answers(f"http://127.0.0.1:{dep.endpoint.remote_port}/v1", key)
+            assert r.status_code == 200, r.text  # the second deploy did not stop or replace the first's server
+    finally:
+        deploy.teardown("shared", say=lambda _: None)
+        monkeypatch.setenv("MISTRAL_LAB_HOME", str(home))
+    assert _answers(f"http://127.0.0.1:{first.endpoint.remote_port}/v1", first_key).status_code == 200
+    deploy.teardown("shared", say=lambda _: None)
+    assert _gone(first.endpoint.remote_port, first_key)
+
+
 def test_a_server_that_dies_at_start_shows_its_log_and_leaves_a_record(home):
     # A flag llama-server does not know makes it exit at start: a real start failure, seen through its log.
     lines: list[str] = []

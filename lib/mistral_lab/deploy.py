@@ -8,6 +8,7 @@ that is already up and healthy reuses it.
 from __future__ import annotations
 
 import re
+import secrets
 import shlex
 import time
 from collections.abc import Callable, Iterator
@@ -64,11 +65,23 @@ class Steps:
         return lambda line: self.say(prefix + line.rstrip())
 
 
-def _layout(host: Host, name: str, options: dict[str, Any]) -> Layout:
+def _instance(dep: state.Deployment) -> str:
+    """The deployment's name on its host: `<name>-<id>`, the id made once with the record.
+
+    Two clients (two MISTRAL_LAB_HOMEs, two laptops on one SSH host) may both call a deployment `demo`; by name
+    alone they would share a folder and a unit, and the second deploy would stop the first one's server."""
+    if "instance" not in dep.extra:
+        # A record from before instances keeps the folder (and unit) it already has on the host.
+        old = dep.service.root.rstrip("/").rsplit("/", 1)[-1] if dep.service else None
+        dep.extra["instance"] = old or f"{dep.name}-{secrets.token_hex(3)}"
+    return str(dep.extra["instance"])
+
+
+def _layout(host: Host, instance: str, options: dict[str, Any]) -> Layout:
     home = host.run('printf %s "$HOME"').stdout.strip()
     base = options.get("host_root") or f"{home}/mistral-lab"
     cache = options.get("host_cache") or f"{home}/.cache/mistral-lab"
-    return Layout(home=home, cache=cache, root=f"{base}/deployments/{name}")
+    return Layout(home=home, cache=cache, root=f"{base}/deployments/{instance}")
 
 
 def _service_spec(dep: state.Deployment, argv: list[str], key_var: str, env: dict[str, str], api_key: str,
@@ -79,6 +92,7 @@ def _service_spec(dep: state.Deployment, argv: list[str], key_var: str, env: dic
         name=dep.name, model=dep.plan.model, engine=dep.plan.engine, root=layout_root, argv=argv,
         port=dep.plan.port, key_var=key_var, mode="systemd" if facts_systemd else "process", user=user,
         secret_env={**env, key_var: api_key}, hints=dict(recipe.hints) if recipe else {},
+        instance=dep.extra.get("instance"),
     )
 
 
@@ -90,7 +104,8 @@ def _service_stub(dep: state.Deployment, root: str, systemd: bool, options: dict
     """Enough of a spec to stop what an earlier attempt of this deployment may have left running."""
     return service.ServiceSpec(name=dep.name, model=dep.plan.model, engine=dep.plan.engine, root=root, argv=[],
                                port=dep.plan.port, key_var="",
-                               mode="systemd" if _wants_systemd(systemd, options) else "process")
+                               mode="systemd" if _wants_systemd(systemd, options) else "process",
+                               instance=dep.extra.get("instance"))
 
 
 def _extra_args(value: str | list[str] | None) -> list[str]:
@@ -109,7 +124,24 @@ def _free_port(host: Host, start: int) -> int:
 def _spec_from_record(dep: state.Deployment) -> service.ServiceSpec:
     assert dep.service is not None
     return service.ServiceSpec(name=dep.name, model=dep.plan.model, engine=dep.plan.engine, root=dep.service.root,
-                               argv=[], port=dep.plan.port, key_var="", mode=dep.service.kind)
+                               argv=[], port=dep.plan.port, key_var="", mode=dep.service.kind,
+                               instance=dep.extra.get("instance"))
+
+
+def add_companion(name: str, spec: service.ServiceSpec) -> None:
+    """Record a service that lives and dies with deployment `name` (a workshop's TLS proxy, say), so that a plain
+    `teardown` stops it too and leaves nothing running on the host."""
+    dep = state.load(name)
+    companions = [c for c in dep.extra.get("companions", []) if c.get("root") != spec.root]
+    companions.append({"name": spec.name, "root": spec.root, "mode": spec.mode, "engine": spec.engine})
+    dep.extra["companions"] = companions
+    state.save(dep)
+
+
+def _companion_specs(dep: state.Deployment) -> list[service.ServiceSpec]:
+    return [service.ServiceSpec(name=c["name"], model=dep.plan.model, engine=c.get("engine", "?"), root=c["root"],
+                                argv=[], port=0, key_var="", mode=c["mode"])
+            for c in dep.extra.get("companions", [])]
 
 
 def _served_context(host: Host, endpoint: state.Endpoint, api_key: str) -> int | None:
@@ -199,7 +231,7 @@ def deploy(
 
         engine = get_engine(plan.engine, options)
         model = get_model(plan.model)
-        layout = _layout(host, name, options)
+        layout = _layout(host, _instance(dep), options)
         with steps.step(f"install {plan.engine}", "installing") as info:
             installed = engine.install(host, plan, facts, layout, steps.lines())
             info["skipped"] = installed.skipped
@@ -419,6 +451,9 @@ def teardown(name: str, *, say: Printer = _default_printer) -> TeardownReport:
         try:
             host = target.reconnect(dep.host)
             try:
+                for companion in _companion_specs(dep):
+                    service.stop(host, companion)
+                    say(f"✔ stopped {companion.name}")
                 service.stop(host, _spec_from_record(dep))
                 stopped = True
                 say(f"✔ stopped the server of {name}")
@@ -433,6 +468,8 @@ def teardown(name: str, *, say: Printer = _default_printer) -> TeardownReport:
         try:
             if service.status(host, _spec_from_record(dep)) != "stopped":
                 left.append(f"the server of {name} still runs on {dep.host.address}")
+            left += [f"{c.name} still runs on {dep.host.address}" for c in _companion_specs(dep)
+                     if service.status(host, c) != "stopped"]
         finally:
             host.close()
     target.destroy(dep.host, on_line=lambda line: say("  " + line))
@@ -448,5 +485,5 @@ def teardown(name: str, *, say: Printer = _default_printer) -> TeardownReport:
     return report
 
 
-__all__ = ["Connection", "TeardownReport", "connect", "deploy", "ensure", "the_only", "logs", "status", "teardown"]
+__all__ = ["Connection", "TeardownReport", "add_companion", "connect", "deploy", "ensure", "the_only", "logs", "status", "teardown"]
 

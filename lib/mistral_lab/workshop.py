@@ -509,6 +509,7 @@ def install_proxy(host: Host, ws: Workshop, dep: state.Deployment, keys: dict[st
                   f"{root}/nginx.conf", mode=0o644)
     spec = _proxy_spec(ws, nginx)
     service.install(host, spec)
+    deploy.add_companion(dep.name, spec)  # a plain `mistral-lab teardown` stops the proxy too
     _proxy_script(host, ws, "check")
     service.stop(host, spec)  # what an earlier attempt may have left
     host.run(f"rm -f {shlex.quote(root)}/nginx.pid")  # readiness is judged by nginx writing it anew

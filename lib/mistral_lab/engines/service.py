@@ -32,10 +32,11 @@ class ServiceSpec:
     user: str | None = None
     secret_env: dict[str, str] = field(default_factory=dict, repr=False)
     hints: dict[str, str] = field(default_factory=dict)
+    instance: str | None = None  # the host-side name when it differs from the deployment's (see deploy._instance)
 
     @property
     def unit(self) -> str:
-        return f"mistral-lab-{self.name}"
+        return f"mistral-lab-{self.instance or self.name}"
 
     @property
     def log_file(self) -> str:
