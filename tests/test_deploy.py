@@ -138,6 +138,19 @@ def test_the_same_name_from_two_clients_on_one_host_keeps_both_up(home, tmp_path
     assert _gone(first.endpoint.remote_port, first_key)
 
 
+def test_hf_token_reaches_the_server_only_when_the_server_downloads(home):
+    token = "hf_test_not_a_real_token_123"
+    dep = deploy.deploy(PlanRequest(model="tiny-random", target="local", name="tok"), options={"hf_token": token},
+                        say=lambda _: None)
+    try:
+        env_file = Path(dep.service.root) / "env"
+        assert env_file.is_file() and dep.api_key() in env_file.read_text()  # the file the server reads
+        assert token not in env_file.read_text()
+        assert token not in dep.model_dump_json() and token not in (Path(dep.service.root) / "serve.sh").read_text()
+    finally:
+        deploy.teardown("tok", say=lambda _: None)
+
+
 def test_a_server_that_dies_at_start_shows_its_log_and_leaves_a_record(home):
     # A flag llama-server does not know makes it exit at start: a real start failure, seen through its log.
     lines: list[str] = []

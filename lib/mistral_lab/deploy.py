@@ -263,7 +263,9 @@ def deploy(
                 argv += _extra_args(options.get("extra_args"))
                 plan = plan.model_copy(update={"port": port, "serve_argv": argv, "serve_command": shlex.join(argv)})
                 dep.plan = plan
-                spec = _service_spec(dep, argv, engine.key_var, {**installed.env, **secret_env}, api_key,
+                # The token stays out of the server's env file unless the server itself downloads.
+                serve_secrets = secret_env if engine.downloads_at_start else {}
+                spec = _service_spec(dep, argv, engine.key_var, {**installed.env, **serve_secrets}, api_key,
                                      layout.root, _wants_systemd(facts.systemd, options), dep.host.user)
                 service.install(host, spec)
                 dep.service = state.Service(kind=spec.mode, unit=spec.unit if spec.mode == "systemd" else None,

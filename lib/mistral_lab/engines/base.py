@@ -49,6 +49,7 @@ class Layout:
 class Engine(Protocol):
     name: str
     key_var: str  # the environment variable the server reads its API key from
+    downloads_at_start: bool  # the server fetches weights itself, so it needs HF_TOKEN in its environment
 
     def install(self, host: Host, plan: Plan, facts: HostFacts, layout: Layout, on_line: LineSink | None) -> Installed: ...
 

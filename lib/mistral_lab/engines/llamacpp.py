@@ -64,6 +64,11 @@ class LlamaCppEngine:
 
     # ------------------------------------------------------------------ install
 
+    @property
+    def downloads_at_start(self) -> bool:
+        """llama-server fetches the model itself (`-hf`), so only then does the server need HF_TOKEN."""
+        return self.options.get("model_source") == "hf"
+
     def build_key(self, facts: HostFacts) -> lb.BuildKey:
         o = self.options
         return lb.build_key(facts, source=o.get("llamacpp_source", lb.DEFAULT_SOURCE),

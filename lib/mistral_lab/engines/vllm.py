@@ -98,6 +98,7 @@ def docker_prefix(name: str, backend: str, cache_dir: str, env_names: list[str],
 class VllmEngine:
     name = "vllm"
     key_var = API_KEY_ENV["vllm"]
+    downloads_at_start = False  # weights are fetched before start and served with HF_HUB_OFFLINE=1
 
     def __init__(self, options: dict[str, Any] | None = None):
         self.options = dict(options or {})
