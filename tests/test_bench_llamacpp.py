@@ -34,7 +34,7 @@ def _run(server, tmp_path: Path, **kw):
 def _start_server(llamacpp_bin: Path, gguf: Path, log: Path, key: str, threads: int = 2) -> tuple[subprocess.Popen, str]:
     port = free_port()
     argv = [str(llamacpp_bin / "llama-server"), "-m", str(gguf), "--jinja", "--host", "127.0.0.1", "--port",
-            str(port), "-c", "4096", "-np", "2", "--alias", "tiny-random", "-t", str(threads)]
+            str(port), "-c", "4096", "-np", "2", "--alias", "tiny-random", "-t", str(threads), "--metrics"]
     with log.open("wb") as out:
         proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, "LLAMA_API_KEY": key},
                                 start_new_session=True)
@@ -113,33 +113,46 @@ def test_poisson_arrivals_stop_by_count_or_by_time(llama_server, tmp_path):
     (p,) = run.points
     assert p.rate == 20.0 and p.requests == 10 and p.stopped_by == "count" and run.meta.mode == "rate"
     starts = [r["t_start_s"] for r in run.records()]
-    assert starts == sorted(starts) and starts[-1] < 10  # ten arrivals at 20/s take about half a second
+    assert starts == sorted(starts)
 
-    t0 = time.monotonic()
+    # The arrival times are drawn from the run's seed: about 8 of them fall inside 2 s at 4/s, far from 1000.
     run, _ = _run(llama_server, tmp_path, workload="32/16", rate=[4.0], requests=1000, duration_s=2.0, warmup=0)
     (p,) = run.points
-    assert p.stopped_by == "duration" and 1 <= p.requests < 40 and time.monotonic() - t0 < 60
+    assert p.stopped_by == "duration" and 1 <= p.requests < 40
 
 
 def test_a_server_stopped_mid_run_is_counted_and_the_run_ends_with_a_clear_report(llamacpp_bin, tiny_gguf, tmp_path):
     key = "ml-test-stop-key"
     proc, base = _start_server(llamacpp_bin, tiny_gguf, tmp_path / "server.log", key)
+    stop = threading.Event()
+
+    def kill_when_under_way() -> None:
+        # 2 warm-up requests of 16 tokens, then more than 3 x 384 generated tokens over 2 streams: at least two
+        # measured requests are complete, whatever the machine's speed. Then the server dies mid-point.
+        while not stop.wait(0.1):
+            try:
+                text = httpx.get(base + "/metrics", headers={"Authorization": f"Bearer {key}"}, timeout=5).text
+            except httpx.HTTPError:
+                continue
+            done = next((float(line.split()[1]) for line in text.splitlines()
+                         if line.startswith("llamacpp:tokens_predicted_total ")), 0.0)
+            if done > 2 * 16 + 3 * 384:
+                os.killpg(proc.pid, signal.SIGKILL)
+                return
+
+    killer = threading.Thread(target=kill_when_under_way, daemon=True)
+    killer.start()
     try:
         lines: list[str] = []
-        # Kill the server once the first load point is well under way.
-        killer = threading.Timer(4.0, lambda: os.killpg(proc.pid, signal.SIGKILL))
-        killer.start()
-        t0 = time.monotonic()
         run = bench.run(base_url=base + "/v1", api_key=key, where="client", workload="16/384", concurrency=[2, 1],
                         requests=500, duration_s=90, results_dir=tmp_path, progress=False, say=lines.append)
-        took = time.monotonic() - t0
     finally:
-        killer.cancel()
+        stop.set()
+        killer.join()
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
     first, second = run.points
-    assert took < 60, f"the run went on for {took:.0f} s after the server died"
     assert first.requests > first.errors > 0 and first.stopped_by is None
     assert "consecutive errors" in first.aborted and "Connect" in first.aborted
     assert second.requests == 0 and second.aborted.startswith("skipped:")
