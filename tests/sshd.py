@@ -29,6 +29,7 @@ another user, sshd can only log in that same user, so `user` must be left at its
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import getpass
 import os
 import pwd
@@ -126,6 +127,17 @@ def _kill(pids: list[int], sig: int = signal.SIGKILL) -> None:
     for pid in pids:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.kill(pid, sig)
+
+
+# prctl(PR_SET_CHILD_SUBREAPER): processes its sessions detach (setsid, nohup: a server started as a service) are
+# reparented to sshd instead of init, so they stay its descendants and `stop` takes them along, as switching off
+# a machine would. Looked up before any fork: the child only makes the call.
+_PR_SET_CHILD_SUBREAPER = 36
+_prctl = ctypes.CDLL(None, use_errno=True).prctl
+
+
+def _become_subreaper() -> None:
+    _prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
 
 
 @dataclass
@@ -237,8 +249,11 @@ def _config(d: Path, address: str, port: int) -> str:
 
 def start_sshd(tmpdir: str | Path, *, address: str = "127.0.0.1", port: int = 0, host_key_private: str | None = None,
                authorized_keys: list[str] | tuple[str, ...] = (), user: str | None = None,
-               timeout: float = 15.0) -> SshdServer:
-    """Start sshd in `tmpdir` (created if needed; one server per directory) and wait until it answers."""
+               timeout: float = 15.0, machine: bool = False) -> SshdServer:
+    """Start sshd in `tmpdir` (created if needed; one server per directory) and wait until it answers.
+
+    machine=True: sshd stands for a whole machine (a fake droplet): its `stop` also ends every service its users
+    started, detached or not. Otherwise `stop` is sshd alone going away, as after a restart."""
     reason = available()
     if reason:
         raise RuntimeError(reason)
@@ -272,7 +287,8 @@ def start_sshd(tmpdir: str | Path, *, address: str = "127.0.0.1", port: int = 0,
         log = open(d / "sshd.log", "ab")  # noqa: SIM115 (the child holds it; closed below)
         try:
             proc = subprocess.Popen([SSHD, "-D", "-e", "-f", str(d / "sshd_config")], stdin=subprocess.DEVNULL,
-                                    stdout=log, stderr=log, start_new_session=True)
+                                    stdout=log, stderr=log, start_new_session=True,
+                                    preexec_fn=_become_subreaper if machine else None)
         finally:
             log.close()
         server = SshdServer(address=address, port=chosen, user=user, host_key_pub=host_pub,

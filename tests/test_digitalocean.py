@@ -66,6 +66,13 @@ def fake(env, token, monkeypatch, capfd, caplog):
     assert leftovers == {"droplets": [], "firewalls": [], "ssh_keys": []}
 
 
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0] != "Z"  # a zombie has exited
+    except (OSError, IndexError):
+        return False
+
+
 def _api() -> DOApi:
     return DOApi(sleep=lambda s: None)
 
@@ -267,6 +274,9 @@ def test_create_ssh_facts_destroy(fake, token, env):
         again = target.reconnect(rec)
         assert again.run("whoami").stdout.strip() == droplet_user()
         again.close()
+        # A service detached from its session, as a server is: it lives until the droplet is destroyed.
+        service_pid = int(host.run("setsid nohup sleep 600 >/dev/null 2>&1 </dev/null & echo $!").stdout.split()[-1])
+        assert Path(f"/proc/{service_pid}").exists()
         assert any("$0.01/hour" in line for line in lines)
         assert any("cloud-init" in line for line in lines)
     finally:
@@ -274,6 +284,11 @@ def test_create_ssh_facts_destroy(fake, token, env):
     assert fake.leftovers() == {"droplets": [], "firewalls": [], "ssh_keys": []}
     assert not Path(rec.key_path).exists()
     assert fake.count("DELETE /v2/droplets/{id}", status=204) == 1
+    # The fake's machine is switched off with the droplet: nothing it ran is left on this machine.
+    deadline = time.monotonic() + 10
+    while _alive(service_pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not _alive(service_pid), "a process started on the destroyed droplet still runs"
     target.destroy(rec)  # safe to repeat
 
 

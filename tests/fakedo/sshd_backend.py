@@ -59,7 +59,7 @@ class SshdBackend:
         name = str(users[0].get("name")) if users else getpass.getuser()
         server = sshd.start_sshd(self.workdir / f"droplet-{boot.droplet_id}", address=boot.address, port=boot.port,
                                  host_key_private=boot.host_key_private, authorized_keys=boot.authorized_keys,
-                                 user=_ensure_user(name))
+                                 user=_ensure_user(name), machine=True)
         with self._lock:
             self.servers.append(server)
         return server
