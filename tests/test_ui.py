@@ -175,3 +175,38 @@ def test_benchmark_panel_fills_the_plot_and_table_level_by_level(llama_server, t
     merged = ui.merged_run(panel.runs)
     assert [p.concurrency for p in merged.points] == [1, 2] and merged.meta.loads == [1.0, 2.0]
     assert all(p.requests > p.errors for p in merged.points)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+@pytest.mark.parametrize(("notebook", "panels"), [("deploy", 2), ("query", 1), ("benchmark", 1)])
+def test_the_notebooks_show_their_panels_when_interactive_and_none_headless(notebook, panels, llamacpp_bin,
+                                                                            tmp_path, monkeypatch):
+    """The same notebook, run as a Jupyter server's kernel would run it (widgets forced on) and headless."""
+    import json
+    from pathlib import Path
+
+    import papermill as pm
+
+    root = Path(__file__).resolve().parents[1]
+    monkeypatch.setenv("MISTRAL_LAB_HOME", str(tmp_path / "home"))
+    name = f"ui-{notebook}"
+    params = {"deploy": {"model": "tiny-random", "target": "local", "name": name}}.get(notebook, {})
+
+    def widgets(mode: str) -> int:
+        monkeypatch.setenv("MISTRAL_LAB_WIDGETS", mode)
+        out = tmp_path / f"{notebook}-{mode}.ipynb"
+        pm.execute_notebook(str(root / f"notebooks/{notebook}.ipynb"), str(out), parameters=params, cwd=str(root),
+                            progress_bar=False, kernel_name="python3")
+        cells = json.loads(out.read_text())["cells"]
+        return sum("application/vnd.jupyter.widget-view+json" in o.get("data", {})
+                   for c in cells for o in c.get("outputs", []))
+
+    from mistral_lab import deploy, state
+
+    try:
+        assert widgets("1") >= panels
+        assert widgets("0") == 0
+    finally:
+        for left in state.names():
+            deploy.teardown(left, say=lambda _: None)
