@@ -433,7 +433,8 @@ def test_cli_up_json_then_down_leaves_nothing(llamacpp_bin):
         assert not any(c["api_key"] in r.stderr for c in out["cards"])
         ws = ws_mod.load("wscli")
         master = int(Path(ws.proxy_root, "nginx.pid").read_text())
-        backend = state.load("wscli").endpoint.remote_port
+        dep = state.load("wscli")
+        backend, server_key = dep.endpoint.remote_port, dep.api_key()
         ctx = ws_mod.pinned_context("127.0.0.1", port, out["cards"][0]["fingerprint"])
         assert httpx.get(out["cards"][0]["base_url"] + "/models", verify=ctx, timeout=30,
                          headers={"Authorization": f"Bearer {out['cards'][0]['api_key']}"}).status_code == 200
@@ -446,7 +447,14 @@ def test_cli_up_json_then_down_leaves_nothing(llamacpp_bin):
     assert "total cost about $0.00" in r.stdout
     assert not state.exists("wscli") and not ws_mod.exists("wscli")
     assert not Path(f"/proc/{master}").exists()
-    assert _listen_addresses(port) == set() and _listen_addresses(backend) == set()
+    assert _listen_addresses(port) == set()
+    # The backend's port may already serve another test's deployment (xdist): what must be gone is this server.
+    try:
+        answered = httpx.get(f"http://127.0.0.1:{backend}/v1/models", timeout=10,
+                             headers={"Authorization": f"Bearer {server_key}"}).status_code
+    except httpx.HTTPError:
+        answered = None
+    assert answered != 200, "the workshop's model server still answers with its key"
 
 
 @needs_nginx

@@ -127,7 +127,7 @@ class SSHTunnel:
                             channel.sendall(data)
                         else:
                             channel.shutdown_write()
-                            sel.unregister(client)
+                            sel.unregister(key.fd)
                     else:
                         data = channel.recv(CHUNK)
                         if data:
@@ -138,7 +138,9 @@ class SSHTunnel:
                         else:
                             with contextlib.suppress(OSError):
                                 client.shutdown(socket.SHUT_WR)
-                            sel.unregister(channel)
+                            # By the registered fd: a closed paramiko channel's fileno() is a new pipe, which the
+                            # selector would not know (KeyError in the tunnel's thread).
+                            sel.unregister(key.fd)
                             if channel.closed:
                                 return
                 if channel.closed and not channel.recv_ready():
