@@ -51,8 +51,10 @@ def _start_server(llamacpp_bin: Path, gguf: Path, log: Path, key: str, threads: 
 
 
 def test_a_sweep_completes_and_its_records_are_consistent(llama_server, tmp_path):
+    # The count must be what stops each point: the time bound is only a safety net, set far out because a busy
+    # CI machine (vLLM's CPU engine spinning in the other worker) can slow the server many times over.
     run, lines = _run(llama_server, tmp_path, workload="128/128,long,chat", concurrency=[1, 2], requests=6,
-                      duration_s=60, catalog_id="tiny-random")
+                      duration_s=600, catalog_id="tiny-random")
     meta = run.meta
     assert meta.engine == "llamacpp" and meta.context == 1024 and meta.forced_output and meta.where == "client"
     assert "b1-0c1e57098" in (meta.engine_version or "")
@@ -109,11 +111,12 @@ def test_single_stream_decode_speed_agrees_with_llama_servers_own_timings(llamac
 
 
 def test_poisson_arrivals_stop_by_count_or_by_time(llama_server, tmp_path):
-    run, _ = _run(llama_server, tmp_path, workload="32/16", rate=[20.0], requests=10, duration_s=30, warmup=0)
+    run, _ = _run(llama_server, tmp_path, workload="32/16", rate=[20.0], requests=10, duration_s=300, warmup=0)
     (p,) = run.points
     assert p.rate == 20.0 and p.requests == 10 and p.stopped_by == "count" and run.meta.mode == "rate"
-    starts = [r["t_start_s"] for r in run.records()]
-    assert starts == sorted(starts)
+    # Records are written as requests finish; in arrival order (i) their start times only grow.
+    starts = [r["t_start_s"] for r in sorted(run.records(), key=lambda r: r["i"])]
+    assert len(starts) == 10 and starts == sorted(starts)
 
     # The arrival times are drawn from the run's seed: about 8 of them fall inside 2 s at 4/s, far from 1000.
     run, _ = _run(llama_server, tmp_path, workload="32/16", rate=[4.0], requests=1000, duration_s=2.0, warmup=0)
