@@ -27,7 +27,7 @@ USER_RE = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
 
 @dataclass(frozen=True)
 class KeyPair:
-    private_openssh: str  # "-----BEGIN OPENSSH PRIVATE KEY-----..."
+    private_openssh: str  # PEM text in OpenSSH's own private-key format
     public_openssh: str  # "ssh-ed25519 AAAA... comment"
 
     @property
