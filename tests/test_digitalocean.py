@@ -77,6 +77,15 @@ def _api() -> DOApi:
     return DOApi(sleep=lambda s: None)
 
 
+def _left_over_droplet(api: DOApi, deployment: str, *, size: str, image: str, region: str) -> dict:
+    """A droplet of ours as a crashed run leaves it behind: our two tags on it, made through the API directly."""
+    tags = ["mistral-lab", f"mistral-lab:{deployment}"]
+    for t in tags:
+        api.create_tag(t)
+    return api.create_droplet({"name": f"mistral-lab-{deployment}", "size": size, "image": image, "region": region,
+                               "tags": tags})
+
+
 needs_sshd = pytest.mark.skipif(sshd.available() is not None, reason=str(sshd.available()))
 
 
@@ -217,10 +226,7 @@ def test_5xx_on_get_is_retried_and_pagination_followed(fake):
 
 def test_sweep_finds_gpu_droplets_the_plain_listing_hides_and_destroys_them(fake):
     api = _api()
-    for t in ("mistral-lab", "mistral-lab:old"):
-        api.create_tag(t)
-    gpu = api.create_droplet({"name": "mistral-lab-old", "size": "gpu-h100x1-80gb", "image": "gpu-h100x1-base",
-                              "region": "tor1", "tags": ["mistral-lab", "mistral-lab:old"]})
+    gpu = _left_over_droplet(api, "old", size="gpu-h100x1-80gb", image="gpu-h100x1-base", region="tor1")
     other = api.create_droplet({"name": "not-ours", "size": CPU, "image": "ubuntu-24-04-x64", "region": "nyc3"})
     api.create_firewall(res.firewall_body("old", [ALLOW]))
     key = api.create_ssh_key("mistral-lab-old", generate_ed25519("x").public_openssh)
@@ -468,10 +474,7 @@ def test_cli_preflight_errors_exit_codes(fake, monkeypatch):
 
 def test_cli_sweep_lists_then_destroys_on_yes(fake):
     api = _api()
-    api.create_tag("mistral-lab")
-    api.create_tag("mistral-lab:lost")
-    api.create_droplet({"name": "mistral-lab-lost", "size": "gpu-mi300x1-192gb", "image": "gpu-amd-base",
-                        "region": "atl1", "tags": ["mistral-lab", "mistral-lab:lost"]})
+    _left_over_droplet(api, "lost", size="gpu-mi300x1-192gb", image="gpu-amd-base", region="atl1")
     api.create_firewall(res.firewall_body("lost", [ALLOW]))
     r = _cli("sweep")  # no terminal to confirm on: lists, destroys nothing
     assert r.returncode == 0, r.stderr

@@ -24,6 +24,7 @@ from test_digitalocean import (
     CHILD,
     _api,
     _cli,
+    _left_over_droplet,
     _options,
     _provision,
     _teardown,
@@ -203,10 +204,7 @@ def test_the_price_is_shown_before_anything_is_created(fake):
 
 def test_sweep_shows_gpu_droplets_with_uptime_and_money_spent(fake):
     api = _api()
-    for t in ("mistral-lab", "mistral-lab:old"):
-        api.create_tag(t)
-    d = api.create_droplet({"name": "mistral-lab-old", "size": "gpu-h100x8-640gb", "image": "gpu-h100x8-base",
-                            "region": "nyc2", "tags": ["mistral-lab", "mistral-lab:old"]})
+    d = _left_over_droplet(api, "old", size="gpu-h100x8-640gb", image="gpu-h100x8-base", region="nyc2")
     started = datetime.now(UTC) - timedelta(hours=2, minutes=30)
     with fake.state.lock:  # as if it had been left running since then
         fake.state.droplets[d["id"]].body["created_at"] = started.strftime("%Y-%m-%dT%H:%M:%SZ")

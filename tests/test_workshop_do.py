@@ -6,12 +6,9 @@ its time, then destroys the droplet, firewall and key; `workshop down` then forg
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import pwd
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -46,15 +43,6 @@ def _cli(*args: str) -> subprocess.CompletedProcess:
                           env=dict(os.environ, COLUMNS="200"))
 
 
-def _kill_what_the_droplet_ran(name: str) -> None:
-    """A destroyed fake droplet stops its sshd, but what we started there runs on as this machine's processes;
-    a real droplet would take them with it. Their pid files say which (each leads its own process group)."""
-    root = Path(pwd.getpwnam(droplet_user()).pw_dir) / "mistral-lab" / "deployments" / name
-    for pid_file in (root / "proxy" / "serve.pid", root / "serve.pid"):
-        with contextlib.suppress(OSError, ValueError):
-            os.killpg(int(pid_file.read_text()), signal.SIGTERM)
-
-
 def test_workshop_on_the_fake_do_api_firewall_expiry_and_sweep(tmp_path, monkeypatch, shared_build_cache,  # noqa: F811
                                                                llamacpp_bin):
     token = "dop_v1_" + os.urandom(32).hex()
@@ -64,58 +52,55 @@ def test_workshop_on_the_fake_do_api_firewall_expiry_and_sweep(tmp_path, monkeyp
     with fakedo.serve(token, backend=SshdBackend(tmp_path / "machines"), polls_to_active=2) as fake:
         monkeypatch.setenv("DIGITALOCEAN_API_URL", fake.url)
         port = free_port()
-        try:
-            r = _cli("workshop", "up", "--name", "wsdo", "--learners", "2", "--model", "tiny-random",
-                     "--target", "digitalocean", "--engine", "llamacpp", "--gpu", "gpu-l40sx1-48gb",
-                     "--hours", str(HOURS), "--budget", "1", "--allow", ",".join(ROOM), "--ssh-from", SSH_FROM,
-                     "--https-port", str(port), "--ssh-port", str(fake.ssh_port), "--user", droplet_user(),
-                     "--option", "poll_interval=0.1", "--option", f"host_cache={shared_build_cache}", "--json")
-            outputs += [r.stdout, r.stderr]
-            assert r.returncode == 0, r.stderr
-            up = json.loads(r.stdout)
-            # The cost was shown before anything was created.
-            first = r.stderr.splitlines()[0]
-            assert "planned cost $1.57/hour x 0.02 h = $0.03, budget $1.00" in first
+        r = _cli("workshop", "up", "--name", "wsdo", "--learners", "2", "--model", "tiny-random",
+                 "--target", "digitalocean", "--engine", "llamacpp", "--gpu", "gpu-l40sx1-48gb",
+                 "--hours", str(HOURS), "--budget", "1", "--allow", ",".join(ROOM), "--ssh-from", SSH_FROM,
+                 "--https-port", str(port), "--ssh-port", str(fake.ssh_port), "--user", droplet_user(),
+                 "--option", "poll_interval=0.1", "--option", f"host_cache={shared_build_cache}", "--json")
+        outputs += [r.stdout, r.stderr]
+        assert r.returncode == 0, r.stderr
+        up = json.loads(r.stdout)
+        # The cost was shown before anything was created.
+        first = r.stderr.splitlines()[0]
+        assert "planned cost $1.57/hour x 0.02 h = $0.03, budget $1.00" in first
 
-            # The firewall: SSH from the instructor, the proxy's port from the room, nothing else in.
-            (fw,) = fake.state.firewalls.values()
-            assert fw["inbound_rules"] == [
-                {"protocol": "tcp", "ports": "22", "sources": {"addresses": [SSH_FROM]}},
-                {"protocol": "tcp", "ports": str(port), "sources": {"addresses": ROOM}}]
-            assert fw["tags"] == ["mistral-lab:wsdo"]
-            (droplet,) = fake.state.droplets.values()
-            assert res.expiry_tag(up["expires_at"]) in droplet.body["tags"]
-            assert abs(up["expires_at"] - (time.time() + HOURS * 3600)) < HOURS * 3600
+        # The firewall: SSH from the instructor, the proxy's port from the room, nothing else in.
+        (fw,) = fake.state.firewalls.values()
+        assert fw["inbound_rules"] == [
+            {"protocol": "tcp", "ports": "22", "sources": {"addresses": [SSH_FROM]}},
+            {"protocol": "tcp", "ports": str(port), "sources": {"addresses": ROOM}}]
+        assert fw["tags"] == ["mistral-lab:wsdo"]
+        (droplet,) = fake.state.droplets.values()
+        assert res.expiry_tag(up["expires_at"]) in droplet.body["tags"]
+        assert abs(up["expires_at"] - (time.time() + HOURS * 3600)) < HOURS * 3600
 
-            # A learner's card works from here: the droplet's address, TLS pinned by the printed fingerprint.
-            card = up["cards"][0]
-            assert card["base_url"] == f"https://{droplet.address}:{port}/v1"
-            ctx = ws_mod.pinned_context(droplet.address, port, card["fingerprint"])
-            reply = httpx.post(card["base_url"] + "/chat/completions", verify=ctx, timeout=60,
-                               headers={"Authorization": f"Bearer {card['api_key']}"},
-                               json={"model": "tiny-random", "max_tokens": 4,
-                                     "messages": [{"role": "user", "content": "hi"}]})
-            assert reply.status_code == 200 and reply.json()["usage"]["completion_tokens"] >= 1
-            assert httpx.get(card["base_url"] + "/models", verify=ctx, timeout=30).status_code == 401
+        # A learner's card works from here: the droplet's address, TLS pinned by the printed fingerprint.
+        card = up["cards"][0]
+        assert card["base_url"] == f"https://{droplet.address}:{port}/v1"
+        ctx = ws_mod.pinned_context(droplet.address, port, card["fingerprint"])
+        reply = httpx.post(card["base_url"] + "/chat/completions", verify=ctx, timeout=60,
+                           headers={"Authorization": f"Bearer {card['api_key']}"},
+                           json={"model": "tiny-random", "max_tokens": 4,
+                                 "messages": [{"role": "user", "content": "hi"}]})
+        assert reply.status_code == 200 and reply.json()["usage"]["completion_tokens"] >= 1
+        assert httpx.get(card["base_url"] + "/models", verify=ctx, timeout=30).status_code == 401
 
-            # Before its time, sweep --expired leaves it alone.
-            assert time.time() < up["expires_at"], "the deploy took longer than the workshop's hours"
-            r = _cli("sweep", "--expired")
-            outputs += [r.stdout, r.stderr]
-            assert r.returncode == 0, r.stderr
-            assert "destroyed 0 expired resources" in r.stdout and len(fake.state.droplets) == 1
+        # Before its time, sweep --expired leaves it alone.
+        assert time.time() < up["expires_at"], "the deploy took longer than the workshop's hours"
+        r = _cli("sweep", "--expired")
+        outputs += [r.stdout, r.stderr]
+        assert r.returncode == 0, r.stderr
+        assert "destroyed 0 expired resources" in r.stdout and len(fake.state.droplets) == 1
 
-            time.sleep(max(0.0, up["expires_at"] + 1 - time.time()))
-            r = _cli("sweep", "--expired", "--json")
-            outputs += [r.stdout, r.stderr]
-            assert r.returncode == 0, r.stderr
-            done = json.loads(r.stdout)
-            assert sorted(i["kind"] for i in done) == ["droplet", "firewall", "ssh_key"]
-            assert all(i["destroyed"] and i["deployment"] == "wsdo" for i in done)
-            assert fake.leftovers() == {"droplets": [], "firewalls": [], "ssh_keys": []}
-            assert not any(t.startswith(res.EXPIRY_PREFIX) for t in fake.state.tags)
-        finally:
-            _kill_what_the_droplet_ran("wsdo")
+        time.sleep(max(0.0, up["expires_at"] + 1 - time.time()))
+        r = _cli("sweep", "--expired", "--json")
+        outputs += [r.stdout, r.stderr]
+        assert r.returncode == 0, r.stderr
+        done = json.loads(r.stdout)
+        assert sorted(i["kind"] for i in done) == ["droplet", "firewall", "ssh_key"]
+        assert all(i["destroyed"] and i["deployment"] == "wsdo" for i in done)
+        assert fake.leftovers() == {"droplets": [], "firewalls": [], "ssh_keys": []}
+        assert not any(t.startswith(res.EXPIRY_PREFIX) for t in fake.state.tags)
         # The droplet is gone; down still forgets the workshop and says what it cost.
         r = _cli("workshop", "down", "wsdo", "--yes")
         outputs += [r.stdout, r.stderr]

@@ -32,7 +32,7 @@ def deploy_cmd(
     region: Annotated[str | None, Opt(help="DigitalOcean region")] = None,
     port: Annotated[int | None, Opt(help="server port on the host")] = None,
     host: Annotated[str | None, Opt(help="ssh: host name or address")] = None,
-    ssh_port: Annotated[int | None, Opt(help="ssh: port")] = None,
+    ssh_port: Annotated[int | None, Opt(help="ssh/digitalocean: SSH port")] = None,
     user: Annotated[str | None, Opt(help="ssh/digitalocean: login user")] = None,
     key: Annotated[str | None, Opt(help="ssh/digitalocean: private key file")] = None,
     known_hosts: Annotated[str | None, Opt(help="ssh: known_hosts file with the host's key")] = None,
