@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from types import SimpleNamespace
 
 import pytest
 import yaml
@@ -10,6 +11,7 @@ from pydantic import ValidationError
 
 from mistral_lab import suites
 from mistral_lab.assets.receipt import RECEIPT
+from mistral_lab.catalog import get_model, load_catalog
 from mistral_lab.errors import BadInput
 from mistral_lab.suites import scoring
 
@@ -70,6 +72,13 @@ def test_a_suite_file_with_a_mistake_is_refused_with_the_reason(tmp_path):
     with pytest.raises(BadInput, match="unknown suite 'sedes'") as e:
         suites.load("sedes")
     assert e.value.field == "suite" and "seeds" in e.value.fix
+
+
+def test_the_reply_budget_is_small_for_a_generated_model_and_roomy_otherwise():
+    assert suites.default_max_tokens(SimpleNamespace(catalog=get_model("tiny-random"))) == suites.GENERATED_MAX_TOKENS
+    assert suites.default_max_tokens(SimpleNamespace(catalog=None)) == suites.DEFAULT_MAX_TOKENS == 4096
+    real = next(m for m in load_catalog().models if not m.generated)
+    assert suites.default_max_tokens(SimpleNamespace(catalog=real)) == suites.DEFAULT_MAX_TOKENS
 
 
 # ---- math ----------------------------------------------------------------------------------------------------

@@ -7,9 +7,10 @@ be scored against what the image really says (see `mistral_lab.suites.scoring.re
 
 from __future__ import annotations
 
-from importlib import resources
 from pathlib import Path
 from typing import Any
+
+from mistral_lab import assets
 
 RECEIPT: dict[str, Any] = {
     "merchant": "LE PETIT BISTRO",
@@ -30,7 +31,7 @@ RECEIPT: dict[str, Any] = {
 
 def receipt_path() -> Path:
     """The shipped receipt image."""
-    return Path(str(resources.files("mistral_lab").joinpath("assets", "receipt.png")))
+    return assets.path("receipt.png")
 
 
 def receipt_lines(receipt: dict[str, Any] = RECEIPT) -> list[str]:

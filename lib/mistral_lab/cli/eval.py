@@ -20,7 +20,9 @@ def eval_cmd(
     suite: Annotated[str, Opt("--suite", help=f"a shipped suite ({', '.join(suites.names())}) or a suite YAML file")] = "seeds",
     only: Annotated[str | None, Opt("--only", help="comma-separated prompt ids")] = None,
     reasoning: Annotated[str, Opt("--reasoning", help="auto (each prompt's own) | none | high")] = "auto",
-    max_tokens: Annotated[int, Opt("--max-tokens", help="per reply; reasoning needs thousands")] = 4096,
+    max_tokens: Annotated[int | None, Opt("--max-tokens", help="per reply; reasoning needs thousands "
+                                          f"(default {suites.DEFAULT_MAX_TOKENS}, "
+                                          f"{suites.GENERATED_MAX_TOKENS} for a generated random model)")] = None,
     temperature: Annotated[float | None, Opt("--temperature", help="default: the catalog's for the model")] = None,
     out: Annotated[str | None, Opt("--out", help="JSON file (default: evals/NAME-SUITE-TIME.json in the state folder)")] = None,
     base_url: Annotated[str | None, Opt("--base-url", help="any OpenAI-compatible URL instead of a deployment")] = None,

@@ -25,12 +25,13 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from mistral_lab import assets
 from mistral_lab.errors import BadInput, MistralLabError
 
 from .scoring import SCORERS, Score
 
-__all__ = ["EvalRow", "EvalRun", "Score", "Suite", "SuitePrompt", "default_path", "load", "names", "run", "show", "table",
-           "write_json"]
+__all__ = ["EvalRow", "EvalRun", "Score", "Suite", "SuitePrompt", "default_max_tokens", "default_path", "load", "names",
+           "run", "show", "table", "write_json"]
 
 
 class _Strict(BaseModel):
@@ -83,13 +84,9 @@ class Suite(_Strict):
         for p in self.prompts:
             if p.document and p.document not in self.documents:
                 raise ValueError(f"prompt {p.id} names document {p.document!r}, not in documents")
-            if p.image and not _asset(p.image).is_file():
+            if p.image and not assets.path(p.image).is_file():
                 raise ValueError(f"prompt {p.id} names image {p.image!r}, not in mistral_lab/assets/")
         return self
-
-
-def _asset(name: str) -> Path:
-    return Path(str(resources.files("mistral_lab").joinpath("assets", name)))
 
 
 def names() -> list[str]:
@@ -194,19 +191,28 @@ def _score(p: SuitePrompt, text: str) -> Score:
     return SCORERS[p.check.kind](text, p.check.expected, p.prompt)
 
 
-def run_prompt(client: Any, suite: Suite, p: SuitePrompt, *, reasoning: str = "auto", max_tokens: int = 2048,
+DEFAULT_MAX_TOKENS = 4096  # per reply: the math prompts reason at length
+GENERATED_MAX_TOKENS = 24  # a generated model's random weights only babble: a few tokens prove each request
+
+
+def default_max_tokens(client: Any) -> int:
+    """The reply budget when none is given: room for reasoning, or a few tokens for a generated random model."""
+    return GENERATED_MAX_TOKENS if client.catalog is not None and client.catalog.generated else DEFAULT_MAX_TOKENS
+
+
+def run_prompt(client: Any, suite: Suite, p: SuitePrompt, *, reasoning: str = "auto", max_tokens: int | None = None,
                **extra: Any) -> EvalRow:
     """One prompt: the request, the reply, its score. Errors of the server are recorded in the row."""
     from mistral_lab import calculator
 
-    kw = _settings(client, p, reasoning, max_tokens)
+    kw = _settings(client, p, reasoning, default_max_tokens(client) if max_tokens is None else max_tokens)
     row = EvalRow(id=p.id, title=p.title, category=p.category, source=p.source, status="ok",
                   scored=p.check is not None, settings={k: v for k, v in kw.items() if k != "system"})
     if p.image:
         if client.catalog is not None and not client.catalog.has_vision:
             row.status, row.detail = "skipped", f"{client.catalog.id} has no vision"
             return _zero(row)
-        kw["image"] = _asset(p.image)
+        kw["image"] = assets.path(p.image)
         row.settings["image"] = p.image
     if p.tools:
         row.settings["tools"] = list(p.tools)
@@ -240,12 +246,14 @@ def _zero(row: EvalRow) -> EvalRow:
     return row
 
 
-def run(client: Any, suite: Suite | str = "seeds", *, reasoning: str = "auto", max_tokens: int = 2048,
+def run(client: Any, suite: Suite | str = "seeds", *, reasoning: str = "auto", max_tokens: int | None = None,
         only: list[str] | None = None, say: Callable[[EvalRow], None] | None = None, **extra: Any) -> EvalRun:
     """Every prompt of the suite in order (or those in `only`), one request at a time.
 
-    `reasoning`: auto (each prompt's own setting), none or high for all; `extra` goes into every request
-    (e.g. temperature, seed)."""
+    `reasoning`: auto (each prompt's own setting), none or high for all; `max_tokens` per reply (None:
+    `default_max_tokens(client)`); `extra` goes into every request (e.g. temperature, seed)."""
+    if max_tokens is None:
+        max_tokens = default_max_tokens(client)
     if isinstance(suite, str):
         suite = load(suite)
     if reasoning not in ("auto", "none", "high"):
