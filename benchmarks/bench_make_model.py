@@ -66,9 +66,8 @@ def main() -> None:
     from mistral_lab.plan import PlanRequest
     from mistral_lab.planning import make_plan
 
-    cache = Path(os.environ.get("MISTRAL_LAB_CACHE", Path.home() / ".cache" / "mistral-lab"))
     bench_bin = Path(lb.bin_dir(lb.BuildKey(source="pypi", version=lb.DEFAULT_VERSION, backend="cpu", arch="native"),
-                                str(cache))) / "llama-bench"
+                                str(modelgen.DEFAULT_CACHE))) / "llama-bench"
     model = get_model(LIKE)
     arch = model.architecture
     plan = make_plan(PlanRequest(model=LIKE, target="local", engine="llamacpp", quant="Q4_K_M", context=4096))

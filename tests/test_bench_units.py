@@ -252,3 +252,39 @@ def test_requests_carry_no_sampling_seed():
     wl = {"kind": "chat", "prompts": ["hi"], "max_tokens": 4}
     payload = loadgen.build_payload({"model": "m", "seed": 7}, wl, random.Random(0), "t")
     assert "seed" not in payload and payload["messages"][0]["content"].endswith("hi")
+
+
+def _saved_run(deployment: str, run_id: str, points: list[metrics.Point]):
+    from mistral_lab.bench import results
+
+    meta = results.RunMeta(
+        run_id=run_id, deployment=deployment, model=None, served_model="m", engine="llamacpp", context=4096,
+        where="client", where_detail="here", base_url="http://127.0.0.1:1/v1", seed=0, mode="concurrency",
+        loads=[1.0], workloads=[results.WorkloadInfo(name="long", label="long (3776/256)", kind="synthetic",
+                                                     input_tokens=3776, output_tokens=256)],
+        requests_per_point=None, duration_s_per_point=1.0, warmup=None, slo={}, forced_output=True, hourly_usd=None,
+        started_at="2026-01-01T00:00:00+00:00")
+    run = results.Run(meta=meta, points=points)
+    results.save(run, results.root() / deployment / run_id)
+    return run
+
+
+def test_a_run_is_compared_with_the_runs_named_or_else_its_deployments_latest(tmp_path, monkeypatch):
+    from mistral_lab import bench
+
+    monkeypatch.setenv("MISTRAL_LAB_HOME", str(tmp_path))
+    point = metrics.summarize({"point": 0, "workload": "long", "concurrency": 1, "duration_s": 1.0}, [])
+    old = [_saved_run("d", f"2026010{i}-000000-client", [point]) for i in range(1, 4)]
+    other = _saved_run("e", "20260101-000000-client", [point])
+    run = _saved_run("d", "20260109-000000-client", [point])
+    assert [r.ref for r in bench.compared_with(run)] == [r.ref for r in old[-2:]]
+    assert [r.ref for r in bench.compared_with(run, latest=5)] == [r.ref for r in old]
+    assert [r.ref for r in bench.compared_with(run, [other.ref])] == [other.ref]
+    assert run.workload_label("long") == "long (3776/256)" and run.workload_label("chat") == "chat"
+
+
+def test_points_order_by_their_load_level():
+    def at(**load):
+        return metrics.summarize({"point": 0, "workload": "w", "duration_s": 1.0, **load}, [])
+
+    assert [p.level for p in (at(concurrency=4), at(rate=0.5), at())] == [4, 0.5, 0.0]

@@ -732,7 +732,7 @@ def make_model(
     if out is None:
         fingerprint = model_fingerprint(arch, "hf" if is_hf else quant, seed, context)
         base = Path(cache or DEFAULT_CACHE) / "models"
-        name = f"{model_id}-hf-{fingerprint}" if is_hf else f"{model_id}-{quant.upper()}-{fingerprint}.gguf"
+        name = f"{model_id}-hf-{fingerprint}" if is_hf else f"{model_id}-{quant}-{fingerprint}.gguf"
         target = base / name
         if (target / "config.json").exists() if is_hf else target.exists():
             return target

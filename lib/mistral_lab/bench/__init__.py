@@ -5,8 +5,8 @@ runs, reports and plots. `run()` does it all; `load()` / `list_runs()` find save
 from mistral_lab.bench import report
 from mistral_lab.bench.metrics import SLO
 from mistral_lab.bench.report import compare_rows, compare_table, show, show_compare, to_json
-from mistral_lab.bench.results import Run, list_runs, load
+from mistral_lab.bench.results import Run, compared_with, list_runs, load
 from mistral_lab.bench.runner import ensure_deployment, run, sweep_levels
 
-__all__ = ["SLO", "Run", "compare_rows", "compare_table", "ensure_deployment", "list_runs", "load", "report", "run", "show",
-           "show_compare", "sweep_levels", "to_json"]
+__all__ = ["SLO", "Run", "compare_rows", "compare_table", "compared_with", "ensure_deployment", "list_runs", "load",
+           "report", "run", "show", "show_compare", "sweep_levels", "to_json"]

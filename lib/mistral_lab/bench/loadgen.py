@@ -174,6 +174,12 @@ def _piece(delta: dict) -> str:
     return ""
 
 
+def _record() -> dict:
+    """A request's record before anything is known."""
+    return {"error": None, "status": None, "content_times": [], "chars": 0, "usage": None, "timings": None,
+            "finish_reason": None, "ttft_s": None, "e2e_s": None, "itl_s": [], "chunks": 0}
+
+
 async def stream_chat(pool: Pool, payload: dict, api_key: str | None) -> dict:
     """Send one streamed chat completion and time it. Never raises for server-side trouble: errors are recorded."""
     body = json.dumps(payload).encode()
@@ -188,8 +194,7 @@ async def stream_chat(pool: Pool, payload: dict, api_key: str | None) -> dict:
     if api_key:
         head.append(f"Authorization: Bearer {api_key}")
     raw = ("\r\n".join(head) + "\r\n\r\n").encode() + body
-    rec: dict = {"error": None, "status": None, "content_times": [], "chars": 0, "usage": None, "timings": None,
-                 "finish_reason": None, "ttft_s": None, "e2e_s": None, "itl_s": [], "chunks": 0}
+    rec = _record()
     for attempt in (0, 1):
         conn = None
         try:
@@ -304,6 +309,11 @@ def _event(event: dict, now: float, rec: dict) -> None:
 # ---- workloads -> requests ----------------------------------------------------------------------------------
 
 
+def synthetic_text(prefix: str, words: list) -> str:
+    """A synthetic prompt: the prefix, then each word as its own " word" pre-token (what calibration counts)."""
+    return prefix + "".join(" " + w for w in words)
+
+
 def build_messages(workload: dict, rng: random.Random, tag: str) -> list:
     """The messages of one request. Synthetic prompts are a seeded shuffle of a calibrated bag of words: every
     request is different (no prefix-cache hits) yet has the same token count, because each " word" is its own
@@ -312,7 +322,7 @@ def build_messages(workload: dict, rng: random.Random, tag: str) -> list:
     if kind == "synthetic":
         words = list(workload["words"])
         rng.shuffle(words)
-        text = workload.get("prefix", "") + "".join(" " + w for w in words)
+        text = synthetic_text(workload.get("prefix", ""), words)
         return [{"role": "user", "content": text}]
     prompts = workload["prompts"]
     text = f"({tag}) {prompts[rng.randrange(len(prompts))]}"
@@ -370,9 +380,8 @@ class Run:
         try:
             rec = await asyncio.wait_for(stream_chat(self.pool, payload, self.api_key), timeout)
         except asyncio.TimeoutError:  # noqa: UP041  (a different class from TimeoutError before Python 3.11)
-            rec = {"error": f"timed out after {timeout:.0f} s", "status": None, "wall_start": time.time() - timeout,
-                   "e2e_s": None, "ttft_s": None, "itl_s": [], "chunks": 0, "chars": 0, "timings": None,
-                   "finish_reason": None}
+            rec = _record()
+            rec.update(error=f"timed out after {timeout:.0f} s", wall_start=time.time() - timeout)
         usage = rec.pop("usage", None) or {}
         rec.pop("content_times", None)
         doc = {

@@ -131,6 +131,11 @@ class Point(BaseModel):
     def load(self) -> str:
         return f"c={self.concurrency}" if self.concurrency is not None else f"{self.rate:g} req/s"
 
+    @property
+    def level(self) -> float:
+        """The load as a number, for ordering the points of one sweep: the concurrency or the rate."""
+        return self.concurrency if self.concurrency is not None else (self.rate or 0.0)
+
 
 def usd_per_mtok(hourly_usd: float | None, output_tokens_per_s: float) -> float | None:
     if hourly_usd is None or output_tokens_per_s <= 0:

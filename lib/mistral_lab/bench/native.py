@@ -74,9 +74,9 @@ def run_llama_bench(host: Host, binary: str, model_path: str, *, timeout: float 
                     **kw: Any) -> NativeResult:
     argv = llama_bench_argv(binary, model_path, **kw)
     command = shlex.join(argv)
-    r = host.run(command + " 2>/dev/null", timeout=timeout, check=False)
+    r = host.run(command, timeout=timeout, check=False)
     if r.returncode != 0:
-        err = host.run(command + " 2>&1 >/dev/null | tail -5", timeout=timeout, check=False).stdout.strip()
+        err = "\n".join(r.stderr.strip().splitlines()[-5:])  # not a second run: a failure can take minutes
         raise EngineError(f"llama-bench failed (exit {r.returncode}): {err}", field="llama-bench",
                           fix="check that the model file is there and the build has llama-bench")
     figures = parse_llama_bench(r.stdout)

@@ -38,12 +38,10 @@ _show_inline()
 def _curves(runs: list[Run]) -> list[tuple[str, list[Point]]]:
     out = []
     for run in runs:
-        labels = {w.name: w.label for w in run.meta.workloads}
         for wl in dict.fromkeys(p.workload for p in run.points):
-            pts = [p for p in run.points if p.workload == wl and p.requests > p.errors]
-            pts.sort(key=lambda p: p.concurrency if p.concurrency is not None else (p.rate or 0))
+            pts = sorted((p for p in run.points if p.workload == wl and p.requests > p.errors), key=lambda p: p.level)
             if pts:
-                name = labels.get(wl, wl) if len(runs) == 1 else f"{label(run)} · {labels.get(wl, wl)}"
+                name = run.workload_label(wl) if len(runs) == 1 else f"{label(run)} · {run.workload_label(wl)}"
                 out.append((name, pts))
     return out
 
@@ -86,10 +84,9 @@ def distributions(run: Run) -> Figure:
     fig = Figure(figsize=(12, 4.5), layout="constrained")
     ax_ttft, ax_itl = fig.subplots(1, 2)
     recs = run.records()
-    labels = {w.name: w.label for w in run.meta.workloads}
     for p in run.points:
         mine = [r for r in recs if r["point"] == p.index and not r.get("error")]
-        name = f"{labels.get(p.workload, p.workload)} {p.load}"
+        name = f"{run.workload_label(p.workload)} {p.load}"
         _cdf(ax_ttft, [r["ttft_s"] * 1000 for r in mine if r.get("ttft_s") is not None], name)
         _cdf(ax_itl, [x * 1000 for r in mine for x in (r.get("itl_s") or [])], name)
     ax_ttft.set(xlabel="time to first token (ms)", ylabel="share of requests", title="TTFT distribution")
@@ -112,8 +109,7 @@ def roofline_chart(runs: Run | list[Run]) -> Figure | None:
     ax = fig.subplots()
     names, ceiling, got = [], [], []
     for run, r in rows:
-        labels = {w.name: w.label for w in run.meta.workloads}
-        wl = labels.get(r.workload, r.workload)
+        wl = run.workload_label(r.workload)
         names.append(wl if len(runs) == 1 else f"{label(run)} · {wl}")
         ceiling.append(r.roofline.max_tokens_per_s)
         got.append(r.achieved_tokens_per_s or 0.0)

@@ -62,9 +62,8 @@ def table(run: Run) -> Table:
     for col in ("workload", "load", "req", "err", "req/s", "out tok/s", "TTFT p50", "TTFT p99", "TPOT p50",
                 "ITL p99", "e2e p50", "goodput", "$/Mtok"):
         t.add_column(col, justify="left" if col in ("workload", "load") else "right")
-    labels = {w.name: w.label for w in run.meta.workloads}
     for p in run.points:
-        t.add_row(labels.get(p.workload, p.workload), p.load, str(p.requests), str(p.errors),
+        t.add_row(run.workload_label(p.workload), p.load, str(p.requests), str(p.errors),
                   f"{p.request_per_s:.2f}", f"{p.output_tokens_per_s:.1f}", _ms(p.ttft_s), _ms(p.ttft_s, "p99"),
                   _ms(p.tpot_s), _ms(p.itl_s, "p99"), _ms(p.e2e_s), f"{p.goodput:.2f}",
                   _num(p.usd_per_mtok, "{:.2f}"))
@@ -84,10 +83,9 @@ def roofline_table(run: Run) -> Table | None:
     for col in ("workload", "context", "weights GB", "KV GB", "bandwidth GB/s", "roofline tok/s", "measured tok/s",
                 "server tok/s", "% of roofline"):
         t.add_column(col, justify="left" if col == "workload" else "right")
-    labels = {w.name: w.label for w in run.meta.workloads}
     for r in run.roofline:
         line = r.roofline
-        t.add_row(labels.get(r.workload, r.workload), str(line.context_tokens), f"{line.weights_gb:.3g}",
+        t.add_row(run.workload_label(r.workload), str(line.context_tokens), f"{line.weights_gb:.3g}",
                   f"{line.kv_gb:.3g}", f"{line.bandwidth_gbs:g}", f"{line.max_tokens_per_s:.0f}",
                   _num(r.achieved_tokens_per_s), _num(r.server_tokens_per_s), _num(r.achieved_pct, "{:.2f}%"))
     t.caption = run.roofline[0].roofline.bandwidth_source
@@ -152,7 +150,7 @@ def compare_rows(runs: list[Run]) -> list[dict[str, Any]]:
             if not pts:
                 continue
             best = max(pts, key=lambda p: p.output_tokens_per_s)
-            low = min(pts, key=lambda p: (p.concurrency if p.concurrency is not None else 1e9, p.rate or 0))
+            low = min(pts, key=lambda p: p.level)
             roof = next((r for r in run.roofline if r.workload == wl), None)
             rows.append({
                 "run": run.ref, "label": label(run), "workload": wl, "gpu": run.meta.gpu_name,

@@ -105,6 +105,10 @@ class Run(BaseModel):
     def ref(self) -> str:
         return f"{self.meta.deployment or 'url'}/{self.meta.run_id}"
 
+    def workload_label(self, name: str) -> str:
+        """A workload's name with the token counts actually used: `long (3776/256)`."""
+        return next((w.label for w in self.meta.workloads if w.name == name), name)
+
     def records(self, *, warmup: bool = False) -> list[dict[str, Any]]:
         """The per-request records (warm-up ones only when asked)."""
         out = []
@@ -197,3 +201,12 @@ def list_runs(deployment: str | None = None, *, base: Path | None = None) -> lis
     deps = [base / _slug(deployment)] if deployment else sorted(p for p in base.iterdir() if p.is_dir())
     found = [r for d in deps if d.is_dir() for r in d.iterdir() if (r / SUMMARY).is_file()]
     return sorted(found, key=lambda r: ((r / SUMMARY).stat().st_mtime, r.name))
+
+
+def compared_with(run: Run, refs: list[str] | tuple[str, ...] = (), *, latest: int = 2) -> list[Run]:
+    """The saved runs to put beside `run`: those named in `refs`, or else the `latest` earlier runs of its
+    deployment."""
+    if refs:
+        return [load(r) for r in refs]
+    earlier = [p for p in list_runs(run.meta.deployment) if p != run._folder]
+    return [load(p) for p in earlier[-latest:]] if latest > 0 else []

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import shlex
 import sys
 import tempfile
@@ -69,7 +70,7 @@ class Endpoint:
         dep = self.deployment
         if dep is None or dep.endpoint is None:
             return None
-        return f"http://127.0.0.1:{dep.endpoint.remote_port}/v1"
+        return dep.endpoint.base_url(dep.endpoint.remote_port)  # the server's own port, seen on its host
 
 
 def sweep_levels(max_concurrency: int) -> list[int]:
@@ -227,7 +228,7 @@ def _roofline_rows(run_points, records: list[dict], ep: Endpoint, bandwidth_gbs:
         if not pts:
             continue
         # Batch-1 decode is what the roofline bounds: take the lowest concurrency (or rate) measured.
-        p = min(pts, key=lambda x: (x.concurrency if x.concurrency is not None else 1e9, x.rate or 0))
+        p = min(pts, key=lambda x: x.level)
         recs = [r for r in records if r["point"] == p.index and not r.get("error") and r.get("prompt_tokens")]
         ctx = int(sum(r["prompt_tokens"] + (r.get("completion_tokens") or 0) / 2 for r in recs) / len(recs)) if recs else 0
         line = roofline.decode_roofline(model, ep.plan, ctx, bandwidth_gbs=bandwidth_gbs,
@@ -319,7 +320,7 @@ def run(
     requests: int | None = None,
     duration_s: float = DEFAULT_DURATION_S,
     warmup: int | None = None,
-    where: Where = "host",
+    where: Where | None = None,
     seed: int = 0,
     slo: SLO | None = None,
     native_bench: bool = True,
@@ -329,6 +330,7 @@ def run(
     weights_gb: float | None = None,
     base_url: str | None = None,
     api_key: str | None = None,
+    key_env: str | None = None,
     model: str | None = None,
     engine: str | None = None,
     catalog_id: str | None = None,
@@ -344,7 +346,14 @@ def run(
     `concurrency` sweeps closed-loop load levels (default 1, 2, 4, ... up to the plan's parallel slots); `rate`
     sweeps open-loop Poisson arrival rates (requests/s) instead. Each point stops after `requests` requests or
     `duration_s` seconds, whichever comes first, after `warmup` requests that are not counted.
+
+    `where` defaults to the host for a deployment and to this machine for a `base_url` run, whose key is `api_key`
+    or else read from the environment variable `key_env`.
     """
+    if where is None:
+        where = "client" if base_url and not deployment else "host"
+    if api_key is None and key_env:
+        api_key = os.environ.get(key_env)
     if where not in ("host", "client"):
         raise BadInput(f"where={where!r}", field="where", fix="host (next to the server) or client (through the tunnel)")
     if concurrency and rate:

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 
 import httpx
 
+from mistral_lab.bench import loadgen
 from mistral_lab.errors import BadInput, EngineError
 
 # The seeds' own example prompts (shared/seeds/; research/models.md names the files), English and Chinese.
@@ -250,7 +251,7 @@ class Calibrated:
 
 
 def text_of(words: list[str], prefix: str = PREFIX) -> str:
-    return prefix + "".join(" " + w for w in words)
+    return loadgen.synthetic_text(prefix, words)  # the very text the load generator sends
 
 
 def calibrate(target: int, count: Callable[[str], int], seed: int = 0) -> Calibrated:
@@ -263,16 +264,16 @@ def calibrate(target: int, count: Callable[[str], int], seed: int = 0) -> Calibr
         calls += 1
         return count(text_of(words))
 
-    sample = [rng.choice(WORDS) for _ in range(64)]
     base = f([])
+    if base > target:
+        return Calibrated(words=[], prefix=PREFIX, prompt_tokens=base, calls=calls)
+    sample = [rng.choice(WORDS) for _ in range(64)]
     per_word = max((f(sample) - base) / len(sample), 0.5)
     n_words = max(int(math.ceil((target - base) / per_word * 1.15)) + 8, 8)
     pool = [rng.choice(WORDS) for _ in range(n_words)]
     while f(pool) < target:
         pool += [rng.choice(WORDS) for _ in range(len(pool))]
     lo, hi = 0, len(pool)  # f(pool[:lo]) <= target < f(pool[:hi]) or hi is the whole pool
-    if base > target:
-        return Calibrated(words=[], prefix=PREFIX, prompt_tokens=base, calls=calls)
     while hi - lo > 1:
         mid = (lo + hi) // 2
         if f(pool[:mid]) <= target:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from pathlib import Path
 from typing import Annotated
 
@@ -82,7 +81,8 @@ def bench_cmd(
     duration: Annotated[float, Opt("--duration", help="seconds per load point at most")] = 120.0,
     warmup: Annotated[int | None, Opt("--warmup", help="warm-up requests per point, not counted (default: one per "
                                       "concurrent slot)")] = None,
-    where: Annotated[str, Opt("--where", help="host: next to the server; client: from here through the tunnel")] = "host",
+    where: Annotated[str | None, Opt("--where", help="host: next to the server (the default for a deployment); client: "
+                                     "from here through the tunnel (always for --base-url)")] = None,
     seed: Annotated[int, Opt("--seed")] = 0,
     slo_ttft: Annotated[float | None, Opt("--slo-ttft", help="goodput: TTFT limit in seconds")] = None,
     slo_tpot: Annotated[float | None, Opt("--slo-tpot", help="goodput: time per output token limit in seconds")] = None,
@@ -130,10 +130,10 @@ def bench_cmd(
     run = bench.run(
         name if not base_url else None,
         workload=workload, concurrency=_numbers(concurrency, "--concurrency", int), rate=_numbers(rate, "--rate", float),
-        requests=requests, duration_s=duration, warmup=warmup, where="client" if base_url else where,  # type: ignore[arg-type]
+        requests=requests, duration_s=duration, warmup=warmup, where=where,  # type: ignore[arg-type]
         seed=seed, slo=SLO(ttft_s=slo_ttft, tpot_s=slo_tpot), native_bench=native, hourly_usd=hourly,
         bandwidth_gbs=bandwidth, bandwidth_source="given (--bandwidth-gbs)" if bandwidth else None,
-        base_url=base_url, api_key=os.environ.get(key_env) if base_url else None, model=model,
+        base_url=base_url, key_env=key_env, model=model,
         progress=not quiet, say=(lambda line: console_err.print(line, highlight=False, markup=False)),
     )
     if as_json:
