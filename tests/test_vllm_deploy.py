@@ -22,9 +22,10 @@ import httpx
 import pytest
 import yaml
 from openai import OpenAI
-from vllm_fixtures import CACHE, START_TIMEOUT_S, engine_options, free_port, session_processes
+from vllm_fixtures import CACHE, START_TIMEOUT_S, engine_options, session_processes
 
 import sshd as _sshd
+from llamacpp_fixtures import free_port
 from mistral_lab import deploy, state
 from mistral_lab.catalog import get_model
 from mistral_lab.cli import main
@@ -35,6 +36,8 @@ from mistral_lab.hosts.local import LocalHost
 from mistral_lab.plan import PlanRequest
 from mistral_lab.planning import make_plan
 
+# Deployments here take a free port (free_port) instead of vLLM's default 8000: vLLM binds its port minutes before it
+# listens, so two deployments starting at once on this shared machine (another test process's) could both pick 8000.
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(3600)]
 NAME = "vllm-local"
 TIMINGS: dict[str, float] = {}

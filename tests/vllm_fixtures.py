@@ -15,7 +15,6 @@ import json
 import os
 import re
 import secrets
-import socket
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -23,7 +22,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-CACHE = Path(os.environ.get("MISTRAL_LAB_CACHE", Path.home() / ".cache" / "mistral-lab"))
+from llamacpp_fixtures import CACHE
+
 START_TIMEOUT_S = 900
 
 
@@ -31,14 +31,6 @@ def engine_options() -> dict[str, Any]:
     """Deploy options for vLLM on this machine: the shared cache, and the local torch wheels where pip has some."""
     links = os.environ.get("PIP_FIND_LINKS")
     return {"host_cache": str(CACHE), **({"find_links": links} if links else {})}
-
-
-def free_port() -> int:
-    """A port for a test deployment, instead of vLLM's default 8000: vLLM binds its port minutes before it listens,
-    so two deployments starting at once on this shared machine (another test process's) could both pick 8000."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 # ---------------------------------------------------------------------------------------------- processes

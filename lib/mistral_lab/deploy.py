@@ -115,7 +115,8 @@ def _extra_args(value: str | list[str] | None) -> list[str]:
     return shlex.split(value) if isinstance(value, str) else [str(v) for v in value]
 
 
-def _free_port(host: Host, start: int) -> int:
+def free_port(host: Host, start: int) -> int:
+    """The first port at or above `start` that nothing listens on on the host (infra/free-port.sh, one round trip)."""
     out = host.run_script(infra_files.with_env(infra_files.read("free-port.sh"), {"START": str(start)}),
                           retry_safe=True).stdout
     return int(out.strip().splitlines()[-1])
@@ -256,7 +257,7 @@ def deploy(
             # (another deployment starting at the same time). A bind failure moves on to the next port.
             port = plan.port
             for attempt in range(PORT_ATTEMPTS):
-                port = _free_port(host, port)
+                port = free_port(host, port)
                 if port != plan.port:
                     say(f"  port {plan.port} is taken on the host; serving on {port}")
                 argv = engine.argv(plan.model_copy(update={"port": port}), model, installed, files)
@@ -487,5 +488,6 @@ def teardown(name: str, *, say: Printer = _default_printer) -> TeardownReport:
     return report
 
 
-__all__ = ["Connection", "TeardownReport", "add_companion", "connect", "deploy", "ensure", "the_only", "logs", "status", "teardown"]
+__all__ = ["Connection", "TeardownReport", "add_companion", "connect", "deploy", "ensure", "free_port", "the_only", "logs",
+           "status", "teardown"]
 

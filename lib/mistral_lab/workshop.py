@@ -471,12 +471,6 @@ def _host_user(host: Host) -> tuple[str, int]:
     return out[0], int(out[1])
 
 
-def _free_port(host: Host, start: int) -> int:
-    out = host.run_script(infra_files.with_env(infra_files.read("free-port.sh"), {"START": str(start)}),
-                          retry_safe=True).stdout
-    return int(out.strip().splitlines()[-1])
-
-
 def install_proxy(host: Host, ws: Workshop, dep: state.Deployment, keys: dict[str, str], cert: Certificate,
                   say: Printer) -> Workshop:
     """Put nginx, its config, certificate and key files on the host; start it and wait until it listens."""
@@ -491,7 +485,7 @@ def install_proxy(host: Host, ws: Workshop, dep: state.Deployment, keys: dict[st
                           fix=f"tear down and deploy again: mistral-lab workshop down {ws.name}")
     ws.proxy_root, ws.proxy_mode = root, dep.service.kind
     if ws.https_port is None:
-        ws.https_port = _free_port(host, DEFAULT_PORT[ws.target])
+        ws.https_port = deploy.free_port(host, DEFAULT_PORT[ws.target])
         say(f"  the proxy listens on port {ws.https_port}")
     out = _proxy_script(host, ws, "install").strip().splitlines()
     nginx = out[-1]

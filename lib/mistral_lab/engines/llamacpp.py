@@ -29,26 +29,34 @@ def hf_url(repo: str, filename: str, endpoint: str | None = None, revision: str 
     return f"{(endpoint or HF_ENDPOINT).rstrip('/')}/{repo}/resolve/{revision}/{filename}"
 
 
-def remote_size(host: Host, path: str) -> int:
-    """Size of a file on the host, -1 when absent."""
-    out = host.run(f"stat -c %s {shlex.quote(path)} 2>/dev/null || echo -1", retry_safe=True).stdout.strip()
+def remote_sizes(host: Host, paths: list[str]) -> dict[str, int]:
+    """Sizes of files on the host, -1 for each one absent, in one round trip."""
+    quoted = " ".join(shlex.quote(p) for p in paths)
+    out = host.run(f'for p in {quoted}; do stat -c %s "$p" 2>/dev/null || echo -1; done', retry_safe=True).stdout
+    sizes = out.split()[-len(paths):] if paths else []
     try:
-        return int(out.splitlines()[-1])
-    except (ValueError, IndexError):
-        return -1
+        return {p: int(s) for p, s in zip(paths, sizes, strict=True)}
+    except ValueError:
+        return dict.fromkeys(paths, -1)
+
+
+def upload_changed(host: Host, files: dict[str, Path], on_line: LineSink | None) -> bool:
+    """Put each local file at its remote path (the keys) unless a file of the same size is there; True when any
+    was uploaded. One round trip compares the sizes and one moves the uploads into place, however many files."""
+    sizes = remote_sizes(host, list(files))
+    todo = {remote: local for remote, local in files.items() if sizes[remote] != local.stat().st_size}
+    for remote, local in todo.items():
+        if on_line:
+            on_line(f"uploading {local.name} ({local.stat().st_size / 2**20:.1f} MiB)")
+        host.put(local, remote + ".part")  # put makes the parent folders
+    if todo:
+        host.run(" && ".join(f"mv -f {shlex.quote(r + '.part')} {shlex.quote(r)}" for r in todo))
+    return bool(todo)
 
 
 def upload_if_changed(host: Host, local: Path, remote: str, on_line: LineSink | None) -> bool:
     """Put `local` at `remote` unless a file of the same size is there; True when it was uploaded."""
-    size = local.stat().st_size
-    if remote_size(host, remote) == size:
-        return False
-    host.run(f"mkdir -p {shlex.quote(remote.rsplit('/', 1)[0])}")
-    if on_line:
-        on_line(f"uploading {local.name} ({size / 2**20:.1f} MiB)")
-    host.put(local, remote + ".part")
-    host.run(f"mv -f {shlex.quote(remote + '.part')} {shlex.quote(remote)}")
-    return True
+    return upload_changed(host, {remote: local}, on_line)
 
 
 class LlamaCppEngine:

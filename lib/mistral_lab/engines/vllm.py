@@ -23,7 +23,7 @@ from mistral_lab.catalog import get_model
 from mistral_lab.catalog.schema import Model, VllmRecipe
 from mistral_lab.engines import vllm_install as vi
 from mistral_lab.engines.base import Installed, Layout, ModelFiles
-from mistral_lab.engines.llamacpp import upload_if_changed
+from mistral_lab.engines.llamacpp import upload_changed
 from mistral_lab.engines.render import API_KEY_ENV, vllm_argv
 from mistral_lab.errors import BadInput, EngineError
 from mistral_lab.hosts.base import Host, HostFacts, LineSink
@@ -102,10 +102,8 @@ class VllmEngine:
 
     def __init__(self, options: dict[str, Any] | None = None):
         self.options = dict(options or {})
-        mode = self.options.get("vllm_install")
-        if mode is not None and mode not in vi.MODES:
-            raise BadInput(f"vllm_install {mode!r} is not one of {', '.join(vi.MODES)}", field="vllm_install",
-                           fix="pip: a uv virtual environment on the host; docker: the pinned image")
+        if self.options.get("vllm_install") is not None:
+            vi.check_mode(self.options["vllm_install"])
         if self.options.get("max_model_len", "plan") not in MAX_MODEL_LEN:
             raise BadInput(f"max_model_len {self.options['max_model_len']!r} is not plan or auto", field="max_model_len",
                            fix="plan: the planned context (set its number with --context); auto: vLLM fits it")
@@ -134,17 +132,9 @@ class VllmEngine:
         for note in check.notes:
             if on_line:
                 on_line(f"note: {note}")
-        env = vi.install_env(key, layout.cache, self.options)
-        script = infra_files.with_env(infra_files.read(vi.SCRIPT), env)
-        r = host.run_script(script, check=False, timeout=float(self.options.get("install_timeout", 3600)),
-                            on_line=_without_results(on_line), retry_safe=True)
-        if r.returncode != 0:
-            out = r.stdout + r.stderr
-            tail = "\n".join(out.strip().splitlines()[-15:])
-            raise EngineError(f"installing {key.spec} ({key.mode}) failed (exit {r.returncode}):\n{tail}",
-                              field="engine", fix=_fix_from(out))
-        info = vi.parse_result(r.stdout)
-        installed = self.installed_from(info, key, plan, layout, skipped=vi.was_cached(r.stdout))
+        out = self._run_install(host, vi.install_env(key, layout.cache, self.options), 3600, on_line,
+                                f"installing {key.spec} ({key.mode})", "engine")
+        installed = self.installed_from(vi.parse_result(out), key, plan, layout, skipped=vi.was_cached(out))
         if installed.versions.get("mistral_common") or key.mode == "pip":
             vi.check_mistral_common(installed.versions.get("mistral_common"), recipe.mistral_common_min)
         if self.wants_auto_len() and "max_model_len_auto" not in installed.features and on_line:
@@ -165,15 +155,19 @@ class VllmEngine:
                            fix="set vllm_install=pip to resolve the pinned wheels")
         # CACHE empty: the host's default, where a uv the script may fetch is kept; nothing else is written.
         env = {**vi.install_env(key, "", self.options), "DRY_RUN": "1"}
+        return vi.parse_dry_run(self._run_install(host, env, 600, on_line, f"resolving {key.spec}", "vllm_spec"))
+
+    def _run_install(self, host: Host, env: dict[str, str], timeout: float, on_line: LineSink | None, what: str,
+                     field: str) -> str:
+        """Run `infra/vllm-install.sh` with `env` in one round trip; its stdout, or an EngineError with its tail."""
         r = host.run_script(infra_files.with_env(infra_files.read(vi.SCRIPT), env), check=False,
-                            on_line=_without_results(on_line), timeout=float(self.options.get("install_timeout", 600)),
-                            retry_safe=True)
+                            timeout=float(self.options.get("install_timeout", timeout)),
+                            on_line=_without_results(on_line), retry_safe=True)
         if r.returncode != 0:
             out = r.stdout + r.stderr
             tail = "\n".join(out.strip().splitlines()[-15:])
-            raise EngineError(f"resolving {key.spec} failed (exit {r.returncode}):\n{tail}", field="vllm_spec",
-                              fix=_fix_from(out))
-        return vi.parse_dry_run(r.stdout)
+            raise EngineError(f"{what} failed (exit {r.returncode}):\n{tail}", field=field, fix=_fix_from(out))
+        return r.stdout
 
     def installed_from(self, info: dict[str, Any], key: vi.InstallKey, plan: Plan, layout: Layout,
                        skipped: bool = False) -> Installed:
@@ -233,9 +227,8 @@ class VllmEngine:
     def _upload_generated(host: Host, model: Model, folder: str, on_line: LineSink | None) -> ModelFiles:
         """Generate the Hugging Face folder here and put each file there unless one of the same size is there."""
         local = Path(modelgen.make_model(model.id, "hf"))
-        uploaded = False
-        for path in sorted(p for p in local.rglob("*") if p.is_file()):
-            uploaded |= upload_if_changed(host, path, f"{folder}/{path.relative_to(local).as_posix()}", on_line)
+        files = {f"{folder}/{p.relative_to(local).as_posix()}": p for p in sorted(local.rglob("*")) if p.is_file()}
+        uploaded = upload_changed(host, files, on_line)
         return ModelFiles(ref=folder, skipped=not uploaded, weight_format="hf")
 
     # ------------------------------------------------------------------ serve

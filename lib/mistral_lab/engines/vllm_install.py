@@ -246,13 +246,17 @@ def check_driver(facts: HostFacts, spec: str, mode: Mode = "pip", image: str | N
     return DriverCheck("cuda", cuda, facts.cuda_version, notes)
 
 
-def choose_mode(recipe: VllmRecipe, options: dict[str, Any]) -> Mode:
-    """docker when asked, or when the card names an image and the caller did not ask for pip."""
-    mode = options.get("vllm_install") or ("docker" if recipe.docker_image else "pip")
+def check_mode(mode: Any) -> Mode:
+    """The `vllm_install` option, refused with a fix when it is neither pip nor docker."""
     if mode not in MODES:
         raise BadInput(f"vllm_install {mode!r} is not one of {', '.join(MODES)}", field="vllm_install",
                        fix="pip: a uv virtual environment on the host; docker: the pinned image")
     return mode
+
+
+def choose_mode(recipe: VllmRecipe, options: dict[str, Any]) -> Mode:
+    """docker when asked, or when the card names an image and the caller did not ask for pip."""
+    return check_mode(options.get("vllm_install") or ("docker" if recipe.docker_image else "pip"))
 
 
 def choose_spec(recipe: VllmRecipe, options: dict[str, Any]) -> str:
