@@ -296,3 +296,17 @@ def test_make_model_names_the_bad_field_and_the_fix(capsys):
     assert (arch["layers"], arch["hidden_size"], arch["heads"], arch["kv_heads"], arch["head_dim"],
             arch["intermediate_size"], arch["vocab_size"], arch["experts"]) == (26, 3072, 32, 8, 128, 9216, 131072, None)
     assert 3.3e9 < arch["parameters"] < 3.5e9 and "path" not in arch
+
+
+def test_prompts_are_sized_to_the_context_the_server_reports_serving(bench_deployment, tmp_path):
+    # deploy records the context vLLM fitted (max_model_len auto) next to the plan's; the run must use it.
+    dep = state.load(bench_deployment.name)
+    assert "max_model_len" not in dep.extra  # llama.cpp serves the planned context
+    planned = bench.run(bench_deployment.name, workload="32/16", concurrency=[1], requests=2, where="client",
+                        results_dir=tmp_path, progress=False, plots=False, native_bench=False, say=lambda _l: None)
+    assert planned.meta.context == dep.plan.context
+    dep.extra["max_model_len"] = dep.plan.context // 2
+    state.save(dep)
+    served = bench.run(bench_deployment.name, workload="32/16", concurrency=[1], requests=2, where="client",
+                       results_dir=tmp_path, progress=False, plots=False, native_bench=False, say=lambda _l: None)
+    assert served.meta.context == dep.plan.context // 2

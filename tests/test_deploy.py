@@ -151,6 +151,17 @@ def test_hf_token_reaches_the_server_only_when_the_server_downloads(home):
         deploy.teardown("tok", say=lambda _: None)
 
 
+def test_a_notebook_tears_down_only_what_it_deployed(home):
+    dep, made = deploy.ensure_made(fallback="nb-own", say=lambda _: None)
+    assert made and dep.name == "nb-own" and dep.status == "up"
+    again, made_again = deploy.ensure_made(say=lambda _: None)  # the only one up: found, not made
+    assert again.name == "nb-own" and not made_again
+    assert deploy.teardown_if_made("nb-own", made_again) is None and state.exists("nb-own")
+    assert deploy.teardown_if_made(None, True) is None
+    report = deploy.teardown_if_made("nb-own", made_again, force=True)
+    assert report is not None and report.leftovers == [] and not state.exists("nb-own")
+
+
 def test_a_server_that_dies_at_start_shows_its_log_and_leaves_a_record(home):
     # A flag llama-server does not know makes it exit at start: a real start failure, seen through its log.
     lines: list[str] = []

@@ -549,23 +549,16 @@ def connect_or_deploy(deployment: str | None = None, *, base_url: str | None = N
     """What a notebook talks to: a bare URL (key from `key_env`, `model` its catalog id), or a deployment: the named
     one (redeployed from its record if it stopped), the only one up, or else the generated tiny model deployed on
     this machine as `tiny-query`. Also says whether it was deployed just now, so the notebook tears down only what
-    it made.
+    it made (`deploy.teardown_if_made`).
 
-    The tiny fallback has its own name rather than deploy.ensure's `tiny-local`: local deployments of one name share
-    a folder on this machine, so a benchmark notebook running beside this one would otherwise have its server
-    replaced."""
+    The tiny fallback has its own name rather than deploy.ensure's `tiny-local`, so that the query and benchmark
+    notebooks, run side by side, each tear down only their own."""
     if base_url:
         return Client.from_env(base_url, key_env=key_env, catalog_id=model), False
-    from mistral_lab import deploy, state
-    from mistral_lab.plan import PlanRequest
+    from mistral_lab import deploy
 
-    existed = set(state.names())
-    name = deployment or deploy.the_only(up=True)
-    if name is None:
-        dep = deploy.deploy(PlanRequest(model="tiny-random", target="local", name=NOTEBOOK_DEPLOYMENT), say=say)
-    else:
-        dep = deploy.ensure(name, say=say)
-    return Client.from_deployment(dep.name), dep.name not in existed
+    dep, made_here = deploy.ensure_made(deployment, fallback=NOTEBOOK_DEPLOYMENT, say=say)
+    return Client.from_deployment(dep.name), made_here
 
 
 def show_stream(pieces: Iterable[Delta], out: Callable[[str], None] | None = None) -> Reply:

@@ -328,23 +328,42 @@ def the_only(*, up: bool = False) -> str | None:
 
 
 def ensure(name: str | None = None, *, model: str = "tiny-random", target: str = "local", engine: str = "auto",
-           options: dict[str, Any] | None = None, say: Printer = _default_printer) -> state.Deployment:
+           options: dict[str, Any] | None = None, fallback: str = DEMO_NAME,
+           say: Printer = _default_printer) -> state.Deployment:
     """The deployment a notebook should talk to, deployed first when it is missing or not serving.
 
     With a name: that deployment (re-deployed from its record when it stopped serving). Without one: the only
-    deployment that is up; if none is, the generated tiny model on this machine as `tiny-local`, which takes
-    seconds once the llama.cpp build is cached. Several up and no name is an error that lists them.
+    deployment that is up; if none is, the generated tiny model on this machine as `fallback` (`tiny-local`), which
+    takes seconds once the llama.cpp build is cached. Several up and no name is an error that lists them.
     """
-    name = name or the_only(up=True) or DEMO_NAME
+    name = name or the_only(up=True) or fallback
     if state.exists(name):
         dep = state.load(name)
         if _healthy(dep):
             return dep
         model, target, engine = dep.plan.model, dep.plan.target, dep.plan.engine
-    elif name != DEMO_NAME:
+    elif name != fallback:
         state.load(name)  # raises "unknown deployment" with the close names
     say(f"… deploying {model} on {target} as {name!r}")
     return deploy(PlanRequest(model=model, target=target, engine=engine, name=name), options=options, say=say)
+
+
+def ensure_made(name: str | None = None, *, fallback: str = DEMO_NAME,
+                say: Printer = _default_printer) -> tuple[state.Deployment, bool]:
+    """`ensure`, and whether the deployment was created just now: a notebook then tears down only what it made
+    and leaves a deployment it found alone (see `teardown_if_made`)."""
+    existed = set(state.names())
+    dep = ensure(name, fallback=fallback, say=say)
+    return dep, dep.name not in existed
+
+
+def teardown_if_made(name: str | None, made_here: bool, force: bool | None = None, *,
+                     say: Printer = _default_printer) -> TeardownReport | None:
+    """A notebook's last step: tear `name` down if this notebook deployed it (`force` True/False overrides), else
+    leave it up. None when nothing was torn down."""
+    if not name or not (made_here if force is None else force):
+        return None
+    return teardown(name, say=say)
 
 
 @dataclass
@@ -488,6 +507,6 @@ def teardown(name: str, *, say: Printer = _default_printer) -> TeardownReport:
     return report
 
 
-__all__ = ["Connection", "TeardownReport", "add_companion", "connect", "deploy", "ensure", "free_port", "the_only", "logs",
-           "status", "teardown"]
+__all__ = ["Connection", "TeardownReport", "add_companion", "connect", "deploy", "ensure", "ensure_made", "free_port",
+           "logs", "status", "teardown", "teardown_if_made", "the_only"]
 

@@ -6,7 +6,7 @@ from mistral_lab.bench import report
 from mistral_lab.bench.metrics import SLO
 from mistral_lab.bench.report import compare_rows, compare_table, show, show_compare, to_json
 from mistral_lab.bench.results import Run, compared_with, list_runs, load
-from mistral_lab.bench.runner import ensure_deployment, run, sweep_levels
+from mistral_lab.bench.runner import run, sweep_levels
 
-__all__ = ["SLO", "Run", "compare_rows", "compare_table", "compared_with", "ensure_deployment", "list_runs", "load",
+__all__ = ["SLO", "Run", "compare_rows", "compare_table", "compared_with", "list_runs", "load",
            "report", "run", "show", "show_compare", "sweep_levels", "to_json"]

@@ -289,8 +289,10 @@ def _open(deployment: str | None, base_url: str | None, api_key: str | None, mod
         conn = deploy.connect(deployment)
         stack.callback(conn.close)
         dep = state.load(deployment)
+        # What the server really serves (vLLM with max_model_len auto fits its own), else what was planned.
+        served = int(dep.extra.get("max_model_len") or conn.plan.context)
         return Endpoint(base_url=conn.base_url, api_key=conn.api_key, served_model=conn.served_model,
-                        engine=conn.engine, context=context or conn.plan.context, catalog_id=conn.catalog_id,
+                        engine=conn.engine, context=context or served, catalog_id=conn.catalog_id,
                         plan=conn.plan, deployment=dep, host=conn.host)
     if not base_url:
         raise BadInput("say what to measure", field="deployment", fix="give a deployment name, or base_url=")
@@ -298,16 +300,6 @@ def _open(deployment: str | None, base_url: str | None, api_key: str | None, mod
     return Endpoint(base_url=base_url, api_key=api_key, served_model=model or found["model"] or "default",
                     engine=engine or found["engine"], context=context or found["context"] or 4096,
                     catalog_id=catalog_id)
-
-
-def ensure_deployment(name: str | None = None, *, say: Printer = print) -> tuple[state.Deployment, bool]:
-    """`deploy.ensure` (the named deployment, the only one up, or the tiny model deployed here), and whether it was
-    created just now: a notebook then tears down only what it made, and leaves a deployment it found alone."""
-    from mistral_lab import deploy
-
-    existed = set(state.names())
-    dep = deploy.ensure(name, say=say)
-    return dep, dep.name not in existed
 
 
 def run(
