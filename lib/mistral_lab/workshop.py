@@ -140,6 +140,12 @@ def room_slots(learners: int) -> int:
     return min(learners, MAX_SLOTS)
 
 
+def _plan_request(req: RoomRequest) -> PlanRequest:
+    """The deployment's request: what the room is priced on is what gets deployed."""
+    return PlanRequest(model=req.model, target=req.target, engine=req.engine, gpu=req.gpu, region=req.region,
+                       context=req.context, concurrency=room_slots(req.learners), name=req.name)
+
+
 @dataclass(frozen=True)
 class RoomPlan:
     """The model's plan for the room and what it costs, decided before anything exists."""
@@ -182,8 +188,7 @@ def plan_room(req: RoomRequest) -> RoomPlan:
         raise BadInput("learners on other machines need this machine's address on their cards", field="public_host",
                        fix="pass it, e.g. --public-host 192.168.1.20 (or --allow 127.0.0.1/32 to stay on this machine)")
     port = req.https_port or (DEFAULT_PORT[req.target] if req.target == "digitalocean" else None)
-    plan = make_plan(PlanRequest(model=req.model, target=req.target, engine=req.engine, gpu=req.gpu, region=req.region,
-                                 context=req.context, concurrency=room_slots(req.learners), name=req.name))
+    plan = make_plan(_plan_request(req))
     hourly = float(plan.hourly_usd or 0.0)
     cost = round(hourly * req.hours, 2)
     if req.budget_usd is not None and cost > req.budget_usd:
@@ -466,6 +471,13 @@ def _proxy_fix(log: str, ws: Workshop) -> str:
     return "read the lines above; `mistral-lab workshop down NAME` removes what was made"
 
 
+def _put_keys_map(host: Host, ws: Workshop, keys: dict[str, str]) -> None:
+    """The active learners' keys, 0600: what nginx lets in (install writes it, revoke rewrites it)."""
+    assert ws.proxy_root
+    host.put_text(render_keys_map(ws.name, {learner.id: keys[learner.id] for learner in ws.active}),
+                  f"{ws.proxy_root}/keys.map", mode=0o600)
+
+
 def _host_user(host: Host) -> tuple[str, int]:
     out = host.run("id -un; id -u", retry_safe=True).stdout.split()
     return out[0], int(out[1])
@@ -497,8 +509,7 @@ def install_proxy(host: Host, ws: Workshop, dep: state.Deployment, keys: dict[st
     host.put_text(cert.key_pem, f"{root}/cert.key", mode=0o600)
     host.put_text(infra_files.render("nginx-upstream-auth.conf.j2", server_key=server_key),
                   f"{root}/upstream-auth.conf", mode=0o600)
-    host.put_text(render_keys_map(ws.name, {learner.id: keys[learner.id] for learner in ws.active}),
-                  f"{root}/keys.map", mode=0o600)
+    _put_keys_map(host, ws, keys)
     host.put_text(render_nginx_conf(ws, root=root, backend_port=dep.endpoint.remote_port, worker_user=worker_user),
                   f"{root}/nginx.conf", mode=0o644)
     spec = _proxy_spec(ws, nginx)
@@ -516,29 +527,11 @@ def install_proxy(host: Host, ws: Workshop, dep: state.Deployment, keys: dict[st
     return ws
 
 
-def _stop_proxy(ws: Workshop, dep: state.Deployment | None, say: Printer) -> bool:
-    if not (ws.proxy_root and ws.proxy_mode and dep is not None):
-        return False
-    try:
-        host = get_target(dep.plan.target, {}).reconnect(dep.host)
-        try:
-            service.stop(host, _proxy_spec(ws))
-        finally:
-            host.close()
-        say(f"✔ stopped the proxy of {ws.name}")
-        return True
-    except MistralLabError as e:
-        say(f"… could not reach the host to stop the proxy ({e.message}); destroying anyway")
-        return False
-
-
 def _reload(ws: Workshop, keys: dict[str, str]) -> None:
     dep = state.load(ws.name)
     host = get_target(dep.plan.target, {}).reconnect(dep.host)
     try:
-        assert ws.proxy_root
-        host.put_text(render_keys_map(ws.name, {learner.id: keys[learner.id] for learner in ws.active}),
-                      f"{ws.proxy_root}/keys.map", mode=0o600)
+        _put_keys_map(host, ws, keys)
         _proxy_script(host, ws, "reload")
     finally:
         host.close()
@@ -557,12 +550,14 @@ def check_from_here(ws: Workshop, *, timeout: float = 10.0) -> int:
 # ---------------------------------------------------------------------------------------------- up, revoke, down
 
 
-def up(req: RoomRequest, *, options: dict[str, Any] | None = None, say: Printer = _say,
+def up(req: RoomRequest | RoomPlan, *, options: dict[str, Any] | None = None, say: Printer = _say,
        start_timeout: float = 900) -> tuple[Workshop, dict[str, str]]:
-    """Plan, show the cost, deploy, put the proxy in front, write the cards. Returns the record and the card files.
+    """Plan (unless given the plan_room() of the request), show the cost, deploy, put the proxy in front, write the
+    cards. Returns the record and the card files.
 
     A failure anywhere removes what was made (the droplet, the servers, the records)."""
-    room = plan_room(req)
+    room = req if isinstance(req, RoomPlan) else plan_room(req)
+    req = room.request
     say(room.summary())
     if exists(req.name) or state.exists(req.name):
         raise BadInput(f"{req.name} already exists", field="name",
@@ -583,10 +578,7 @@ def up(req: RoomRequest, *, options: dict[str, Any] | None = None, say: Printer 
         if req.ssh_from:
             opts["allow_from"] = req.ssh_from
     try:
-        dep = deploy.deploy(PlanRequest(model=req.model, target=req.target, engine=req.engine, gpu=req.gpu,
-                                        region=req.region, context=req.context,
-                                        concurrency=room_slots(req.learners), name=req.name),
-                            options=opts, say=say, start_timeout=start_timeout, keep_on_failure=False)
+        dep = deploy.deploy(_plan_request(req), options=opts, say=say, start_timeout=start_timeout, keep_on_failure=False)
         if ws.public_host is None and req.target != "local":
             ws.public_host = dep.host.address
         say("▶ proxy")
@@ -631,9 +623,9 @@ def _check_reachable(ws: Workshop, say: Printer) -> None:
 
 
 def _remove(ws: Workshop, say: Printer) -> deploy.TeardownReport | None:
-    dep = state.load(ws.name) if state.exists(ws.name) else None
-    _stop_proxy(ws, dep, say)
-    report = deploy.teardown(ws.name, say=say) if dep is not None else None
+    # The proxy is the deployment's companion (install_proxy records it before starting it): teardown stops it on
+    # the same connection as the model's server, and says so when the host cannot be reached.
+    report = deploy.teardown(ws.name, say=say) if state.exists(ws.name) else None
     state.remove(ws.name)  # whatever is left: the workshop's own files, which hold keys
     return report
 

@@ -96,7 +96,7 @@ def up_cmd(
     flags = {"host": host, "ssh_port": ssh_port, "user": user, "key": key, "host_key": host_key,
              "known_hosts": known_hosts, "api_url": api_url}
     options = {**{k: v for k, v in flags.items() if v is not None}, **_options(option or []), **params.env_secrets()}
-    ws, files = ws_mod.up(req, options=options, say=say, start_timeout=timeout)
+    ws, files = ws_mod.up(room, options=options, say=say, start_timeout=timeout)
     if as_json:
         keys = ws_mod.load_keys(ws.name)
         print(json.dumps({"name": ws.name, "model": ws.model, "base_url": ws.base_url, "fingerprint": ws.fingerprint,

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The workshop's TLS proxy (nginx) on this host: find or install nginx, check and reload its config, wait until it
 # listens. Starting and stopping go through service.sh like every other server we run.
-# Env: ACTION (install|reload|wait), ROOT (the proxy's folder), MODE (systemd|process), UNIT, PORT (wait),
+# Env: ACTION (install|check|reload|wait), ROOT (the proxy's folder), MODE (systemd|process), UNIT, PORT (wait),
 #      TIMEOUT (seconds, wait and reload).
 set -euo pipefail
 : "${ACTION:?}" "${ROOT:?}" "${MODE:=process}"
