@@ -418,13 +418,13 @@ def connect(name: str) -> Connection:
     return _connection(dep)
 
 
-def hours_up(dep: state.Deployment) -> float:
+def hours_up(dep: state.Deployment, now: datetime | None = None) -> float:
     created = datetime.fromisoformat(dep.created_at)
-    return max((datetime.now(UTC) - created).total_seconds() / 3600, 0.0)
+    return max(((now or datetime.now(UTC)) - created).total_seconds() / 3600, 0.0)
 
 
-def cost_so_far(dep: state.Deployment) -> float:
-    return round(hours_up(dep) * (dep.plan.hourly_usd or 0.0), 4)
+def cost_so_far(dep: state.Deployment, now: datetime | None = None) -> float:
+    return round(hours_up(dep, now) * (dep.plan.hourly_usd or 0.0), 4)
 
 
 def status(name: str) -> dict[str, Any]:

@@ -17,7 +17,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from mistral_lab import hardware
@@ -101,8 +101,9 @@ def gpu_choices() -> list[str]:
 
 def running_cost_html(dep: Any, now: datetime | None = None) -> str:
     """How long a deployment has been up and what it has cost: a droplet bills from creation to destroy."""
-    created = datetime.fromisoformat(dep.created_at)
-    hours = max(((now or datetime.now(UTC)) - created).total_seconds() / 3600, 0.0)
+    from mistral_lab.deploy import hours_up
+
+    hours = hours_up(dep, now)
     hourly = dep.plan.hourly_usd or 0.0
     money = (f"${hourly:.2f}/hour · about <b>${hours * hourly:.2f}</b> so far" if hourly
              else "no cloud charges")
