@@ -7,10 +7,18 @@
         assert fake.count("POST /v2/droplets") == 1
         assert fake.leftovers() == {"droplets": [], "firewalls": [], "ssh_keys": []}
 
-Wire format (JSON shapes, status codes, error bodies, `ratelimit-*` headers, `links.pages` + `meta.total`) follows
-the `digitalocean/openapi` spec; behaviours and quirks are listed in `state.py`. Droplets go `new` -> `active` after
-`polls_to_active` looks and only then get addresses; with a backend, each active droplet is a real machine (an sshd)
-set up from the droplet's cloud-init user_data.
+Wire format (JSON shapes, status codes, error bodies, `ratelimit-*` headers, `links.pages` + `meta.total`)
+follows the `digitalocean/openapi` spec, and every response is checked against it (conformance.py, with the
+bundled schemas in tests/data/digitalocean-openapi/): a response that does not conform fails the test that
+provoked it when the fake stops. Behaviours are in `state.py`; the real API's unkind ones (asynchronous
+destroy, failing creates, 422s that mean "not here", rate limits) are switches in `quirks.py`, off until a
+test turns them on:
+
+    with serve(token, quirks=Quirks(destroy_polls=3), scopes={"droplet:read"}) as fake: ...
+
+`scopes` makes the token a custom-scoped one: a request it lacks a scope for gets the real 403. Droplets go
+`new` -> `active` after `polls_to_active` looks and only then get addresses; with a backend, each active
+droplet is a real machine (an sshd) set up from the droplet's cloud-init user_data.
 
 SSH addressing: DigitalOcean has no port field, so every droplet of one fake gets its own loopback address
 (127.0.0.2, 127.0.0.3, ...) as its public IPv4, and all of them listen on one port, `fake.ssh_port`, which the fake
@@ -28,11 +36,19 @@ from typing import Any
 
 from werkzeug.serving import make_server
 
-from .app import ROUTE_KEYS, FakeDOApp, route_key
+from .app import ROUTE_KEYS, FakeDOApp, required_scopes, route_key
+from .conformance import Mismatch
+from .quirks import Quirks
 from .state import ApiError, Backend, DropletBoot, Fault, LogEntry, State, md5_fingerprint
 
-__all__ = ["ROUTE_KEYS", "ApiError", "Backend", "DropletBoot", "Fault", "FakeDO", "LogEntry", "State",
-           "md5_fingerprint", "route_key", "serve"]
+__all__ = ["ROUTE_KEYS", "ApiError", "Backend", "DropletBoot", "Fault", "FakeDO", "LogEntry", "Mismatch",
+           "NonConformingResponse", "Quirks", "State", "md5_fingerprint", "required_scopes", "route_key",
+           "serve"]
+
+
+class NonConformingResponse(AssertionError):
+    """The fake answered in a way DigitalOcean's published spec does not allow: a bug in the fake, or a quirk
+    of the real API the spec leaves out (then teach conformance.py about it, with its source)."""
 
 
 def _reserve_port() -> socket.socket:
@@ -65,25 +81,46 @@ class FakeDO:
     def leftovers(self) -> dict[str, list[Any]]:
         return self.state.leftovers()
 
+    def take_mismatches(self) -> list[Mismatch]:
+        """Responses so far that broke the spec, forgotten here (a test provoking one on purpose takes it)."""
+        return self.state.conformance.take()
+
     def stop(self) -> None:
+        """Shut down; raise NonConformingResponse if a response broke the spec, to fail the test behind it."""
         self._server.shutdown()
         self._thread.join(timeout=10)
         self._server.server_close()
         self.state.shutdown()
         self._port_holder.close()
+        mismatches = self.take_mismatches()
+        if mismatches:
+            raise NonConformingResponse("the fake DigitalOcean API sent responses its spec does not allow:\n"
+                                        + "\n".join(f"  {m}" for m in mismatches))
 
     def __enter__(self) -> FakeDO:
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: object) -> None:
+        try:
+            self.stop()
+        except NonConformingResponse as mismatch:
+            if exc is None:
+                raise
+            exc.add_note(str(mismatch))  # the test's own failure stays the one reported, the mismatch a note
 
 
-def serve(token: str, *, backend: Backend | None = None, **settings: Any) -> FakeDO:
-    """Start the fake on a free port of 127.0.0.1; `settings` are `State` fields (polls_to_active, droplet_limit...)."""
+def serve(token: str, *, backend: Backend | None = None, quirks: Quirks | None = None,
+          scopes: set[str] | frozenset[str] | None = None, **settings: Any) -> FakeDO:
+    """Start the fake on a free port of 127.0.0.1.
+
+    `quirks`: the real API's unkind behaviours to turn on (all off by default). `scopes`: make the token a
+    custom-scoped one holding these scopes (None: full access). `settings` are other `State` fields
+    (polls_to_active, droplet_limit...).
+    """
     logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one line per request is noise in test output
     holder = _reserve_port()
-    state = State(token=token, backend=backend, ssh_port=holder.getsockname()[1], **settings)
+    state = State(token=token, backend=backend, ssh_port=holder.getsockname()[1], quirks=quirks or Quirks(),
+                  scopes=frozenset(scopes) if scopes is not None else None, **settings)
     server = make_server("127.0.0.1", 0, FakeDOApp(state), threaded=True)
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, name="fakedo",
                               daemon=True)

@@ -1,4 +1,5 @@
-"""The WSGI side of the fake: routes, auth, pagination, faults and the request log, on werkzeug.
+"""The WSGI side of the fake: routes, auth, scopes, rate limits, pagination, faults, the request log and the
+conformance check of every response, on werkzeug.
 
 werkzeug because it is small, well kept and synchronous: its threaded dev server runs in a thread of the test
 process, its routing map names every route, and nothing here needs an event loop.
@@ -18,34 +19,38 @@ from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
 from werkzeug.routing import Map, Rule
 from werkzeug.wrappers import Request, Response
 
-from . import catalog
+from . import conformance, quirks
 from .state import ApiError, LogEntry, State
 
 Handler = Callable[[Request, State, dict[str, Any]], tuple[int, dict[str, Any] | None]]
 
-_ROUTES: list[tuple[str, str, str]] = [
-    ("GET", "/v2/account", "account"),
-    ("GET", "/v2/sizes", "sizes"),
-    ("GET", "/v2/regions", "regions"),
-    ("GET", "/v2/images", "images"),
-    ("GET", "/v2/droplets", "droplets_list"),
-    ("POST", "/v2/droplets", "droplets_create"),
-    ("DELETE", "/v2/droplets", "droplets_destroy_by_tag"),
-    ("GET", "/v2/droplets/<int:droplet_id>", "droplets_get"),
-    ("DELETE", "/v2/droplets/<int:droplet_id>", "droplets_destroy"),
-    ("GET", "/v2/actions/<int:action_id>", "actions_get"),
-    ("GET", "/v2/account/keys", "keys_list"),
-    ("POST", "/v2/account/keys", "keys_create"),
-    ("GET", "/v2/account/keys/<ident>", "keys_get"),
-    ("DELETE", "/v2/account/keys/<ident>", "keys_delete"),
-    ("GET", "/v2/firewalls", "firewalls_list"),
-    ("POST", "/v2/firewalls", "firewalls_create"),
-    ("GET", "/v2/firewalls/<fw_id>", "firewalls_get"),
-    ("PUT", "/v2/firewalls/<fw_id>", "firewalls_update"),
-    ("DELETE", "/v2/firewalls/<fw_id>", "firewalls_delete"),
-    ("POST", "/v2/tags", "tags_create"),
-    ("GET", "/v2/tags/<name>", "tags_get"),
-    ("DELETE", "/v2/tags/<name>", "tags_delete"),
+# (method, rule, handler name, the spec's operationId)
+_ROUTES: list[tuple[str, str, str, str]] = [
+    ("GET", "/v2/account", "account", "account_get"),
+    ("GET", "/v2/sizes", "sizes", "sizes_list"),
+    ("GET", "/v2/regions", "regions", "regions_list"),
+    ("GET", "/v2/images", "images", "images_list"),
+    ("GET", "/v2/droplets", "droplets_list", "droplets_list"),
+    ("POST", "/v2/droplets", "droplets_create", "droplets_create"),
+    ("DELETE", "/v2/droplets", "droplets_destroy_by_tag", "droplets_destroy_byTag"),
+    ("GET", "/v2/droplets/<int:droplet_id>", "droplets_get", "droplets_get"),
+    ("DELETE", "/v2/droplets/<int:droplet_id>", "droplets_destroy", "droplets_destroy"),
+    ("GET", "/v2/droplets/<int:droplet_id>/actions", "droplet_actions_list", "dropletActions_list"),
+    ("GET", "/v2/droplets/<int:droplet_id>/actions/<int:action_id>", "droplet_actions_get",
+     "dropletActions_get"),
+    ("GET", "/v2/actions/<int:action_id>", "actions_get", "actions_get"),
+    ("GET", "/v2/account/keys", "keys_list", "sshKeys_list"),
+    ("POST", "/v2/account/keys", "keys_create", "sshKeys_create"),
+    ("GET", "/v2/account/keys/<ident>", "keys_get", "sshKeys_get"),
+    ("DELETE", "/v2/account/keys/<ident>", "keys_delete", "sshKeys_delete"),
+    ("GET", "/v2/firewalls", "firewalls_list", "firewalls_list"),
+    ("POST", "/v2/firewalls", "firewalls_create", "firewalls_create"),
+    ("GET", "/v2/firewalls/<fw_id>", "firewalls_get", "firewalls_get"),
+    ("PUT", "/v2/firewalls/<fw_id>", "firewalls_update", "firewalls_update"),
+    ("DELETE", "/v2/firewalls/<fw_id>", "firewalls_delete", "firewalls_delete"),
+    ("POST", "/v2/tags", "tags_create", "tags_create"),
+    ("GET", "/v2/tags/<name>", "tags_get", "tags_get"),
+    ("DELETE", "/v2/tags/<name>", "tags_delete", "tags_delete"),
 ]
 
 
@@ -54,7 +59,38 @@ def route_key(method: str, rule: str) -> str:
     return f"{method} " + re.sub(r"<[^>]+>", "{id}", rule)
 
 
-ROUTE_KEYS = sorted({route_key(m, r) for m, r, _ in _ROUTES})
+ROUTE_KEYS = sorted({route_key(m, r) for m, r, _, _ in _ROUTES})
+OPERATION_IDS = {route_key(m, r): op for m, r, _, op in _ROUTES}
+
+# Scopes the spec asks for beyond the operation's own, when a request names another kind of resource (the
+# notes "Requires `x:y` scope." in droplets/models/droplet_create.yml, droplets/parameters.yml and
+# droplets/droplets_destroy_byTag.yml).
+_BODY_SCOPES = {"droplets_create": {"image": "image:read", "ssh_keys": "ssh_key:read", "tags": "tag:create",
+                                    "vpc_uuid": "vpc:read"}}
+_QUERY_SCOPES = {"droplets_list": {"tag_name": "tag:read"},
+                 "droplets_destroy_byTag": {"tag_name": "tag:read"}}
+
+# (operationId, status) whose error body is the spec's `error_with_root_causes` ({error, messages,
+# root_causes}), not the usual {id, message}: tags_create.yml answers 400 with tags_bad_request.yml.
+_ROOT_CAUSE_ERRORS = {("tags_create", 400)}
+
+# Every operation's `default` response is the shared unexpected_error.yml: the shape of an answer to a request
+# that matched no route.
+_UNROUTED = "account_get"
+
+
+def required_scopes(route: str) -> tuple[tuple[str, ...], ...]:
+    """The spec's scope alternatives for a route key ("POST /v2/droplets"): a token must hold all of one."""
+    return conformance.operations()[OPERATION_IDS[route]].security
+
+
+def _missing_scopes(operation_id: str, req: Request, body: Any, held: frozenset[str]) -> list[str]:
+    alternatives = conformance.operations()[operation_id].security or ((),)
+    extra = [scope for key, scope in _BODY_SCOPES.get(operation_id, {}).items()
+             if isinstance(body, dict) and body.get(key)]
+    extra += [scope for key, scope in _QUERY_SCOPES.get(operation_id, {}).items() if req.args.get(key)]
+    gaps = [[s for s in (*alt, *extra) if s not in held] for alt in alternatives]
+    return min(gaps, key=len)
 
 
 def _json(req: Request) -> dict[str, Any]:
@@ -99,11 +135,11 @@ def _h_sizes(req, st, kw):
 
 
 def _h_regions(req, st, kw):
-    return 200, _page(req, catalog.regions(st.sizes), "regions")
+    return 200, _page(req, st.regions(), "regions")
 
 
 def _h_images(req, st, kw):
-    return 200, _page(req, st.images, "images")
+    return 200, _page(req, [st.image_body(i) for i in st.images], "images")
 
 
 def _h_droplets_list(req, st, kw):
@@ -132,6 +168,14 @@ def _h_droplets_get(req, st, kw):
 def _h_droplets_destroy(req, st, kw):
     st.destroy_droplet(kw["droplet_id"])
     return 204, None
+
+
+def _h_droplet_actions_list(req, st, kw):
+    return 200, _page(req, st.droplet_actions(kw["droplet_id"]), "actions")
+
+
+def _h_droplet_actions_get(req, st, kw):
+    return 200, {"action": st.droplet_action(kw["droplet_id"], kw["action_id"])}
 
 
 def _h_actions_get(req, st, kw):
@@ -195,41 +239,60 @@ def _h_tags_delete(req, st, kw):
     return 204, None
 
 
-_HANDLERS: dict[str, Handler] = {name: globals()[f"_h_{name}"] for _, _, name in _ROUTES}
+_HANDLERS: dict[str, Handler] = {name: globals()[f"_h_{name}"] for _, _, name, _ in _ROUTES}
 
 
 class FakeDOApp:
-    """A WSGI app speaking DigitalOcean API v2 against a `State`."""
+    """A WSGI app speaking DigitalOcean API v2 against a `State`; every answer is checked against the spec."""
 
     def __init__(self, state: State):
         self.state = state
-        self.url_map = Map([Rule(rule, endpoint=(name, route_key(m, rule)), methods=[m]) for m, rule, name in _ROUTES],
-                           strict_slashes=False)
+        self.url_map = Map([Rule(rule, endpoint=(name, route_key(m, rule), op), methods=[m])
+                            for m, rule, name, op in _ROUTES], strict_slashes=False)
 
     def __call__(self, environ: dict[str, Any], start_response: Callable) -> Any:
         req = Request(environ)
         resp = self.handle(req)
         return resp(environ, start_response)
 
-    def _error(self, err: ApiError) -> Response:
-        resp = Response(json.dumps(err.body()), status=err.status, content_type="application/json; charset=utf-8")
-        resp.headers.update(err.headers)
-        return resp
+    @staticmethod
+    def _error(err: ApiError, operation_id: str) -> Response:
+        body = err.body()
+        if (operation_id, err.status) in _ROOT_CAUSE_ERRORS:
+            body = {"error": err.message, "messages": None,
+                    "root_causes": [f"rpc error: code = InvalidArgument desc = {err.message}"]}
+        return Response(json.dumps(body), status=err.status, content_type="application/json; charset=utf-8")
+
+    def _gate(self, req: Request, route: str, operation_id: str) -> None:
+        """What a request meets before the handler: the token, its rate limits, its scopes."""
+        st = self.state
+        if req.headers.get("Authorization") != f"Bearer {st.token}":
+            raise ApiError(401)
+        refused = st.admit(route)
+        if refused is not None:
+            raise refused
+        if st.scopes is not None:
+            try:
+                body = json.loads(req.get_data(as_text=True) or "{}")
+            except json.JSONDecodeError:
+                body = {}
+            if _missing_scopes(operation_id, req, body, st.scopes):
+                raise ApiError(403, quirks.NOT_AUTHORIZED)
 
     def handle(self, req: Request) -> Response:
         st = self.state
-        route = f"{req.method} {req.path}"
+        route, operation_id = f"{req.method} {req.path}", _UNROUTED
+        error_headers: dict[str, str] = {}
         try:
             try:
-                (name, route), kwargs = self.url_map.bind_to_environ(req.environ).match()
+                (name, route, operation_id), kwargs = self.url_map.bind_to_environ(req.environ).match()
             except NotFound:
                 raise ApiError(404) from None
             except MethodNotAllowed:
                 raise ApiError(405, "Method not allowed") from None
             except HTTPException as e:
                 raise ApiError(e.code or 400, e.description) from None
-            if req.headers.get("Authorization") != f"Bearer {st.token}":
-                raise ApiError(401)
+            self._gate(req, route, operation_id)
             fault = st.faults.take(route)
             if fault and fault.delay:
                 time.sleep(fault.delay)
@@ -243,9 +306,11 @@ class FakeDOApp:
             else:
                 resp = Response(json.dumps(body), status=status, content_type="application/json; charset=utf-8")
         except ApiError as err:
-            resp = self._error(err)
+            resp, error_headers = self._error(err, operation_id), err.headers
         resp.headers.update(st.rate_headers())
+        resp.headers.update(error_headers)  # after: a burst-limit 429 shows ratelimit-remaining 0
         resp.headers["x-request-id"] = str(uuid.uuid4())
+        st.conformance.check(operation_id, route, resp.status_code, dict(resp.headers), resp.get_data())
         st.record(LogEntry(req.method, req.path, route, resp.status_code, req.query_string.decode(), time.time()))
         return resp
 

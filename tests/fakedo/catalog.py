@@ -1,9 +1,17 @@
 """What the fake sells: sizes, images and regions, shaped like DigitalOcean's `/v2/sizes`, `/v2/images`, `/v2/regions`.
 
 Field names follow the `digitalocean/openapi` spec (specification/resources/sizes/models/{size,gpu_info,disk_info}.yml,
-regions/models/region.yml, images in droplets/responses/examples.yml). GPU prices and regions are the 12/2025 `/v2/sizes`
-dump quoted in shared/research/digitalocean.md §1.1-1.2; the two CPU sizes are the spec's examples, offered in the
-regions tests use.
+regions/models/region.yml, images in droplets/responses/examples.yml). GPU hourly prices, descriptions and
+shapes are the real `/v2/sizes` as public dumps show it (read 2026-12-07): `doctl compute size list` output
+quoted in the READMEs of the container images docker.io/polymathrobotics/doctl and docker.io/boxcutter/doctl,
+and the recorded response in https://github.com/dstackai/gpuhunt (src/tests/providers/test_digitalocean.py).
+Those show two things a guess would get wrong:
+
+- `price_monthly` is `price_hourly` x 744 for GPU sizes (gpu-h100x8-640gb: 23.92/h, 17796.48/month) but x 672
+  for the others (the spec's own example, 0.00744/h and 5.00/month; c2-60vcpu-120gb-intel 2.72917/h, 1834.00);
+- `gpu_info.vram.amount` is the droplet's total: 640 for the 8 x 80 GiB H100 size, 1536 for 8 x MI300X.
+
+The two CPU sizes are the spec's examples, offered in the regions tests use.
 """
 
 from __future__ import annotations
@@ -23,21 +31,31 @@ def _disk(local_gib: int, scratch_gib: int | None = None) -> list[dict[str, Any]
     return disks
 
 
+GPU_HOURS_A_MONTH = 744
+CPU_HOURS_A_MONTH = 672
+
+
+def monthly_price(hourly: float, *, gpu: bool) -> float:
+    return round(hourly * (GPU_HOURS_A_MONTH if gpu else CPU_HOURS_A_MONTH), 2)
+
+
 def _gpu_size(slug: str, description: str, memory_gib: int, vcpus: int, disk: int, scratch: int | None,
-              transfer: float, hourly: float, regions: list[str], count: int, vram_gib: int, model: str) -> dict[str, Any]:
+              transfer: float, hourly: float, regions: list[str], count: int, vram_gib_each: int,
+              model: str) -> dict[str, Any]:
     return {
         "slug": slug,
         "memory": memory_gib * 1024,
         "vcpus": vcpus,
         "disk": disk,
         "transfer": transfer,
-        "price_monthly": round(hourly * 672, 2),
+        "price_monthly": monthly_price(hourly, gpu=True),
         "price_hourly": hourly,
         "regions": regions,
         "available": True,
         "description": description,
         "disk_info": _disk(disk, scratch),
-        "gpu_info": {"count": count, "vram": {"amount": vram_gib, "unit": "gib"}, "model": model},
+        "gpu_info": {"count": count, "vram": {"amount": count * vram_gib_each, "unit": "gib"},
+                     "model": model},
     }
 
 
@@ -59,14 +77,14 @@ def sizes() -> list[dict[str, Any]]:
                   "nvidia_h100"),
         _gpu_size("gpu-h100x8-640gb", "H100 GPU - 8X", 1920, 160, 2046, 40960, 60, 23.92, ["nyc2", "ams3", "tor1"],
                   8, 80, "nvidia_h100"),
-        _gpu_size("gpu-h200x1-141gb", "H200 GPU - 1X", 240, 24, 720, 5120, 15, 3.44, ["nyc2", "atl1"], 1, 141,
-                  "nvidia_h200"),
-        _gpu_size("gpu-h200x8-1128gb", "H200 GPU - 8X", 1920, 192, 2046, 40960, 60, 27.52, ["nyc2", "atl1"], 8, 141,
-                  "nvidia_h200"),
-        _gpu_size("gpu-mi300x1-192gb", "MI300X GPU - 1X", 240, 20, 720, 5120, 15, 1.99, ["atl1"], 1, 192,
+        _gpu_size("gpu-h200x1-141gb", "Nvidia H200 - 1X", 240, 24, 720, 5120, 15, 3.44, ["nyc2", "atl1"],
+                  1, 141, "nvidia_h200"),
+        _gpu_size("gpu-h200x8-1128gb", "Nvidia H200 - 8X", 1920, 192, 2046, 40960, 60, 27.52,
+                  ["nyc2", "atl1"], 8, 141, "nvidia_h200"),
+        _gpu_size("gpu-mi300x1-192gb", "AMD MI300X - 1X", 240, 20, 720, 5120, 15, 1.99, ["atl1"], 1, 192,
                   "amd_mi300x"),
-        _gpu_size("gpu-mi300x8-1536gb", "MI300X GPU - 8X", 1920, 160, 2046, 40960, 60, 15.92, ["atl1"], 8, 192,
-                  "amd_mi300x"),
+        _gpu_size("gpu-mi300x8-1536gb", "AMD MI300X - 8X", 1920, 160, 2046, 40960, 60, 15.92, ["atl1"],
+                  8, 192, "amd_mi300x"),
     ]
 
 
@@ -87,10 +105,12 @@ def images() -> list[dict[str, Any]]:
     ]
 
 
-def regions(all_sizes: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def regions(all_sizes: list[dict[str, Any]], *,
+            closed: set[str] | frozenset[str] = frozenset()) -> list[dict[str, Any]]:
+    """`closed`: regions where new droplets are refused; the API shows them `available: false`."""
     return [
         {"name": name, "slug": slug,
          "features": ["backups", "ipv6", "metadata", "install_agent", "storage", "image_transfer"],
-         "available": True, "sizes": [s["slug"] for s in all_sizes if slug in s["regions"]]}
+         "available": slug not in closed, "sizes": [s["slug"] for s in all_sizes if slug in s["regions"]]}
         for slug, name in sorted(REGION_NAMES.items())
     ]

@@ -10,6 +10,7 @@ import base64
 import binascii
 import hashlib
 import itertools
+import math
 import re
 import threading
 import time
@@ -20,6 +21,16 @@ from typing import Any, Protocol
 import yaml
 
 from . import catalog
+from .conformance import Conformance
+from .quirks import (
+    IMAGE_NOT_IN_REGION,
+    PENDING_EVENT,
+    RATE_LIMITED,
+    REGION_UNAVAILABLE,
+    SIZE_RESTRICTED,
+    SIZE_UNAVAILABLE,
+    Quirks,
+)
 
 MAX_USER_DATA = 64 * 1024
 TAG_RE = re.compile(r"^[a-zA-Z0-9_\-:]+$")
@@ -32,7 +43,8 @@ DEFAULT_MESSAGES = {
     400: "error parsing request body",
     401: "Unable to authenticate you",
     404: "The resource you were accessing could not be found.",
-    429: "API Rate limit exceeded.",
+    403: "You do not have access for the attempted action.",
+    429: RATE_LIMITED,
     500: "Server was unable to give you a response.",
     503: "Service is temporarily unavailable.",
 }
@@ -182,8 +194,18 @@ class FakeDroplet:
     address: str
     is_gpu: bool
     action_id: int
+    failure: str | None = None  # Quirks.create_failure as it was when this droplet was created
     machine: Machine | None = None
     machine_error: str | None = None
+    destroy_looks_left: int = 0  # a destroy under way: looks still to show it, and until when at least
+    destroy_until: float | None = None
+
+    @property
+    def destroying(self) -> bool:
+        return self.destroy_until is not None
+
+    def destroy_done(self, now: float) -> bool:
+        return self.destroying and self.destroy_looks_left <= 0 and now >= (self.destroy_until or 0.0)
 
     @property
     def id(self) -> int:
@@ -203,10 +225,13 @@ class State:
     unavailable: set[tuple[str, str]] = field(default_factory=set)
     sizes: list[dict[str, Any]] = field(default_factory=catalog.sizes)
     images: list[dict[str, Any]] = field(default_factory=catalog.images)
+    quirks: Quirks = field(default_factory=Quirks)
+    scopes: frozenset[str] | None = None  # a custom-scoped token holds these; None: a full-access token
 
     def __post_init__(self) -> None:
         self.lock = threading.RLock()
         self.faults = Faults()
+        self.conformance = Conformance()
         self.log: list[LogEntry] = []
         self.droplets: dict[int, FakeDroplet] = {}
         self.ssh_keys: dict[int, dict[str, Any]] = {}
@@ -220,6 +245,7 @@ class State:
         self._fw_ids = itertools.count(1)
         self._addresses = itertools.count(0)
         self._request_times: list[float] = []
+        self._key_list_times: list[float] = []
         self._timers: list[threading.Timer] = []
 
     # ------------------------------------------------------------------ bookkeeping
@@ -228,14 +254,39 @@ class State:
         with self.lock:
             self.log.append(entry)
 
-    def rate_headers(self) -> dict[str, str]:
+    def admit(self, route: str) -> ApiError | None:
+        """Count a request against the token's limits; the 429 to answer instead when a limit is spent.
+
+        Each request counts for one hour from when it was made (the spec's sliding hour); a refused one does
+        not count, so a client that waits for ratelimit-reset gets through.
+        """
+        q = self.quirks
         with self.lock:
             t = time.time()
             self._request_times = [x for x in self._request_times if x > t - 3600]
+            if q.hourly_limit is not None and len(self._request_times) >= q.hourly_limit:
+                return ApiError(429, RATE_LIMITED)  # the hourly limit: no retry-after, only ratelimit-reset
+            minute = [x for x in self._request_times if x > t - 60]
+            if q.burst_limit is not None and len(minute) >= q.burst_limit:
+                wait = max(1, math.ceil(minute[0] + 60 - t))
+                burst = {"retry-after": str(wait), "ratelimit-remaining": "0"}
+                return ApiError(429, RATE_LIMITED, headers=burst)
+            if route == "GET /v2/account/keys" and q.ssh_key_list_limit is not None:
+                self._key_list_times = [x for x in self._key_list_times if x > t - q.ssh_key_list_window_s]
+                if len(self._key_list_times) >= q.ssh_key_list_limit:
+                    return ApiError(429, RATE_LIMITED)
+                self._key_list_times.append(t)
             self._request_times.append(t)
-            remaining = max(5000 - len(self._request_times), 0)
-            reset = int(self._request_times[0] + 3600)
-        return {"ratelimit-limit": "5000", "ratelimit-remaining": str(remaining), "ratelimit-reset": str(reset)}
+        return None
+
+    def rate_headers(self) -> dict[str, str]:
+        limit = self.quirks.hourly_limit if self.quirks.hourly_limit is not None else 5000
+        with self.lock:
+            t = time.time()
+            recent = [x for x in self._request_times if x > t - 3600]
+        reset = int((recent[0] if recent else t) + 3600)
+        return {"ratelimit-limit": str(limit), "ratelimit-remaining": str(max(limit - len(recent), 0)),
+                "ratelimit-reset": str(reset)}
 
     def count(self, route: str | None = None, *, status: int | None = None) -> int:
         with self.lock:
@@ -243,9 +294,10 @@ class State:
                        if (route is None or e.route == route) and (status is None or e.status == status))
 
     def leftovers(self) -> dict[str, list[Any]]:
+        """What nobody asked to destroy (a droplet whose asynchronous destroy was accepted is not counted)."""
         with self.lock:
             return {
-                "droplets": sorted(self.droplets),
+                "droplets": sorted(i for i, d in self.droplets.items() if not d.destroying),
                 "firewalls": sorted(self.firewalls),
                 "ssh_keys": sorted(self.ssh_keys),
             }
@@ -266,11 +318,31 @@ class State:
     def image(self, ref: Any) -> dict[str, Any] | None:
         return next((i for i in self.images if ref in (i["slug"], i["id"], str(i["id"]))), None)
 
+    def image_body(self, image: dict[str, Any]) -> dict[str, Any]:
+        """An image as the API shows it: without the regions `Quirks.image_unavailable` takes it out of."""
+        gone = {region for slug, region in self.quirks.image_unavailable if slug == image["slug"]}
+        return {**image, "regions": [r for r in image["regions"] if r not in gone]}
+
+    def regions(self) -> list[dict[str, Any]]:
+        return catalog.regions(self.sizes, closed=self.quirks.closed_regions)
+
+    def set_price(self, slug: str, hourly: float) -> dict[str, Any]:
+        """Prices move: give a size a new hourly price (and the monthly one the API derives from it)."""
+        with self.lock:
+            size = self.size(slug)
+            if size is None:
+                raise KeyError(slug)
+            monthly = catalog.monthly_price(hourly, gpu="gpu_info" in size)
+            size.update(price_hourly=hourly, price_monthly=monthly)
+            return dict(size)
+
     # ------------------------------------------------------------------ tags
 
     def create_tag(self, name: Any) -> dict[str, Any]:
         if not isinstance(name, str) or not TAG_RE.match(name) or len(name) > 255:
-            raise ApiError(400, f'Error validating resource tag: "tag-name {name!r} contains invalid characters"')
+            # The spec's own example (tags_bad_request.yml); the app sends it as {error, root_causes}.
+            raise ApiError(400, f'Error validating resource tag: "tag-name \\"{name}\\" contains invalid '
+                                'characters"')
         with self.lock:
             self.tags.add(name)
             return self.tag_body(name)
@@ -333,8 +405,7 @@ class State:
         outbound = body.get("outbound_rules") or []
         if not inbound and not outbound:
             raise ApiError(400, "must specify at least one inbound or outbound rule")
-        self._check_rules(inbound, "sources")
-        self._check_rules(outbound, "destinations")
+        inbound, outbound = self._rules(inbound, "sources"), self._rules(outbound, "destinations")
         tags = list(body.get("tags") or [])
         with self.lock:
             missing = [t for t in tags if t not in self.tags]
@@ -350,9 +421,12 @@ class State:
             return dict(fw)
 
     @staticmethod
-    def _check_rules(rules: Any, side: str) -> None:
+    def _rules(rules: Any, side: str) -> list[dict[str, Any]]:
+        """Checked rules as the API stores them: an ICMP rule has no ports, and the API shows "0" (the spec
+        requires `ports` on every rule it returns)."""
         if not isinstance(rules, list):
             raise ApiError(400, f"{side} rules must be a list")
+        out = []
         for rule in rules:
             if not isinstance(rule, dict) or rule.get("protocol") not in ("tcp", "udp", "icmp"):
                 raise ApiError(400, "protocol must be one of tcp, udp, icmp")
@@ -360,6 +434,8 @@ class State:
                 raise ApiError(400, "ports must be a string: a port, a range or \"0\"")
             if not isinstance(rule.get(side), dict):
                 raise ApiError(400, f"{side} is required")
+            out.append({**rule, "ports": rule.get("ports") or "0"})
+        return out
 
     def firewall(self, fw_id: str) -> dict[str, Any]:
         with self.lock:
@@ -379,9 +455,12 @@ class State:
             fw = self.firewalls[fw_id]
             for key in ("inbound_rules", "outbound_rules"):
                 if key in body:
-                    self._check_rules(body[key] or [], "sources" if key.startswith("in") else "destinations")
-                    fw[key] = body[key] or []
+                    side = "sources" if key.startswith("in") else "destinations"
+                    fw[key] = self._rules(body[key] or [], side)
             if "name" in body:
+                if not isinstance(body["name"], str) or not FIREWALL_NAME_RE.match(body["name"]):
+                    raise ApiError(400, "name: must begin with an alphanumeric character, then letters, "
+                                        "digits, '.' or '-'")
                 fw["name"] = body["name"]
             if "tags" in body:
                 fw["tags"] = list(body["tags"] or [])
@@ -407,10 +486,7 @@ class State:
         if image is None:
             raise ApiError(422, "You specified an invalid image for Droplet creation.")
         region = body.get("region") or (size["regions"][0] if size["regions"] else None)
-        if region not in catalog.REGION_NAMES:
-            raise ApiError(422, "You specified an invalid region for Droplet creation.")
-        if region not in size["regions"] or (size_slug, region) in self.unavailable or not size["available"]:
-            raise ApiError(422, "Size is not available in this region.")
+        self._check_here(size, image, region)
         tags = body.get("tags") or []
         if not isinstance(tags, list) or not all(isinstance(t, str) and TAG_RE.match(t) for t in tags):
             raise ApiError(422, "tags must match ^[a-zA-Z0-9_\\-\\:]+$")
@@ -422,7 +498,7 @@ class State:
                    if not any(str(k) in (str(x["id"]), x["fingerprint"]) for x in self.ssh_keys.values())]
             if bad:
                 raise ApiError(422, f"{', '.join(bad)} are invalid key identifiers for Droplet creation.")
-            if len(self.droplets) + 1 > self.droplet_limit:
+            if len(self.droplets) + 1 > self.droplet_limit:  # a droplet being destroyed still counts
                 raise ApiError(422, "creating this/these droplet(s) will exceed your droplet limit")
             self.tags.update(tags)
             droplet_id = next(self._ids)
@@ -433,14 +509,17 @@ class State:
                 "id": droplet_id, "name": name, "memory": size["memory"], "vcpus": size["vcpus"],
                 "disk": size["disk"], "disk_info": size["disk_info"], "locked": True, "status": "new",
                 "kernel": None, "created_at": created, "features": ["droplet_agent", "private_networking"],
-                "backup_ids": [], "next_backup_window": None, "snapshot_ids": [], "image": image, "volume_ids": [],
-                "size": size, "size_slug": size_slug, "networks": {"v4": [], "v6": []},
-                "region": self.region_body(region), "tags": list(tags), "vpc_uuid": "760e09ef-dc84-11e8-981e-3cfdfeaae000",
+                "backup_ids": [], "next_backup_window": None, "snapshot_ids": [],
+                "image": self.image_body(image), "volume_ids": [], "size": size, "size_slug": size_slug,
+                "networks": {"v4": [], "v6": []},
+                "region": self.region_body(region), "tags": list(tags),
+                "vpc_uuid": "760e09ef-dc84-11e8-981e-3cfdfeaae000",
             }
             if "gpu_info" in size:
                 droplet["gpu_info"] = size["gpu_info"]
             fake = FakeDroplet(body=droplet, polls_left=self.polls_to_active, user_data=user_data, address=address,
-                               is_gpu="gpu_info" in size, action_id=action_id)
+                               is_gpu="gpu_info" in size, action_id=action_id,
+                               failure=self.quirks.create_failure)
             self.droplets[droplet_id] = fake
             self.actions[action_id] = {
                 "id": action_id, "status": "in-progress", "type": "create", "started_at": created,
@@ -449,16 +528,45 @@ class State:
             }
             return fake
 
-    def region_body(self, slug: str) -> dict[str, Any]:
-        return next(r for r in catalog.regions(self.sizes) if r["slug"] == slug)
+    def _check_here(self, size: dict[str, Any], image: dict[str, Any], region: Any) -> None:
+        """The 422s that mean "not here" (wordings and sources in quirks.py)."""
+        if region not in catalog.REGION_NAMES:
+            raise ApiError(422, "You specified an invalid region for Droplet creation.")
+        if region in self.quirks.closed_regions:
+            raise ApiError(422, REGION_UNAVAILABLE)
+        if size["slug"] in self.quirks.restricted_sizes:
+            raise ApiError(422, SIZE_RESTRICTED)
+        out_of_stock = (size["slug"], region) in self.unavailable
+        if region not in size["regions"] or out_of_stock or not size["available"]:
+            raise ApiError(422, SIZE_UNAVAILABLE)
+        if region not in self.image_body(image)["regions"]:
+            raise ApiError(422, IMAGE_NOT_IN_REGION)
 
-    def _view(self, d: FakeDroplet) -> dict[str, Any]:
-        """A droplet as a GET shows it; each look brings a new droplet one poll closer to active."""
-        if d.body["status"] == "new":
+    def region_body(self, slug: str) -> dict[str, Any]:
+        return next(r for r in self.regions() if r["slug"] == slug)
+
+    def _view(self, d: FakeDroplet) -> dict[str, Any] | None:
+        """A droplet as one look (a GET of it, or a list showing it) finds it; None once its destroy is done.
+
+        Each look brings a new droplet one poll closer to active (or, with `Quirks.create_failure`, to its
+        failure) and a droplet being destroyed one look closer to gone.
+        """
+        if d.destroying:
+            if d.destroy_done(time.time()):
+                self.droplets.pop(d.id, None)
+                return None
+            d.destroy_looks_left -= 1
+        elif d.body["status"] == "new" and d.failure != "stuck" and d.polls_left > 0:
             d.polls_left -= 1
-            if d.polls_left <= 0:
+            if d.polls_left <= 0 and d.failure == "errored":
+                self._fail(d)
+            elif d.polls_left <= 0:
                 self._activate(d)
         return dict(d.body)
+
+    def _fail(self, d: FakeDroplet) -> None:
+        """The create event failed: the action says so; the droplet stays `new`, never boots, is billed."""
+        self.actions[d.action_id].update(status="errored", completed_at=now_iso())
 
     def _activate(self, d: FakeDroplet) -> None:
         n = d.id % 250
@@ -487,7 +595,7 @@ class State:
 
     def _start_machine(self, d: FakeDroplet, boot: DropletBoot) -> None:
         with self.lock:
-            if d.id not in self.droplets:
+            if d.id not in self.droplets or d.destroying:
                 return
         try:
             machine = self.backend.start(boot)  # type: ignore[union-attr]
@@ -495,7 +603,7 @@ class State:
             d.machine_error = f"{type(e).__name__}: {e}"
             return
         with self.lock:
-            if d.id in self.droplets:
+            if d.id in self.droplets and not d.destroying:
                 d.machine = machine
                 return
         machine.stop()  # destroyed while booting
@@ -508,9 +616,10 @@ class State:
     def droplet(self, droplet_id: int) -> dict[str, Any]:
         with self.lock:
             d = self.droplets.get(droplet_id)
-            if d is None:
+            view = self._view(d) if d is not None else None
+            if view is None:
                 raise ApiError(404)
-            return self._view(d)
+            return view
 
     def list_droplets(self, *, tag_name: str | None, name: str | None, type_: str | None) -> list[dict[str, Any]]:
         if tag_name and (type_ or name):
@@ -520,7 +629,7 @@ class State:
             raise ApiError(422, "type must be one of droplets, gpus")
         with self.lock:
             out = []
-            for d in self.droplets.values():
+            for d in list(self.droplets.values()):
                 if tag_name:
                     # Tag listing returns GPU droplets too (SkyPilot relies on this; the docs are silent).
                     keep = tag_name in d.body["tags"]
@@ -528,15 +637,28 @@ class State:
                     keep = d.is_gpu if type_ == "gpus" else not d.is_gpu
                     if name:
                         keep = keep and d.body["name"].lower() == name.lower()
-                if keep:
-                    out.append(self._view(d))
+                view = self._view(d) if keep else None
+                if view is not None:
+                    out.append(view)
             return out
 
     def destroy_droplet(self, droplet_id: int) -> None:
+        """204 at once; with `Quirks.destroy_polls`/`destroy_seconds` the droplet lingers, `off`, a while."""
+        q = self.quirks
         with self.lock:
-            d = self.droplets.pop(droplet_id, None)
+            d = self.droplets.get(droplet_id)
+            if d is not None and d.destroy_done(time.time()):
+                self.droplets.pop(droplet_id)
+                d = None
             if d is None:
                 raise ApiError(404)
+            if d.destroying:
+                raise ApiError(422, PENDING_EVENT)
+            if q.destroy_polls > 0 or q.destroy_seconds > 0:
+                d.destroy_looks_left, d.destroy_until = q.destroy_polls, time.time() + q.destroy_seconds
+                d.body.update(status="off", locked=True)
+            else:
+                self.droplets.pop(droplet_id)
             for fw in self.firewalls.values():
                 if droplet_id in fw["droplet_ids"]:
                     fw["droplet_ids"].remove(droplet_id)
@@ -548,7 +670,8 @@ class State:
         with self.lock:
             if tag_name not in self.tags:
                 raise ApiError(404)
-            ids = [i for i, d in self.droplets.items() if tag_name in d.body["tags"]]
+            # One whose destroy is under way is left to it: no public report shows a by-tag DELETE refused.
+            ids = [i for i, d in self.droplets.items() if tag_name in d.body["tags"] and not d.destroying]
         for i in ids:
             self.destroy_droplet(i)
 
@@ -556,6 +679,19 @@ class State:
         with self.lock:
             action = self.actions.get(action_id)
             if action is None:
+                raise ApiError(404)
+            return dict(action)
+
+    def droplet_actions(self, droplet_id: int) -> list[dict[str, Any]]:
+        with self.lock:
+            if droplet_id not in self.droplets:
+                raise ApiError(404)
+            return [dict(a) for a in self.actions.values() if a["resource_id"] == droplet_id]
+
+    def droplet_action(self, droplet_id: int, action_id: int) -> dict[str, Any]:
+        with self.lock:
+            action = self.actions.get(action_id)
+            if droplet_id not in self.droplets or action is None or action["resource_id"] != droplet_id:
                 raise ApiError(404)
             return dict(action)
 
