@@ -13,7 +13,7 @@ demo: setup
 
 lint: setup
 	$(VENV)/ruff check lib tests benchmarks scripts
-	shellcheck $(wildcard lib/mistral_lab/infra/*.sh) scripts/*.sh
+	shellcheck infra/*.sh scripts/*.sh
 
 test: lint
 	$(VENV)/pytest -n $(PYTEST_WORKERS) --dist loadfile --nbval-lax --nbval-current-env -p no:cacheprovider tests notebooks

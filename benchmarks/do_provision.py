@@ -30,6 +30,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 import fakedo  # noqa: E402
 from fakedo.sshd_backend import SshdBackend  # noqa: E402
+from mistral_lab import state  # noqa: E402
 from mistral_lab.hosts.base import ProvisionRequest  # noqa: E402
 from mistral_lab.hosts.digitalocean import DigitalOceanTarget  # noqa: E402
 
@@ -49,7 +50,7 @@ def one_run(workdir: Path, run: int) -> dict:
                                      "ssh_user": backend.user, "poll_interval": POLL_INTERVAL})
         marks = {}
         t = time.monotonic()
-        host = target.provision(ProvisionRequest(deployment=f"bench{run}", gpu_slug="s-1vcpu-1gb"))
+        host = target.provision(ProvisionRequest(deployment=f"bench{run}", gpu_slug="s-1vcpu-1gb", key_dir=state.deployment_dir(f"bench{run}")))
         marks["create_to_ready"] = (len(fake.log), backend.ssh_counts(), time.monotonic() - t)
         t = time.monotonic()
         host.facts()
@@ -57,8 +58,8 @@ def one_run(workdir: Path, run: int) -> dict:
         marks["facts"] = (len(fake.log), backend.ssh_counts(), time.monotonic() - t)
         # Deploying the same name again finds the droplet by its tag: what idempotency costs in calls.
         t = time.monotonic()
-        again = DigitalOceanTarget(target.options).provision(ProvisionRequest(deployment=f"bench{run}",
-                                                                              gpu_slug="s-1vcpu-1gb"))
+        again = DigitalOceanTarget(target.options).provision(ProvisionRequest(deployment=f"bench{run}", gpu_slug="s-1vcpu-1gb",
+                                                                              key_dir=state.deployment_dir(f"bench{run}")))
         again.close()
         marks["provision_again"] = (len(fake.log), backend.ssh_counts(), time.monotonic() - t)
         t = time.monotonic()

@@ -46,10 +46,10 @@ if [ "${SKIP_LLAMACPP_BUILD:-0}" != 1 ]; then
   say "llama.cpp build (cached after the first time)"
   .venv/bin/python - <<'PY'
 import os, subprocess, sys
-from importlib import resources
+from mistral_lab import infra_files
 from mistral_lab.engines import llamacpp_build as lb
 key = lb.BuildKey(source="pypi", version=lb.DEFAULT_VERSION, backend="cpu", arch="native")
-script = resources.files("mistral_lab").joinpath("infra", lb.SCRIPT)
+script = infra_files.path(lb.SCRIPT)
 r = subprocess.run(["bash", str(script)], env={**os.environ, **lb.build_env(key)})
 sys.exit(r.returncode)
 PY

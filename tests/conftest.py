@@ -28,11 +28,12 @@ def pytest_configure(config: pytest.Config) -> None:
 def pytest_unconfigure(config: pytest.Config) -> None:
     if not _STATE_HOME:
         return
-    from mistral_lab import deploy, state
+    import mistral_lab as ml
+    from mistral_lab import state
 
     for name in state.names():
         try:
-            deploy.teardown(name, say=lambda _line: None)
+            ml.teardown(name, say=lambda _line: None)
         except Exception as e:  # noqa: BLE001  (cleanup must go on to the next one)
             print(f"conftest: could not tear down {name}: {e}")
     shutil.rmtree(_STATE_HOME, ignore_errors=True)

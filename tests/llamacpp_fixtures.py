@@ -15,13 +15,12 @@ import subprocess
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
 
 import httpx
 import pytest
 
-from mistral_lab import modelgen
+from mistral_lab import infra_files, modelgen
 from mistral_lab.engines import llamacpp_build as lb
 
 CACHE = Path(os.environ.get("MISTRAL_LAB_CACHE", Path.home() / ".cache" / "mistral-lab"))
@@ -31,7 +30,7 @@ BUILD_TIMEOUT_S = 3600
 
 
 def build_script() -> Path:
-    return Path(str(resources.files("mistral_lab").joinpath("infra", lb.SCRIPT)))
+    return infra_files.path(lb.SCRIPT)
 
 
 def run_build(

@@ -15,11 +15,12 @@ from pathlib import Path
 import httpx
 import pytest
 
+import mistral_lab as ml
 from llamacpp_fixtures import free_port
-from mistral_lab import bench, deploy, state
+from mistral_lab import bench, state
 from mistral_lab.bench import results
 from mistral_lab.cli import main
-from mistral_lab.plan import PlanRequest
+from mistral_lab.planning import PlanRequest
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(3600)]
 
@@ -167,12 +168,12 @@ def test_a_server_stopped_mid_run_is_counted_and_the_run_ends_with_a_clear_repor
 @pytest.fixture
 def bench_deployment(llamacpp_bin):
     name = "bench-host"
-    dep = deploy.deploy(PlanRequest(model="tiny-random", target="local", name=name, concurrency=2),
+    dep = ml.deploy(PlanRequest(model="tiny-random", target="local", name=name, concurrency=2),
                         say=lambda _line: None)
     try:
         yield dep
     finally:
-        deploy.teardown(name, say=lambda _line: None)
+        ml.teardown(name, say=lambda _line: None)
 
 
 def test_on_the_host_with_llama_bench_then_from_the_client_then_compared(bench_deployment, capsys, tmp_path):
@@ -301,11 +302,11 @@ def test_make_model_names_the_bad_field_and_the_fix(capsys):
 def test_prompts_are_sized_to_the_context_the_server_reports_serving(bench_deployment, tmp_path):
     # deploy records the context vLLM fitted (max_model_len auto) next to the plan's; the run must use it.
     dep = state.load(bench_deployment.name)
-    assert "max_model_len" not in dep.extra  # llama.cpp serves the planned context
+    assert dep.served_context is None  # llama.cpp serves the planned context
     planned = bench.run(bench_deployment.name, workload="32/16", concurrency=[1], requests=2, where="client",
                         results_dir=tmp_path, progress=False, plots=False, native_bench=False, say=lambda _l: None)
     assert planned.meta.context == dep.plan.context
-    dep.extra["max_model_len"] = dep.plan.context // 2
+    dep.served_context = dep.plan.context // 2
     state.save(dep)
     served = bench.run(bench_deployment.name, workload="32/16", concurrency=[1], requests=2, where="client",
                        results_dir=tmp_path, progress=False, plots=False, native_bench=False, say=lambda _l: None)

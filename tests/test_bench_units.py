@@ -16,7 +16,7 @@ import pytest
 from mistral_lab.bench import loadgen, metrics, native, roofline, workloads
 from mistral_lab.bench.runner import sweep_levels
 from mistral_lab.errors import BadInput
-from mistral_lab.plan import PlanRequest, resolve
+from mistral_lab.planning import PlanRequest, resolve
 
 LOADGEN = Path(loadgen.__file__)
 

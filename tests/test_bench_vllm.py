@@ -6,8 +6,9 @@ from __future__ import annotations
 import pytest
 from vllm_fixtures import engine_options
 
-from mistral_lab import bench, deploy
-from mistral_lab.plan import PlanRequest
+import mistral_lab as ml
+from mistral_lab import bench
+from mistral_lab.planning import PlanRequest
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(3600)]
 
@@ -15,12 +16,12 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(3600)]
 @pytest.fixture
 def vllm_deployment():
     name = "bench-vllm"
-    dep = deploy.deploy(PlanRequest(model="tiny-random", engine="vllm", target="local", name=name, concurrency=4),
+    dep = ml.deploy(PlanRequest(model="tiny-random", engine="vllm", target="local", name=name, concurrency=4),
                         options=engine_options(), say=lambda _line: None)
     try:
         yield dep
     finally:
-        deploy.teardown(name, say=lambda _line: None)
+        ml.teardown(name, say=lambda _line: None)
 
 
 def test_a_vllm_deployment_is_measured_by_us_and_by_vllm_bench_serve(vllm_deployment, tmp_path):
@@ -43,4 +44,4 @@ def test_a_vllm_deployment_is_measured_by_us_and_by_vllm_bench_serve(vllm_deploy
     # Its own count of what it sent: the random dataset at our workload's shape, at our highest concurrency.
     assert fig.test == "serve c=4" and fig.tokens_per_s > 0 and fig.detail["completed"] == 32
     assert "--random-input-len 1024" in native.command and "--ignore-eos" in native.command
-    assert deploy.status(vllm_deployment.name)["healthy"]  # measured, not disturbed
+    assert ml.status(vllm_deployment.name)["healthy"]  # measured, not disturbed

@@ -64,12 +64,13 @@ def jupyterlab(tmp_path, llamacpp_bin) -> Iterator[tuple[str, str, Path]]:
     except subprocess.TimeoutExpired:
         proc.kill()
     log.close()
-    from mistral_lab import deploy, state  # the kernel's deployment, made in the test's own state folder
+    import mistral_lab as ml  # the kernel's deployment, made in the test's own state folder
+    from mistral_lab import state
 
     os.environ["MISTRAL_LAB_HOME"], old = str(tmp_path / "home"), os.environ.get("MISTRAL_LAB_HOME", "")
     try:
         for name in state.names():
-            deploy.teardown(name, say=lambda _l: None)
+            ml.teardown(name, say=lambda _l: None)
     finally:
         os.environ["MISTRAL_LAB_HOME"] = old
 

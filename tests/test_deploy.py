@@ -20,14 +20,16 @@ import httpx
 import pytest
 
 import fakedo
+import mistral_lab as ml
 import sshd
 from fakedo.sshd_backend import SshdBackend, droplet_user
 from llamacpp_fixtures import CACHE, LLAMACPP_KEY
-from mistral_lab import deploy, state
+from mistral_lab import state
 from mistral_lab.cli import main
 from mistral_lab.engines import llamacpp_build as lb
 from mistral_lab.errors import BadInput, EngineError
-from mistral_lab.plan import PlanRequest
+from mistral_lab.lifecycle.notebook import FALLBACK
+from mistral_lab.planning import PlanRequest
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(3600)]
 needs_sshd = pytest.mark.skipif(sshd.available() is not None, reason=str(sshd.available()))
@@ -54,22 +56,23 @@ def _gone(port: int, api_key: str) -> bool:
         return True
 
 
-def _check_up_then_teardown(name: str, lines: list[str]) -> deploy.TeardownReport:
+def _check_up_then_teardown(name: str, lines: list[str]) -> ml.TeardownReport:
     dep = state.load(name)
     assert dep.status == "up" and dep.endpoint is not None
     steps = [t.step for t in dep.timings]
     assert steps[:2] == ["provision", "facts"] and "install llamacpp" in steps and steps[-1] == "start server"
     assert dep.versions["llama.cpp"] == "0c1e57098"
-    assert dep.plan.serve_command.startswith(str(Path(dep.extra["tools"]["llama-bench"]).parent))
-    assert "--api-key" not in dep.plan.serve_command and dep.api_key() not in json.dumps(dep.model_dump())
-    with deploy.connect(name) as conn:
+    assert dep.serve_command.startswith(str(Path(dep.tools["llama-bench"]).parent))
+    assert f"--port {dep.endpoint.remote_port}" in dep.serve_command  # the command that ran, on the port it got
+    assert "--api-key" not in dep.serve_command and dep.api_key() not in json.dumps(dep.model_dump())
+    with ml.connect(name) as conn:
         r = _answers(conn.base_url, conn.api_key)
         assert r.status_code == 200, r.text
         assert r.json()["usage"]["completion_tokens"] >= 1
         assert _answers(conn.base_url, "wrong-key").status_code == 401
-    assert "llama" in deploy.logs(name).lower()
+    assert "llama" in ml.logs(name).lower()
     remote_port, api_key = dep.endpoint.remote_port, dep.api_key()
-    report = deploy.teardown(name, say=lines.append)
+    report = ml.teardown(name, say=lines.append)
     assert report.stopped and report.leftovers == []
     assert not state.exists(name)
     assert _gone(remote_port, api_key)
@@ -79,7 +82,7 @@ def _check_up_then_teardown(name: str, lines: list[str]) -> deploy.TeardownRepor
 def test_local_deploy_query_reuse_teardown(home, capsys):
     lines: list[str] = []
     t0 = time.monotonic()
-    dep = deploy.deploy(PlanRequest(model="tiny-random", target="local", name="loc"), say=lines.append)
+    dep = ml.deploy(PlanRequest(model="tiny-random", target="local", name="loc"), say=lines.append)
     first_s = time.monotonic() - t0
     assert dep.plan.engine == "llamacpp" and dep.host.extra["deployment"] == "loc"
     assert any("✔ start server" in line for line in lines)
@@ -89,7 +92,7 @@ def test_local_deploy_query_reuse_teardown(home, capsys):
     # Deploying the same name again reuses what is up: no step runs.
     again: list[str] = []
     t0 = time.monotonic()
-    dep2 = deploy.deploy(PlanRequest(model="tiny-random", target="local", name="loc"), say=again.append)
+    dep2 = ml.deploy(PlanRequest(model="tiny-random", target="local", name="loc"), say=again.append)
     assert dep2.timings == dep.timings and any("already up" in line for line in again)
     print(f"first deploy {first_s:.1f}s, redeploy {time.monotonic() - t0:.2f}s")
     capsys.readouterr()
@@ -99,66 +102,68 @@ def test_local_deploy_query_reuse_teardown(home, capsys):
     info = json.loads(capsys.readouterr().out)
     assert info["healthy"] is True and info["endpoint"]["base_url"].startswith("http://127.0.0.1:")
     with pytest.raises(BadInput, match="already runs tiny-random"):
-        deploy.deploy(PlanRequest(model="ministral-3b", target="local", name="loc", engine="llamacpp"))
+        ml.deploy(PlanRequest(model="ministral-3b", target="local", name="loc", engine="llamacpp"))
 
     _check_up_then_teardown("loc", lines)
 
 
 def test_two_local_deployments_get_different_ports(home):
-    a = deploy.deploy(PlanRequest(model="tiny-random", target="local", name="one"), say=lambda _: None)
-    b = deploy.deploy(PlanRequest(model="tiny-random", target="local", name="two"), say=lambda _: None)
+    a = ml.deploy(PlanRequest(model="tiny-random", target="local", name="one"), say=lambda _: None)
+    b = ml.deploy(PlanRequest(model="tiny-random", target="local", name="two"), say=lambda _: None)
     try:
         assert a.endpoint.remote_port != b.endpoint.remote_port
         with pytest.raises(BadInput, match="2 deployments are up"):
-            deploy.ensure()
-        assert deploy.ensure("two").name == "two"
+            ml.find_or_deploy()
+        assert ml.find_or_deploy("two") == (state.load("two"), False)
         with pytest.raises(BadInput, match="did you mean two"):
-            deploy.ensure("tow")
+            ml.find_or_deploy("tow")
     finally:
-        deploy.teardown("one", say=lambda _: None)
-        deploy.teardown("two", say=lambda _: None)
+        ml.teardown("one", say=lambda _: None)
+        ml.teardown("two", say=lambda _: None)
 
 
 def test_the_same_name_from_two_clients_on_one_host_keeps_both_up(home, tmp_path, monkeypatch):
     # Two MISTRAL_LAB_HOMEs (two users, two notebooks, two xdist workers) each deploy "shared" on this machine.
-    first = deploy.deploy(PlanRequest(model="tiny-random", target="local", name="shared"), say=lambda _: None)
+    first = ml.deploy(PlanRequest(model="tiny-random", target="local", name="shared"), say=lambda _: None)
     first_key = first.api_key()
     monkeypatch.setenv("MISTRAL_LAB_HOME", str(tmp_path / "other-home"))
-    second = deploy.deploy(PlanRequest(model="tiny-random", target="local", name="shared"), say=lambda _: None)
+    second = ml.deploy(PlanRequest(model="tiny-random", target="local", name="shared"), say=lambda _: None)
     try:
         assert second.service.root != first.service.root and second.endpoint.remote_port != first.endpoint.remote_port
         for dep, key in ((first, first_key), (second, second.api_key())):
             r = _answers(f"http://127.0.0.1:{dep.endpoint.remote_port}/v1", key)
             assert r.status_code == 200, r.text  # the second deploy did not stop or replace the first's server
     finally:
-        deploy.teardown("shared", say=lambda _: None)
+        ml.teardown("shared", say=lambda _: None)
         monkeypatch.setenv("MISTRAL_LAB_HOME", str(home))
     assert _answers(f"http://127.0.0.1:{first.endpoint.remote_port}/v1", first_key).status_code == 200
-    deploy.teardown("shared", say=lambda _: None)
+    ml.teardown("shared", say=lambda _: None)
     assert _gone(first.endpoint.remote_port, first_key)
 
 
 def test_hf_token_reaches_the_server_only_when_the_server_downloads(home):
     token = "hf_test_not_a_real_token_123"
-    dep = deploy.deploy(PlanRequest(model="tiny-random", target="local", name="tok"), options={"hf_token": token},
-                        say=lambda _: None)
+    with pytest.raises(BadInput, match="secrets are not parameters"):
+        ml.deploy(PlanRequest(model="tiny-random", target="local", name="tok"), options={"hf_token": token})
+    dep = ml.deploy(PlanRequest(model="tiny-random", target="local", name="tok"), secrets=ml.Secrets(hf_token=token),
+                    say=lambda _: None)
     try:
         env_file = Path(dep.service.root) / "env"
         assert env_file.is_file() and dep.api_key() in env_file.read_text()  # the file the server reads
         assert token not in env_file.read_text()
         assert token not in dep.model_dump_json() and token not in (Path(dep.service.root) / "serve.sh").read_text()
     finally:
-        deploy.teardown("tok", say=lambda _: None)
+        ml.teardown("tok", say=lambda _: None)
 
 
 def test_a_notebook_tears_down_only_what_it_deployed(home):
-    dep, made = deploy.ensure_made(fallback="nb-own", say=lambda _: None)
-    assert made and dep.name == "nb-own" and dep.status == "up"
-    again, made_again = deploy.ensure_made(say=lambda _: None)  # the only one up: found, not made
+    dep = ml.deploy(PlanRequest(model="tiny-random", name="nb-own"), say=lambda _: None)
+    assert dep.status == "up"
+    again, made_again = ml.find_or_deploy(say=lambda _: None)  # the only one up: found, not made
     assert again.name == "nb-own" and not made_again
-    assert deploy.teardown_if_made("nb-own", made_again) is None and state.exists("nb-own")
-    assert deploy.teardown_if_made(None, True) is None
-    report = deploy.teardown_if_made("nb-own", made_again, force=True)
+    assert ml.teardown_if_made("nb-own", made_again) is None and state.exists("nb-own")
+    assert ml.teardown_if_made(None, True) is None
+    report = ml.teardown_if_made("nb-own", made_again, force=True)
     assert report is not None and report.leftovers == [] and not state.exists("nb-own")
 
 
@@ -166,20 +171,21 @@ def test_a_server_that_dies_at_start_shows_its_log_and_leaves_a_record(home):
     # A flag llama-server does not know makes it exit at start: a real start failure, seen through its log.
     lines: list[str] = []
     with pytest.raises(EngineError) as e:
-        deploy.deploy(PlanRequest(model="tiny-random", target="local", name="bad"),
+        ml.deploy(PlanRequest(model="tiny-random", target="local", name="bad"),
                       options={"extra_args": "--no-such-flag"}, say=lines.append, start_timeout=60)
     assert "exited during start" in str(e.value) and "--no-such-flag" in str(e.value)
     dep = state.load("bad")
     assert dep.status == "failed" and dep.error
-    deploy.teardown("bad", say=lines.append)
+    ml.teardown("bad", say=lines.append)
     assert not state.exists("bad")
 
 
 def test_ensure_deploys_the_demo_when_nothing_is_up(home):
-    dep = deploy.ensure(say=lambda _: None)
-    assert dep.name == deploy.DEMO_NAME and dep.status == "up"
-    assert deploy.ensure(say=lambda _: None).timings == dep.timings  # reused
-    deploy.teardown(dep.name, say=lambda _: None)
+    dep, made = ml.find_or_deploy(say=lambda _: None)
+    assert made and dep.name == FALLBACK == "tiny-local" and dep.status == "up"
+    again, made_again = ml.find_or_deploy(say=lambda _: None)
+    assert again.timings == dep.timings and not made_again  # reused
+    ml.teardown(dep.name, say=lambda _: None)
 
 
 @needs_sshd
@@ -187,10 +193,10 @@ def test_ssh_deploy_through_a_tunnel(home, sshd):
     lines: list[str] = []
     options = {"host": sshd.address, "ssh_port": sshd.port, "user": sshd.user, "key": str(sshd.client_key_path),
                "host_key": sshd.host_key_pub}
-    dep = deploy.deploy(PlanRequest(model="tiny-random", target="ssh", name="viassh"), options=options,
+    dep = ml.deploy(PlanRequest(model="tiny-random", target="ssh", name="viassh"), options=options,
                         say=lines.append)
     assert dep.host.address == sshd.address and dep.host.host_key == sshd.host_key_pub
-    with deploy.connect("viassh") as conn:
+    with ml.connect("viassh") as conn:
         # The client talks to a forwarded local port, not the server's own.
         assert conn.tunnel.local_port != dep.endpoint.remote_port
     _check_up_then_teardown("viassh", lines)
@@ -222,7 +228,7 @@ def test_digitalocean_deploy_on_the_fake_api(home, tmp_path, monkeypatch, shared
         options = {"allow_from": "192.0.2.10/32", "ssh_port": fake.ssh_port, "ssh_user": droplet_user(),
                    "poll_interval": 0.1, "host_cache": shared_build_cache}
         lines: list[str] = []
-        dep = deploy.deploy(PlanRequest(model="tiny-random", target="digitalocean", name="dotest", engine="llamacpp",
+        dep = ml.deploy(PlanRequest(model="tiny-random", target="digitalocean", name="dotest", engine="llamacpp",
                                         gpu="gpu-l40sx1-48gb"),
                             options=options, say=lines.append)
         assert any("/hour until torn down" in line for line in lines)

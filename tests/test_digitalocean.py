@@ -22,6 +22,7 @@ import yaml
 import fakedo
 import sshd
 from fakedo.sshd_backend import SshdBackend, droplet_user
+from mistral_lab import state
 from mistral_lab.errors import BadInput, TargetError
 from mistral_lab.hosts import do_resources as res
 from mistral_lab.hosts.base import HostRecord, ProvisionRequest
@@ -96,7 +97,7 @@ def _options(fake, **over) -> dict:
 
 def _provision(fake, deployment="demo", size=CPU, lines=None, **over):
     target = DigitalOceanTarget(_options(fake, **over))
-    host = target.provision(ProvisionRequest(deployment=deployment, gpu_slug=size),
+    host = target.provision(ProvisionRequest(deployment=deployment, gpu_slug=size, key_dir=state.deployment_dir(deployment)),
                             on_line=(lines.append if lines is not None else None))
     return target, host
 
@@ -321,7 +322,7 @@ def test_own_key_and_user_alias_and_a_key_that_was_already_there_is_kept(fake, e
     key_file.chmod(0o600)
     existing = _api().create_ssh_key("my-laptop", mine.public_openssh)
     target = DigitalOceanTarget(_options(fake, key=str(key_file), user=droplet_user()) | {"ssh_user": None})
-    host = target.provision(ProvisionRequest(deployment="mine", gpu_slug=CPU))
+    host = target.provision(ProvisionRequest(deployment="mine", gpu_slug=CPU, key_dir=state.deployment_dir("mine")))
     try:
         assert host.record.key_path == str(key_file) and host.record.user == droplet_user()
         assert host.record.resource_ids["ssh_key"] == existing["fingerprint"]
@@ -336,10 +337,12 @@ def test_own_key_and_user_alias_and_a_key_that_was_already_there_is_kept(fake, e
 
 CHILD = textwrap.dedent("""
     import json, sys
+    from mistral_lab import state
     from mistral_lab.hosts.base import HostRecord, ProvisionRequest
     from mistral_lab.hosts.digitalocean import DigitalOceanTarget
     DigitalOceanTarget(json.loads(sys.argv[1])).provision(
-        ProvisionRequest(deployment="crash", gpu_slug="s-1vcpu-1gb"), on_line=print)
+        ProvisionRequest(deployment="crash", gpu_slug="s-1vcpu-1gb", key_dir=state.deployment_dir("crash")),
+        on_line=print)
 """)
 
 
@@ -417,7 +420,8 @@ def test_no_capacity_in_the_region_asked_for_is_a_clear_error(fake):
 
 def state_record(deployment: str) -> HostRecord:
     """The record a deploy that failed during provisioning keeps: the deployment's name only."""
-    return HostRecord(target="digitalocean", extra={"deployment": deployment})
+    return HostRecord(target="digitalocean", extra={"deployment": deployment},
+                      key_dir=str(state.deployment_dir(deployment)))
 
 
 def test_droplet_limit_says_how_to_free_one(fake):

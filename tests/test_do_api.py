@@ -32,6 +32,7 @@ from test_digitalocean import (
     state_record,
 )
 
+from mistral_lab import state
 from mistral_lab.errors import TargetError
 from mistral_lab.hosts import do_api
 from mistral_lab.hosts import do_resources as res
@@ -161,7 +162,7 @@ def test_the_firewall_opens_ssh_only_to_the_callers_address_and_all_outbound(fak
     options = _options(fake)
     del options["allow_from"]
     with pytest.raises(TargetError, match="droplet limit"):
-        DigitalOceanTarget(options).provision(ProvisionRequest(deployment="demo", gpu_slug="s-1vcpu-1gb"))
+        DigitalOceanTarget(options).provision(ProvisionRequest(deployment="demo", gpu_slug="s-1vcpu-1gb", key_dir=state.deployment_dir("demo")))
     (fw,) = fake.state.firewalls.values()
     assert fw["tags"] == ["mistral-lab:demo"]
     assert fw["inbound_rules"] == [{"protocol": "tcp", "ports": "22", "sources": {"addresses": ["198.51.100.7/32"]}}]

@@ -10,11 +10,11 @@ import socket
 import stat
 import subprocess
 import time
-from importlib import resources
 from pathlib import Path
 
 import pytest
 
+from mistral_lab import infra_files
 from mistral_lab.errors import BadInput, TargetError
 from mistral_lab.hosts import facts as facts_mod
 from mistral_lab.hosts import get_target, shell
@@ -232,7 +232,7 @@ def test_facts_of_this_machine(host: LocalHost):
 
 @pytest.mark.skipif(shutil.which("shellcheck") is None, reason="shellcheck is installed by make test's setup")
 def test_facts_script_is_shellcheck_clean():
-    path = Path(str(resources.files("mistral_lab").joinpath("infra", facts_mod.SCRIPT)))
+    path = infra_files.path(facts_mod.SCRIPT)
     r = subprocess.run(["shellcheck", str(path)], capture_output=True, text=True)
     assert r.returncode == 0, r.stdout
 

@@ -12,14 +12,12 @@ from pathlib import Path
 
 import pytest
 
-from mistral_lab.catalog import get_model
 from mistral_lab.engines.base import Installed, Layout
 from mistral_lab.engines.llamacpp import LlamaCppEngine, hf_url
 from mistral_lab.errors import BadInput, EngineError
 from mistral_lab.hosts.base import HostFacts
 from mistral_lab.hosts.local import LocalHost
-from mistral_lab.plan import PlanRequest
-from mistral_lab.planning import make_plan
+from mistral_lab.planning import PlanRequest, make_plan
 
 TOKEN = "hf_" + secrets.token_hex(16)
 
@@ -80,7 +78,7 @@ def test_download_gguf_and_mmproj_with_progress_and_no_token_in_output(hf, tmp_p
     layout = Layout(home=str(tmp_path), cache=str(tmp_path / "cache"), root=str(tmp_path / "dep"))
     engine = LlamaCppEngine({"hf_endpoint": hf})
     lines: list[str] = []
-    files = engine.fetch_model(LocalHost(tmp_path), plan, get_model("ministral-3b"), layout, {"HF_TOKEN": TOKEN},
+    files = engine.fetch_model(LocalHost(tmp_path), plan, layout, {"HF_TOKEN": TOKEN},
                                lines.append)
     assert Path(files.ref).read_bytes() == gguf and Path(files.mmproj).read_bytes() == mmproj
     assert files.ref == f"{layout.models}/{plan.repo}/{plan.gguf_file}" and not files.skipped
@@ -90,12 +88,12 @@ def test_download_gguf_and_mmproj_with_progress_and_no_token_in_output(hf, tmp_p
     assert set(_HF.seen_auth) == {f"Bearer {TOKEN}"}
     assert not list(Path(layout.models).rglob("*.part"))
 
-    again = engine.fetch_model(LocalHost(tmp_path), plan, get_model("ministral-3b"), layout, {"HF_TOKEN": TOKEN},
+    again = engine.fetch_model(LocalHost(tmp_path), plan, layout, {"HF_TOKEN": TOKEN},
                                None)
     assert again.skipped
 
     installed = Installed(serve_prefix=["/opt/llama-server"], versions={})
-    argv = engine.argv(plan, get_model("ministral-3b"), installed, files)
+    argv = engine.serve_argv(plan, files, installed)
     assert argv[:3] == ["/opt/llama-server", "-m", files.ref] and argv[argv.index("--mmproj") + 1] == files.mmproj
 
 
@@ -104,18 +102,18 @@ def test_missing_file_or_refused_token_is_a_clear_error(hf, tmp_path):
     layout = Layout(home=str(tmp_path), cache=str(tmp_path / "cache"), root=str(tmp_path / "dep"))
     engine = LlamaCppEngine({"hf_endpoint": hf})
     with pytest.raises(EngineError) as e:
-        engine.fetch_model(LocalHost(tmp_path), _plan(), get_model("ministral-3b"), layout, {"HF_TOKEN": TOKEN}, None)
+        engine.fetch_model(LocalHost(tmp_path), _plan(), layout, {"HF_TOKEN": TOKEN}, None)
     assert e.value.field == "repo" and "Q4_K_M.gguf" in str(e.value) and TOKEN not in str(e.value)
     with pytest.raises(EngineError, match="HF_TOKEN"):  # no token: the fix says where a gated model's token goes
-        engine.fetch_model(LocalHost(tmp_path), _plan(), get_model("ministral-3b"), layout, {}, None)
+        engine.fetch_model(LocalHost(tmp_path), _plan(), layout, {}, None)
 
 
 def test_hf_mode_lets_llama_server_download_and_options_are_checked(tmp_path):
     plan = _plan()
     engine = LlamaCppEngine({"model_source": "hf"})
     layout = Layout(home=str(tmp_path), cache=str(tmp_path / "cache"), root=str(tmp_path / "dep"))
-    files = engine.fetch_model(LocalHost(tmp_path), plan, get_model("ministral-3b"), layout, {}, None)
-    argv = engine.argv(plan, get_model("ministral-3b"), Installed(serve_prefix=["llama-server"], versions={}), files)
+    files = engine.fetch_model(LocalHost(tmp_path), plan, layout, {}, None)
+    argv = engine.serve_argv(plan, files, Installed(serve_prefix=["llama-server"], versions={}))
     assert argv[1:3] == ["-hf", f"{plan.repo}:Q4_K_M"] and "-m" not in argv
     assert hf_url("a/b", "c.gguf") == "https://huggingface.co/a/b/resolve/main/c.gguf"
     with pytest.raises(BadInput, match="model_source"):

@@ -10,9 +10,10 @@ from pathlib import Path
 import papermill as pm
 import pytest
 
+import mistral_lab as ml
 import sshd
-from mistral_lab import deploy, state
-from mistral_lab.plan import PlanRequest
+from mistral_lab import state
+from mistral_lab.planning import PlanRequest
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(3600)]
@@ -70,10 +71,10 @@ def test_a_busy_port_moves_the_server_to_the_next_free_one(home):
         s.listen()
         busy = s.getsockname()[1]
         lines: list[str] = []
-        dep = deploy.deploy(PlanRequest(model="tiny-random", target="local", name="busy", port=busy),
+        dep = ml.deploy(PlanRequest(model="tiny-random", target="local", name="busy", port=busy),
                             say=lines.append)
         try:
             assert dep.endpoint.remote_port > busy and f"port {busy} is taken" in "\n".join(lines)
-            assert f"--port {dep.endpoint.remote_port}" in dep.plan.serve_command
+            assert f"--port {dep.endpoint.remote_port}" in dep.serve_command
         finally:
-            deploy.teardown("busy", say=lines.append)
+            ml.teardown("busy", say=lines.append)

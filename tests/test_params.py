@@ -6,10 +6,11 @@ from pathlib import Path
 
 import pytest
 
-from mistral_lab import hardware, params
+from mistral_lab import hardware
 from mistral_lab.catalog import load_catalog
 from mistral_lab.errors import BadInput
-from mistral_lab.plan import resolve
+from mistral_lab.planning import parameters as params
+from mistral_lab.planning import resolve
 
 PRESETS = sorted((Path(__file__).resolve().parents[1] / "parameters").glob("*.yaml"))
 

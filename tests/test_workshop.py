@@ -29,6 +29,7 @@ from mistral_lab import workshop as ws_mod
 from mistral_lab.errors import BadInput, EngineError, TargetError
 from mistral_lab.hosts import do_resources as res
 from mistral_lab.hosts.digitalocean import SweepItem, expired_only
+from mistral_lab.planning import serve_preview
 
 needs_nginx = pytest.mark.skipif(not (shutil.which("nginx") or os.path.exists("/usr/sbin/nginx")),
                                  reason="nginx is not installed (scripts/bootstrap.sh installs it)")
@@ -85,7 +86,7 @@ def test_the_planner_sizes_the_engine_for_the_room_and_prices_the_hours():
     # llama.cpp: one slot per learner, each with the planned context; the room is capped so the KV cache is not
     # sized for learners who are reading.
     local = ws_mod.plan_room(_req(learners=12))
-    assert "-np 12" in local.plan.serve_command and local.planned_cost_usd == 0 and local.listen == "127.0.0.1"
+    assert "-np 12" in serve_preview(local.plan) and local.planned_cost_usd == 0 and local.listen == "127.0.0.1"
     assert ws_mod.plan_room(_req(learners=200)).plan.concurrency == ws_mod.MAX_SLOTS
 
 
@@ -461,14 +462,14 @@ def test_cli_up_json_then_down_leaves_nothing(llamacpp_bin):
 @pytest.mark.slow
 @pytest.mark.timeout(900)
 def test_a_plain_teardown_of_a_workshop_deployment_stops_its_proxy_too(llamacpp_bin):
-    from mistral_lab import deploy
+    import mistral_lab as ml
 
     port = free_port()
     ws, _files = ws_mod.up(ws_mod.RoomRequest.of(name="wsplain", learners=1, model="tiny-random", hours=0.5,
                                                  https_port=port), say=lambda _: None)
     master = int(Path(ws.proxy_root, "nginx.pid").read_text())
     assert _listen_addresses(port)
-    report = deploy.teardown("wsplain", say=lambda _: None)  # not `workshop down`: someone used the plain command
+    report = ml.teardown("wsplain", say=lambda _: None)  # not `workshop down`: someone used the plain command
     assert report.leftovers == []
     assert not Path(f"/proc/{master}").exists() and _listen_addresses(port) == set()
 

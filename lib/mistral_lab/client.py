@@ -23,9 +23,13 @@ import httpx
 import openai
 from pydantic import BaseModel, ValidationError
 
+from mistral_lab import session
 from mistral_lab.catalog import get_model
 from mistral_lab.catalog.schema import Model
 from mistral_lab.errors import BadInput, EngineError, MistralLabError
+
+__all__ = ["Client", "Conversation", "Delta", "Reply", "ToolCall", "assemble", "image_part", "show_stream",
+           "system_prompt"]
 
 T = TypeVar("T", bound=BaseModel)
 Message = dict[str, Any]
@@ -183,9 +187,7 @@ class Client:
     @classmethod
     def from_deployment(cls, name: str, **kw: Any) -> Client:
         """Reopen the tunnel to a saved deployment and talk to its server."""
-        from mistral_lab.deploy import connect
-
-        conn = connect(name)
+        conn = session.connect(name)
         try:
             client = cls(conn.base_url, conn.api_key, model=conn.served_model, catalog_id=conn.catalog_id,
                          engine=conn.engine, variant=conn.plan.variant, key_hint=f"the key of deployment {name}", **kw)
@@ -315,8 +317,7 @@ class Client:
             # tool call; a model that does not reason gets no such room, so the constrained part comes first.
             extra.setdefault("reasoning_format", "none")
         if temperature is None and self.catalog is not None:
-            s = self.catalog.sampling
-            pick = s.reasoning_high if (reasoning_effort == "high" and s.reasoning_high) else s.default
+            pick = self.catalog.sampling_for(self.variant, reasoning_effort)
             temperature = pick.temperature
             if pick.top_p is not None:
                 kw.setdefault("top_p", pick.top_p)
@@ -539,26 +540,6 @@ class Conversation:
             parts.append(d.content)
             yield d
         self.messages.append({"role": "assistant", "content": "".join(parts)})
-
-
-NOTEBOOK_DEPLOYMENT = "tiny-query"
-
-
-def connect_or_deploy(deployment: str | None = None, *, base_url: str | None = None, key_env: str = "MISTRAL_API_KEY",
-                      model: str | None = None, say: Callable[[str], None] = print) -> tuple[Client, bool]:
-    """What a notebook talks to: a bare URL (key from `key_env`, `model` its catalog id), or a deployment: the named
-    one (redeployed from its record if it stopped), the only one up, or else the generated tiny model deployed on
-    this machine as `tiny-query`. Also says whether it was deployed just now, so the notebook tears down only what
-    it made (`deploy.teardown_if_made`).
-
-    The tiny fallback has its own name rather than deploy.ensure's `tiny-local`, so that the query and benchmark
-    notebooks, run side by side, each tear down only their own."""
-    if base_url:
-        return Client.from_env(base_url, key_env=key_env, catalog_id=model), False
-    from mistral_lab import deploy
-
-    dep, made_here = deploy.ensure_made(deployment, fallback=NOTEBOOK_DEPLOYMENT, say=say)
-    return Client.from_deployment(dep.name), made_here
 
 
 def show_stream(pieces: Iterable[Delta], out: Callable[[str], None] | None = None) -> Reply:

@@ -80,9 +80,11 @@ class Size:
 
 
 _DOCS_PRICES = "https://docs.digitalocean.com/products/droplets/details/pricing/ (validated 2026-05-28)"
-_DUMP_PRICES = "/v2/sizes dump 12/2025 quoted in shared/research/digitalocean.md §1.2"
+# The sizes the docs page did not price come from a public /v2/sizes listing of 12/2025 (a third-party Terraform
+# README, "Digital Ocean GPU Sizes versions (12/2025)": the same slugs, hourly prices and monthly = hourly x 744).
+_DUMP_PRICES = "public /v2/sizes listing of 12/2025 (third-party Terraform README, read 2026-12-07)"
 
-# DigitalOcean self-serve GPU sizes (shared/research/digitalocean.md §1.1-1.2).
+# DigitalOcean self-serve GPU sizes (https://docs.digitalocean.com/products/droplets/details/features/).
 DO_SIZES: dict[str, Size] = {
     s.slug: s
     for s in [

@@ -17,11 +17,15 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
 
 from mistral_lab.errors import BadInput
 from mistral_lab.hosts.base import HostFacts, HostRecord
-from mistral_lab.plan import Plan
+from mistral_lab.planning.resolve import Plan
+
+__all__ = ["Companion", "Deployment", "Endpoint", "HostRecord", "Service", "Status", "StepTiming", "check_name",
+           "deployment_dir", "dumps_public", "exists", "home", "load", "load_all", "names", "new_api_key", "now",
+           "read_secret", "record_step", "remove", "save", "write_secret"]
 
 Status = Literal["provisioning", "installing", "starting", "up", "failed", "stopped", "destroyed"]
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,40}$")
@@ -61,6 +65,15 @@ class Service(BaseModel):
     root: str = Field(description="the deployment's folder on the host")
 
 
+class Companion(BaseModel):
+    """A service that lives and dies with a deployment on its host (a workshop's TLS proxy)."""
+
+    name: str
+    root: str
+    mode: Literal["systemd", "process"]
+    engine: str = "?"
+
+
 class Deployment(BaseModel):
     name: str
     status: Status
@@ -74,7 +87,24 @@ class Deployment(BaseModel):
     endpoint: Endpoint | None = None
     timings: list[StepTiming] = Field(default_factory=list)
     error: str | None = None
-    extra: dict[str, Any] = Field(default_factory=dict)
+    instance: str | None = Field(default=None, description="the deployment's name on its host: <name>-<id>")
+    serve_command: str | None = Field(default=None, description="the command that started the server, as it ran")
+    model_ref: str | None = Field(default=None, description="what the server loads: a path on the host or a hub ref")
+    tools: dict[str, str] = Field(default_factory=dict, description="the engine's other binaries, e.g. llama-bench")
+    served_context: int | None = Field(default=None, description="the context the server reports serving")
+    companions: list[Companion] = Field(default_factory=list)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_extra(cls, data: Any) -> Any:
+        """Records written before these fields were typed kept them in `extra`: read them from there."""
+        if isinstance(data, dict) and isinstance(data.get("extra"), dict):
+            data = dict(data)
+            extra = data.pop("extra")
+            renames = {"max_model_len": "served_context"}
+            for key, value in extra.items():
+                data.setdefault(renames.get(key, key), value)
+        return data
 
     @property
     def folder(self) -> Path:

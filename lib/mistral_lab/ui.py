@@ -24,7 +24,8 @@ from mistral_lab import hardware
 from mistral_lab.catalog import get_model, model_ids
 from mistral_lab.catalog.schema import Model
 from mistral_lab.errors import MistralLabError
-from mistral_lab.plan import Plan, PlanRequest
+from mistral_lab.lifecycle.status import cost_so_far, hours_up
+from mistral_lab.planning import Plan, PlanRequest, make_plan, serve_preview
 
 ENGINES = ["auto", "vllm", "llamacpp"]
 TARGETS = ["local", "ssh", "digitalocean"]
@@ -68,7 +69,7 @@ def memory_bar_html(plan: Plan, width_px: int = 420) -> str:
     )
 
 
-def plan_html(plan: Plan) -> str:
+def plan_html(plan: Plan, options: dict[str, Any] | None = None) -> str:
     fits = ('<b style="color:#1e8449">fits</b>' if plan.fits else '<b style="color:#c0392b">does not fit</b>')
     price = f"${plan.hourly_usd:.2f}/hour" if plan.hourly_usd else "free (no cloud machine)"
     rows = [
@@ -86,7 +87,7 @@ def plan_html(plan: Plan) -> str:
     return (
         f'<div class="ml-plan" data-model="{html.escape(plan.model)}" data-fits="{str(plan.fits).lower()}">'
         f"<div>{fits}</div>{memory_bar_html(plan)}<table>{body}</table>"
-        f"<pre class='ml-serve' style='white-space:pre-wrap;font-size:11px'>{html.escape(plan.serve_command)}</pre>"
+        f"<pre class='ml-serve' style='white-space:pre-wrap;font-size:11px'>{html.escape(serve_preview(plan, options))}</pre>"
         + (f"<ul>{notes}</ul>" if notes else "") + "</div>"
     )
 
@@ -101,8 +102,6 @@ def gpu_choices() -> list[str]:
 
 def running_cost_html(dep: Any, now: datetime | None = None) -> str:
     """How long a deployment has been up and what it has cost: a droplet bills from creation to destroy."""
-    from mistral_lab.deploy import hours_up
-
     hours = hours_up(dep, now)
     hourly = dep.plan.hourly_usd or 0.0
     money = (f"${hourly:.2f}/hour · about <b>${hours * hourly:.2f}</b> so far" if hourly
@@ -122,13 +121,11 @@ class ChatDefaults:
     thinks: bool = False  # a variant that always reasons: its sampling is the card's reasoning one
 
 
-def sampling_for(model: Model | None, effort: str | None, *, thinks: bool = False) -> tuple[float, float | None]:
-    """The catalog's temperature (and top_p): reasoning_high for effort "high" or a variant that always thinks,
-    where the card gives one; the default otherwise."""
+def sampling_for(model: Model | None, variant: str | None, effort: str | None) -> tuple[float, float | None]:
+    """The catalog's temperature and top_p for this variant and effort (`Model.sampling_for`, the one rule)."""
     if model is None:
         return 0.7, None
-    s = model.sampling
-    pick = s.reasoning_high if ((effort == "high" or thinks) and s.reasoning_high) else s.default
+    pick = model.sampling_for(variant, effort)
     return pick.temperature, pick.top_p
 
 
@@ -138,7 +135,7 @@ def chat_defaults(model: Model | None, variant: str | None = None) -> ChatDefaul
     efforts = list((model.capabilities.reasoning_effort if model else None) or [])
     effort = efforts[0] if efforts else None
     thinks = bool(model and variant and any(v.id == variant and v.thinks for v in model.variants))
-    temperature, top_p = sampling_for(model, effort, thinks=thinks)
+    temperature, top_p = sampling_for(model, variant, effort)
     return ChatDefaults(efforts=[(e, e) for e in efforts] or [("n/a", None)], effort=effort,
                         temperature=temperature, top_p=top_p, vision=bool(model and model.has_vision),
                         tools=bool(model and model.capabilities.tools), thinks=thinks)
@@ -257,14 +254,12 @@ class DeployPanel:
                            target=self.target.value, gpu=self.gpu.value, name=self.name.value or None, **self._extra)
 
     def refresh(self, _change: Any = None) -> Plan | None:
-        from mistral_lab.planning import make_plan
-
         try:
             plan = make_plan(self.request())
         except (MistralLabError, ValueError) as e:
             self.plan_view.value = error_html(e)
             return None
-        self.plan_view.value = plan_html(plan)
+        self.plan_view.value = plan_html(plan, self.options)
         return plan
 
     def _say(self, line: str) -> None:
@@ -295,7 +290,7 @@ class DeployPanel:
         threading.Thread(target=run, daemon=True).start()
 
     def _deploy(self) -> None:
-        from mistral_lab.deploy import cost_so_far, deploy
+        from mistral_lab.lifecycle.deploy import deploy
 
         dep = deploy(self.request(), options=self.options, say=self._say)
         self.attach(dep)
@@ -305,7 +300,7 @@ class DeployPanel:
             self.on_deployed(dep)
 
     def _teardown(self) -> None:
-        from mistral_lab.deploy import teardown
+        from mistral_lab.lifecycle.teardown import teardown
 
         assert self.deployment is not None
         report = teardown(self.deployment.name, say=self._say)
@@ -325,8 +320,8 @@ class ChatPanel:
         self.client = client
         self.model = model = client.catalog
         self.conversation = client.conversation()
-        d = chat_defaults(model, getattr(client, "variant", None))
-        self._thinks = d.thinks
+        self._variant = getattr(client, "variant", None)
+        d = chat_defaults(model, self._variant)
         self.effort = w.Dropdown(options=d.efforts, value=d.effort, description="reasoning", disabled=d.effort is None)
         self.temperature = w.FloatSlider(value=d.temperature, min=0.0, max=1.5, step=0.05, description="temperature")
         self.top_p = d.top_p
@@ -352,7 +347,7 @@ class ChatPanel:
         self.widget.add_class("ml-chat-panel")
 
     def _effort_changed(self, change: dict[str, Any]) -> None:
-        self.temperature.value, self.top_p = sampling_for(self.model, change["new"], thinks=self._thinks)
+        self.temperature.value, self.top_p = sampling_for(self.model, self._variant, change["new"])
 
     def _image_path(self) -> str | None:
         if not self.image.value:

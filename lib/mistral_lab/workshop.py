@@ -32,24 +32,24 @@ import secrets
 import shlex
 import ssl
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import httpx
-import jinja2
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from mistral_lab import deploy, infra_files, state
+from mistral_lab import infra_files, session, state
 from mistral_lab.engines import service
 from mistral_lab.errors import BadInput, EngineError, MistralLabError, TargetError
 from mistral_lab.hosts import do_resources as res
-from mistral_lab.hosts import get_target
-from mistral_lab.hosts.base import Host
-from mistral_lab.plan import Plan, PlanRequest
-from mistral_lab.planning import make_plan
-
-Printer = Callable[[str], None]
+from mistral_lab.hosts.base import Host, LineSink
+from mistral_lab.hosts.ports import free_port
+from mistral_lab.lifecycle import services
+from mistral_lab.lifecycle.deploy import deploy
+from mistral_lab.lifecycle.status import cost_so_far, hours_up
+from mistral_lab.lifecycle.steps import print_line
+from mistral_lab.lifecycle.teardown import TeardownReport, teardown
+from mistral_lab.planning import Plan, PlanRequest, make_plan
 
 KEY_PREFIX = "mlw-"
 # Hex keys: nginx matches map strings ignoring case, so a mixed-case key would be worth less than it looks.
@@ -75,14 +75,6 @@ _SAFE_PATH = re.compile(r"^/[A-Za-z0-9._/+-]+$")
 _SERVER_KEY = re.compile(r"^[A-Za-z0-9._~+/=-]+$")
 
 Target = Literal["local", "ssh", "digitalocean"]
-
-
-def _quiet(_line: str) -> None:
-    pass
-
-
-def _say(text: str) -> None:
-    print(text, flush=True)
 
 
 # ---------------------------------------------------------------------------------------------- the request
@@ -359,10 +351,6 @@ def pinned_context(host: str, port: int, fingerprint: str, *, timeout: float = 1
 # ---------------------------------------------------------------------------------------------- rendering
 
 
-_cards_env = jinja2.Environment(loader=jinja2.PackageLoader("mistral_lab", "infra"), autoescape=True,
-                                undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
-
-
 @dataclass(frozen=True)
 class Card:
     learner: str
@@ -400,7 +388,7 @@ def cards(ws: Workshop, keys: dict[str, str]) -> list[Card]:
 
 def render_cards_html(ws: Workshop, keys: dict[str, str]) -> str:
     expires = dt.datetime.fromtimestamp(ws.expires_at, dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
-    return _cards_env.get_template("workshop-cards.html.j2").render(
+    return infra_files.render_html("workshop-cards.html.j2",
         ws=ws, cards=[(c, snippet(c)) for c in cards(ws, keys)], expires=expires,
         revoked=[learner.id for learner in ws.learners if not learner.active])
 
@@ -484,7 +472,7 @@ def _host_user(host: Host) -> tuple[str, int]:
 
 
 def install_proxy(host: Host, ws: Workshop, dep: state.Deployment, keys: dict[str, str], cert: Certificate,
-                  say: Printer) -> Workshop:
+                  say: LineSink) -> Workshop:
     """Put nginx, its config, certificate and key files on the host; start it and wait until it listens."""
     assert dep.service is not None and dep.endpoint is not None
     root = f"{dep.service.root}/proxy"
@@ -497,7 +485,7 @@ def install_proxy(host: Host, ws: Workshop, dep: state.Deployment, keys: dict[st
                           fix=f"tear down and deploy again: mistral-lab workshop down {ws.name}")
     ws.proxy_root, ws.proxy_mode = root, dep.service.kind
     if ws.https_port is None:
-        ws.https_port = deploy.free_port(host, DEFAULT_PORT[ws.target])
+        ws.https_port = free_port(host, DEFAULT_PORT[ws.target])
         say(f"  the proxy listens on port {ws.https_port}")
     out = _proxy_script(host, ws, "install").strip().splitlines()
     nginx = out[-1]
@@ -514,27 +502,23 @@ def install_proxy(host: Host, ws: Workshop, dep: state.Deployment, keys: dict[st
                   f"{root}/nginx.conf", mode=0o644)
     spec = _proxy_spec(ws, nginx)
     service.install(host, spec)
-    deploy.add_companion(dep.name, spec)  # a plain `mistral-lab teardown` stops the proxy too
+    services.add_companion(dep.name, spec)  # a plain `mistral-lab teardown` stops the proxy too
     _proxy_script(host, ws, "check")
     service.stop(host, spec)  # what an earlier attempt may have left
     host.run(f"rm -f {shlex.quote(root)}/nginx.pid")  # readiness is judged by nginx writing it anew
-    start = host.run_script(infra_files.with_env(infra_files.read("service.sh"), {
-        "ACTION": "start", "ROOT": spec.root, "UNIT": spec.unit, "MODE": spec.mode, "LINES": "50"}), check=False)
-    if not start.ok:
-        raise EngineError(f"could not start the workshop proxy: {start.stderr.strip() or start.stdout.strip()}",
-                          field="proxy", fix=_proxy_fix(start.stdout + start.stderr, ws))
+    try:
+        service.start(host, spec, wait=False)
+    except EngineError as e:
+        raise EngineError(f"could not start the workshop proxy: {e.message}", field="proxy",
+                          fix=_proxy_fix(e.message, ws)) from None
     say("  " + _proxy_script(host, ws, "wait", PORT=str(ws.https_port)).strip().splitlines()[-1])
     return ws
 
 
 def _reload(ws: Workshop, keys: dict[str, str]) -> None:
-    dep = state.load(ws.name)
-    host = get_target(dep.plan.target, {}).reconnect(dep.host)
-    try:
+    with session.open_host(state.load(ws.name)) as host:
         _put_keys_map(host, ws, keys)
         _proxy_script(host, ws, "reload")
-    finally:
-        host.close()
 
 
 def check_from_here(ws: Workshop, *, timeout: float = 10.0) -> int:
@@ -550,7 +534,7 @@ def check_from_here(ws: Workshop, *, timeout: float = 10.0) -> int:
 # ---------------------------------------------------------------------------------------------- up, revoke, down
 
 
-def up(req: RoomRequest | RoomPlan, *, options: dict[str, Any] | None = None, say: Printer = _say,
+def up(req: RoomRequest | RoomPlan, *, options: dict[str, Any] | None = None, say: LineSink = print_line,
        start_timeout: float = 900) -> tuple[Workshop, dict[str, str]]:
     """Plan (unless given the plan_room() of the request), show the cost, deploy, put the proxy in front, write the
     cards. Returns the record and the card files.
@@ -578,7 +562,7 @@ def up(req: RoomRequest | RoomPlan, *, options: dict[str, Any] | None = None, sa
         if req.ssh_from:
             opts["allow_from"] = req.ssh_from
     try:
-        dep = deploy.deploy(_plan_request(req), options=opts, say=say, start_timeout=start_timeout, keep_on_failure=False)
+        dep = deploy(_plan_request(req), options=opts, say=say, start_timeout=start_timeout, keep_on_failure=False)
         if ws.public_host is None and req.target != "local":
             ws.public_host = dep.host.address
         say("▶ proxy")
@@ -586,11 +570,8 @@ def up(req: RoomRequest | RoomPlan, *, options: dict[str, Any] | None = None, sa
         cert = make_certificate(ws.public_host or "127.0.0.1", valid_hours=req.hours, name=req.name)
         ws.fingerprint = cert.fingerprint
         state.write_secret(req.name, CERT_FILE, cert.cert_pem)
-        host = get_target(dep.plan.target, {}).reconnect(dep.host)
-        try:
+        with session.open_host(dep) as host:
             install_proxy(host, ws, dep, keys, cert, say)
-        finally:
-            host.close()
         save(ws)
         _check_reachable(ws, say)
         say(f"✔ proxy in {time.monotonic() - t0:.1f}s: {ws.base_url}, certificate {ws.fingerprint}")
@@ -608,7 +589,7 @@ def up(req: RoomRequest | RoomPlan, *, options: dict[str, Any] | None = None, sa
         raise
 
 
-def _check_reachable(ws: Workshop, say: Printer) -> None:
+def _check_reachable(ws: Workshop, say: LineSink) -> None:
     try:
         code = check_from_here(ws)
     except (OSError, httpx.HTTPError) as e:
@@ -622,15 +603,15 @@ def _check_reachable(ws: Workshop, say: Printer) -> None:
                           fix="read the proxy's config: <deployment folder>/proxy/nginx.conf")
 
 
-def _remove(ws: Workshop, say: Printer) -> deploy.TeardownReport | None:
+def _remove(ws: Workshop, say: LineSink) -> TeardownReport | None:
     # The proxy is the deployment's companion (install_proxy records it before starting it): teardown stops it on
     # the same connection as the model's server, and says so when the host cannot be reached.
-    report = deploy.teardown(ws.name, say=say) if state.exists(ws.name) else None
+    report = teardown(ws.name, say=say) if state.exists(ws.name) else None
     state.remove(ws.name)  # whatever is left: the workshop's own files, which hold keys
     return report
 
 
-def revoke(name: str, who: str, *, say: Printer = _say) -> Learner:
+def revoke(name: str, who: str, *, say: LineSink = print_line) -> Learner:
     """Take one learner's key out of the proxy: rewrite its key file and reload nginx (no restart)."""
     ws = load(name)
     keys = load_keys(name)
@@ -657,7 +638,7 @@ class DownReport:
     leftovers: list[str]
 
 
-def down(name: str, *, say: Printer = _say) -> DownReport:
+def down(name: str, *, say: LineSink = print_line) -> DownReport:
     """Stop the proxy, destroy the deployment (the droplet, its firewall and key on DigitalOcean), forget it all."""
     ws = load(name)
     report = _remove(ws, say)
@@ -677,8 +658,8 @@ def status(name: str) -> dict[str, Any]:
     info["active_keys"] = len(ws.active)
     info["expires_in_h"] = round((ws.expires_at - time.time()) / 3600, 2)
     if dep is not None:
-        info["hours_up"] = round(deploy.hours_up(dep), 3)
-        info["cost_usd"] = deploy.cost_so_far(dep)
+        info["hours_up"] = round(hours_up(dep), 3)
+        info["cost_usd"] = cost_so_far(dep)
     info["cards"] = {"html": str(state.deployment_dir(name) / CARDS_HTML),
                      "csv": str(state.deployment_dir(name) / CARDS_CSV)}
     return info
@@ -686,12 +667,8 @@ def status(name: str) -> dict[str, Any]:
 
 def proxy_log(name: str, lines: int = 100) -> str:
     ws = load(name)
-    dep = state.load(name)
-    host = get_target(dep.plan.target, {}).reconnect(dep.host)
-    try:
+    with session.open_host(state.load(name)) as host:
         return service.logs(host, _proxy_spec(ws), lines)
-    finally:
-        host.close()
 
 
 __all__ = ["Card", "Certificate", "DownReport", "Learner", "RoomPlan", "RoomRequest", "Workshop", "cards",

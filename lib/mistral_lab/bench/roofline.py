@@ -8,7 +8,7 @@ arithmetic is small next to that, so decode is memory-bound:
 KV bytes at a context = KV bytes per token (2 x layers x KV heads x head dim x bytes, or the MLA latent) x tokens
 in the sequence. Weights are the deployed file (GGUF quant or checkpoint precision) without the vision encoder;
 an untied input embedding is left out (a token reads one row of it, not all), and a MoE model counts its active
-share. Bandwidths are the vendor's peak figures from `hardware.GPUS` (shared/research/anchors.md §3); real
+share. Bandwidths are the vendor's peak figures from `hardware.GPUS` (each with its datasheet URL); real
 kernels reach a fraction of them, which is what the percentage shows.
 """
 
@@ -18,7 +18,7 @@ from pydantic import BaseModel, Field
 
 from mistral_lab import hardware, sizing
 from mistral_lab.catalog.schema import Model, Weights
-from mistral_lab.plan import Plan
+from mistral_lab.planning import Plan
 
 
 class Roofline(BaseModel):

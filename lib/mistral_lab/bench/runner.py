@@ -27,8 +27,8 @@ from typing import Any, Literal
 
 import httpx
 
-from mistral_lab import __version__ as ml_version
-from mistral_lab import state
+from mistral_lab import session, state
+from mistral_lab._version import __version__ as ml_version
 from mistral_lab.bench import loadgen, native, results, roofline, workloads
 from mistral_lab.bench.metrics import SLO, summarize_all
 from mistral_lab.bench.results import Run, RunMeta, WorkloadInfo
@@ -36,7 +36,7 @@ from mistral_lab.catalog import get_model
 from mistral_lab.errors import BadInput, EngineError, MistralLabError
 from mistral_lab.hosts.base import Host
 from mistral_lab.hosts.local import LocalHost
-from mistral_lab.plan import Plan
+from mistral_lab.planning import Plan
 
 Where = Literal["host", "client"]
 Printer = Callable[[str], None]
@@ -247,8 +247,8 @@ def _native(ep: Endpoint, wls: list[workloads.Workload], loads: list[float], mod
     dep = ep.deployment
     if dep is None or ep.host is None:
         return [], []
-    tools = dict(dep.extra.get("tools") or {})
-    ref = dep.extra.get("model_ref")
+    tools = dict(dep.tools)
+    ref = dep.model_ref
     gpu = bool(ep.plan and ep.plan.gpu_vendor in ("nvidia", "amd"))
     try:
         if ep.engine == "llamacpp":
@@ -284,16 +284,10 @@ def _native(ep: Endpoint, wls: list[workloads.Workload], loads: list[float], mod
 def _open(deployment: str | None, base_url: str | None, api_key: str | None, model: str | None,
           engine: str | None, catalog_id: str | None, context: int | None, stack: ExitStack) -> Endpoint:
     if deployment:
-        from mistral_lab import deploy
-
-        conn = deploy.connect(deployment)
-        stack.callback(conn.close)
-        dep = state.load(deployment)
-        # What the server really serves (vLLM with max_model_len auto fits its own), else what was planned.
-        served = int(dep.extra.get("max_model_len") or conn.plan.context)
+        conn = stack.enter_context(session.connect(deployment))
         return Endpoint(base_url=conn.base_url, api_key=conn.api_key, served_model=conn.served_model,
-                        engine=conn.engine, context=context or served, catalog_id=conn.catalog_id,
-                        plan=conn.plan, deployment=dep, host=conn.host)
+                        engine=conn.engine, context=context or conn.context, catalog_id=conn.catalog_id,
+                        plan=conn.plan, deployment=conn.deployment, host=conn.host)
     if not base_url:
         raise BadInput("say what to measure", field="deployment", fix="give a deployment name, or base_url=")
     found = _discover(base_url, api_key)
@@ -463,7 +457,7 @@ def run(
             gpu=plan.gpu if plan else None, gpu_name=plan.gpu_name if plan else None,
             gpu_count=plan.gpu_count if plan else None,
             driver=(dep.versions.get("driver") or (dep.facts.driver_version if dep.facts else None)) if dep else None,
-            flags=(dep.extra.get("serve_command") or plan.serve_command) if dep and plan else None,
+            flags=dep.serve_command if dep else None,
             context=ep.context, plan=plan.model_dump(mode="json") if plan else None,
             where=where, where_detail=detail, base_url=spec["base_url"], seed=seed, mode=mode, loads=loads,
             workloads=infos, requests_per_point=requests, duration_s_per_point=duration_s, warmup=warmup,

@@ -28,7 +28,7 @@ import httpx
 from mistral_lab.bench import loadgen
 from mistral_lab.errors import BadInput, EngineError
 
-# The seeds' own example prompts (shared/seeds/; research/models.md names the files), English and Chinese.
+# The seeds' own example prompts (the documents suites/seeds.yaml names), English and Chinese.
 SEED_PROMPTS: tuple[str, ...] = (
     "Explain the main difference between instant mode and reasoning mode.",  # seed 000
     "What is the best French cheese?",  # seed 003

@@ -203,6 +203,16 @@ class Model(_Strict):
                 return v
         raise KeyError(variant_id)
 
+    def thinks(self, variant_id: str | None) -> bool:
+        """Whether the variant always reasons (None: the default variant)."""
+        return (self.variant(variant_id) if variant_id else self.default_variant).thinks
+
+    def sampling_for(self, variant_id: str | None = None, effort: str | None = None) -> Sampling:
+        """The one sampling rule the server flags, the Client and the chat panel all follow: the card's reasoning
+        sampling for effort "high" or a variant that always reasons, where the card gives one; else its default."""
+        high = self.sampling.reasoning_high
+        return high if (high and (effort == "high" or self.thinks(variant_id))) else self.sampling.default
+
 
 class Catalog(_Strict):
     version: int = 1

@@ -121,9 +121,9 @@ def bench_cmd(
                        fix="mistral-lab bench NAME, or mistral-lab bench compare RUN RUN")
     name = args[0] if args else None
     if not name and not base_url:
-        from mistral_lab import deploy
+        from mistral_lab.lifecycle.notebook import the_only
 
-        name = deploy.the_only(up=True)
+        name = the_only(up=True)
         if not name:
             raise BadInput("no deployment is up", field="NAME", fix="mistral-lab deploy MODEL first, or --base-url URL")
     quiet = as_json

@@ -8,9 +8,13 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from mistral_lab import deploy as deploy_mod
-from mistral_lab import params, state
+from mistral_lab import planning, state
+from mistral_lab.lifecycle.deploy import deploy
+from mistral_lab.lifecycle.status import logs, status
+from mistral_lab.lifecycle.teardown import teardown
+from mistral_lab.planning.parameters import option_pairs
 
+from . import _options as flags
 from ._app import app, console
 
 Opt = typer.Option
@@ -31,28 +35,31 @@ def deploy_cmd(
     concurrency: Annotated[int | None, Opt()] = None,
     region: Annotated[str | None, Opt(help="DigitalOcean region")] = None,
     port: Annotated[int | None, Opt(help="server port on the host")] = None,
-    host: Annotated[str | None, Opt(help="ssh: host name or address")] = None,
-    ssh_port: Annotated[int | None, Opt(help="ssh/digitalocean: SSH port")] = None,
-    user: Annotated[str | None, Opt(help="ssh/digitalocean: login user")] = None,
-    key: Annotated[str | None, Opt(help="ssh/digitalocean: private key file")] = None,
-    known_hosts: Annotated[str | None, Opt(help="ssh: known_hosts file with the host's key")] = None,
-    host_key: Annotated[str | None, Opt(help="ssh: the host's public key, 'ssh-ed25519 AAAA...'")] = None,
-    trust_on_first_use: Annotated[bool, Opt(help="ssh: accept and record an unknown host key")] = False,
-    api_url: Annotated[str | None, Opt(help="digitalocean: API base URL (default DIGITALOCEAN_API_URL or DO's)")] = None,
-    allow_from: Annotated[str | None, Opt(help="digitalocean: CIDR allowed to SSH in")] = None,
+    host: flags.Host = None,
+    ssh_port: flags.SSHPort = None,
+    user: flags.User = None,
+    key: flags.Key = None,
+    known_hosts: flags.KnownHosts = None,
+    host_key: flags.HostKey = None,
+    trust_on_first_use: flags.TrustOnFirstUse = False,
+    api_url: flags.ApiUrl = None,
+    allow_from: flags.AllowFrom = None,
+    option: flags.Option = None,
     timeout: Annotated[float, Opt(help="seconds to wait for the server to become ready")] = 900,
     keep_on_failure: Annotated[bool, Opt(help="keep a billed droplet when deploy fails")] = False,
 ) -> None:
     """Deploy a model: provision the host, install the engine, fetch the model, start the server."""
-    values = params.load_preset(preset) if preset else {}
-    flags = dict(model=model, target=target, name=name, engine=engine, gpu=gpu, variant=variant, precision=precision,
-                 quant=quant, context=context, concurrency=concurrency, region=region, port=port, host=host,
-                 ssh_port=ssh_port, user=user, key=key, known_hosts=known_hosts, host_key=host_key,
-                 trust_on_first_use=trust_on_first_use or None, api_url=api_url, allow_from=allow_from)
-    values.update({k: v for k, v in flags.items() if v is not None})
-    req, options = params.split(values)
-    options.update(params.env_secrets())
-    dep = deploy_mod.deploy(req, options=options, start_timeout=timeout, keep_on_failure=keep_on_failure)
+    values = planning.load_preset(preset) if preset else {}
+    plan_flags = dict(model=model, target=target, name=name, engine=engine, gpu=gpu, variant=variant,
+                      precision=precision, quant=quant, context=context, concurrency=concurrency, region=region,
+                      port=port)
+    values.update({k: v for k, v in plan_flags.items() if v is not None})
+    values.update(flags.host_options(host=host, ssh_port=ssh_port, user=user, key=key, known_hosts=known_hosts,
+                                     host_key=host_key, trust_on_first_use=trust_on_first_use, api_url=api_url,
+                                     allow_from=allow_from))
+    values.update(option_pairs(option or []))
+    req, options = planning.split(values)
+    dep = deploy(req, options=options, start_timeout=timeout, keep_on_failure=keep_on_failure)
     console.print(f"[green]up[/green] {dep.name}: {dep.plan.model} on {dep.plan.engine} ({dep.plan.gpu_name})")
 
 
@@ -63,7 +70,7 @@ def status_cmd(
 ) -> None:
     """Show deployments: state, health, endpoint, cost so far."""
     if name:
-        info = deploy_mod.status(name)
+        info = status(name)
         if as_json:
             print(json.dumps(info, indent=2))
             return
@@ -80,7 +87,7 @@ def status_cmd(
             t.add_row("error", info["error"])
         console.print(t)
         return
-    deps = [deploy_mod.status(n) for n in state.names()]
+    deps = [status(n) for n in state.names()]
     if as_json:
         print(json.dumps(deps, indent=2))
         return
@@ -98,7 +105,7 @@ def logs_cmd(
     lines: Annotated[int, Opt("-n", "--lines")] = 200,
 ) -> None:
     """The server's log on its host."""
-    print(deploy_mod.logs(name, lines), end="")
+    print(logs(name, lines), end="")
 
 
 @app.command("teardown")
@@ -110,5 +117,5 @@ def teardown_cmd(
     dep = state.load(name)
     if not yes:
         typer.confirm(f"tear down {name} ({dep.plan.model} on {dep.plan.target}, {dep.host.address})?", abort=True)
-    report = deploy_mod.teardown(name)
+    report = teardown(name)
     console.print(f"[green]torn down[/green] {name}: {report.hours:.2f} h, about ${report.cost_usd:.2f}")

@@ -15,6 +15,7 @@ from rich.table import Table
 from mistral_lab.errors import BadInput
 from mistral_lab.hosts.base import HostFacts, ProvisionRequest
 
+from . import _options as flags
 from ._app import app, console, console_err
 
 hosts_app = typer.Typer(no_args_is_help=True, help="Check the machines models run on.")
@@ -47,14 +48,14 @@ def _facts_table(facts: HostFacts, about: dict[str, Any]) -> Table:
 @hosts_app.command("check")
 def check_cmd(
     target: Annotated[str, typer.Option(help="ssh | local")] = "ssh",
-    host: Annotated[str | None, typer.Option(help="ssh: host name or address")] = None,
-    port: Annotated[int | None, typer.Option(help="ssh: port (default 22)")] = None,
-    user: Annotated[str | None, typer.Option(help="ssh: login user (default: yours)")] = None,
-    key: Annotated[str | None, typer.Option(help="ssh: private key file (default: agent and ~/.ssh/id_*)")] = None,
-    known_hosts: Annotated[str | None, typer.Option(help="ssh: known_hosts file holding the host's key")] = None,
-    host_key: Annotated[str | None, typer.Option(help="ssh: the host's public key, 'ssh-ed25519 AAAA...'")] = None,
-    trust_on_first_use: Annotated[bool, typer.Option(
-        help="ssh: accept an unknown host key and record it (into --known-hosts if given)")] = False,
+    host: flags.Host = None,
+    ssh_port: flags.SSHPort = None,
+    port: Annotated[int | None, typer.Option(hidden=True, help="the same as --ssh-port")] = None,
+    user: flags.User = None,
+    key: flags.Key = None,
+    known_hosts: flags.KnownHosts = None,
+    host_key: flags.HostKey = None,
+    trust_on_first_use: flags.TrustOnFirstUse = False,
     as_json: Annotated[bool, typer.Option("--json", help="print the facts as JSON")] = False,
 ) -> None:
     """Connect to a host and print its facts: OS, CPUs, RAM, disk, GPUs, driver and CUDA versions, systemd.
@@ -71,8 +72,9 @@ def check_cmd(
     elif target == "ssh":
         from mistral_lab.hosts.ssh import SSHTarget
 
-        options = {"host": host, "ssh_port": port, "user": user, "key": key, "known_hosts": known_hosts,
-                   "host_key": host_key, "trust_on_first_use": trust_on_first_use}
+        options = flags.host_options(host=host, ssh_port=ssh_port or port, user=user, key=key,
+                                     known_hosts=known_hosts, host_key=host_key,
+                                     trust_on_first_use=trust_on_first_use)
         ssh = SSHTarget()
         conn = ssh.provision(ProvisionRequest(deployment="hosts-check", options=options),
                              on_line=lambda line: console_err.print(line, highlight=False, markup=False))

@@ -9,8 +9,7 @@ import typer
 from rich.table import Table
 
 from mistral_lab.catalog import load_catalog
-from mistral_lab.plan import require_fit
-from mistral_lab.planning import make_plan, plan_table, request
+from mistral_lab.planning import make_plan, plan_json, plan_table, request, require_fit
 
 from ._app import app, console
 
@@ -68,7 +67,7 @@ def plan_cmd(
                    quant=quant, context=context, concurrency=concurrency)
     plan = make_plan(req)
     if as_json:
-        print(json.dumps(plan.model_dump(), indent=2))
+        print(json.dumps(plan_json(plan), indent=2))
     else:
         console.print(plan_table(plan))
     require_fit(plan)

@@ -8,16 +8,16 @@ from __future__ import annotations
 
 import json
 import sys
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
-import yaml
 from rich.table import Table
 
-from mistral_lab import params
+from mistral_lab import planning
 from mistral_lab import workshop as ws_mod
-from mistral_lab.errors import BadInput
+from mistral_lab.planning.parameters import option_pairs
 
+from . import _options as flags
 from ._app import app, console, console_err
 
 Opt = typer.Option
@@ -27,19 +27,6 @@ app.add_typer(workshop_app, name="workshop")
 
 def _split(value: str | None) -> list[str] | None:
     return [v.strip() for v in value.split(",") if v.strip()] if value else None
-
-
-def _options(pairs: list[str]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key:
-            raise BadInput(f"not KEY=VALUE: {pair!r}", field="option", fix="e.g. --option host_cache=/srv/cache")
-        if key.lower() in params.SECRET_NAMES:
-            raise BadInput(f"secrets are not options: {key}", field="option",
-                           fix="set DIGITALOCEAN_TOKEN / HF_TOKEN in the environment instead")
-        out[key] = yaml.safe_load(value)
-    return out
 
 
 def _printer(as_json: bool):
@@ -67,14 +54,15 @@ def up_cmd(
     gpu: Annotated[str, Opt(help="size slug, GPU name or auto")] = "auto",
     region: Annotated[str | None, Opt(help="digitalocean region")] = None,
     context: Annotated[int | None, Opt(help="tokens per learner (default: what fits)")] = None,
-    host: Annotated[str | None, Opt(help="ssh: host name or address")] = None,
-    ssh_port: Annotated[int | None, Opt(help="ssh/digitalocean: SSH port")] = None,
-    user: Annotated[str | None, Opt(help="ssh/digitalocean: login user")] = None,
-    key: Annotated[str | None, Opt(help="ssh/digitalocean: private key file")] = None,
-    host_key: Annotated[str | None, Opt(help="ssh: the host's public key")] = None,
-    known_hosts: Annotated[str | None, Opt(help="ssh: known_hosts file with the host's key")] = None,
-    api_url: Annotated[str | None, Opt(help="digitalocean: API base URL")] = None,
-    option: Annotated[list[str] | None, Opt("--option", help="more host options, KEY=VALUE (repeatable)")] = None,
+    host: flags.Host = None,
+    ssh_port: flags.SSHPort = None,
+    user: flags.User = None,
+    key: flags.Key = None,
+    host_key: flags.HostKey = None,
+    known_hosts: flags.KnownHosts = None,
+    trust_on_first_use: flags.TrustOnFirstUse = False,
+    api_url: flags.ApiUrl = None,
+    option: flags.Option = None,
     timeout: Annotated[float, Opt(help="seconds to wait for the model server")] = 900,
     yes: Annotated[bool, Opt("--yes", "-y", help="do not ask before creating billed resources")] = False,
     as_json: Annotated[bool, Opt("--json", help='print {"cards": [{"base_url", "api_key", "fingerprint"}, ...]}')] = False,
@@ -93,9 +81,10 @@ def up_cmd(
     if room.hourly_usd and not yes and sys.stdin.isatty():
         say(room.summary())
         typer.confirm(f"create it (about ${room.planned_cost_usd:.2f})?", abort=True, err=True)
-    flags = {"host": host, "ssh_port": ssh_port, "user": user, "key": key, "host_key": host_key,
-             "known_hosts": known_hosts, "api_url": api_url}
-    options = {**{k: v for k, v in flags.items() if v is not None}, **_options(option or []), **params.env_secrets()}
+    values = {**flags.host_options(host=host, ssh_port=ssh_port, user=user, key=key, host_key=host_key,
+                                   known_hosts=known_hosts, trust_on_first_use=trust_on_first_use, api_url=api_url),
+              **option_pairs(option or [])}
+    _, options = planning.split(values)
     ws, files = ws_mod.up(room, options=options, say=say, start_timeout=timeout)
     if as_json:
         keys = ws_mod.load_keys(ws.name)

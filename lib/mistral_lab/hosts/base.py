@@ -72,6 +72,7 @@ class HostRecord(BaseModel):
     key_path: str | None = None
     host_key: str | None = Field(default=None, description="pinned public host key, 'ssh-ed25519 AAAA...'")
     known_hosts: str | None = None
+    key_dir: str | None = Field(default=None, description="the private folder holding keys the target made")
     resource_ids: dict[str, Any] = Field(default_factory=dict, description="cloud ids: droplet, firewall, ssh key")
     extra: dict[str, Any] = Field(default_factory=dict)
 
@@ -141,6 +142,7 @@ class ProvisionRequest:
     gpu_slug: str | None = None
     region: str | None = None
     hourly_usd: float | None = None
+    key_dir: Path | None = None  # a private (0700) folder for the keys a target makes for this host
     options: dict[str, Any] = field(default_factory=dict)
 
 

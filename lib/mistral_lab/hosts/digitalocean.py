@@ -5,7 +5,7 @@ provisioning is re-entrant: run it again after a crash and it finds what the las
 twice. The order of creation is SSH key, firewall (bound to the deployment tag, so the droplet is covered from
 birth), droplet.
 
-Options (ProvisionRequest.options or the target's own options; the request's win):
+Options (`mistral_lab.options.DigitalOceanOptions`; ProvisionRequest.options over the target's own):
   api_url             DigitalOcean-compatible API base URL (also env DIGITALOCEAN_API_URL)
   region              a region slug; default: the first region that offers the size, falling back on capacity errors
   allow_from          CIDR(s) allowed to reach SSH (also env MISTRAL_LAB_ALLOW_FROM); default: this machine's public
@@ -21,8 +21,8 @@ Options (ProvisionRequest.options or the target's own options; the request's win
   poll_interval, active_timeout, ssh_timeout, cloud_init_timeout   seconds
 
 Secrets: the token only ever lives in the environment and in the API client; the droplet's host key and our client
-key live in the deployment's folder (0600, `mistral_lab.state`). user_data carries the host key pair and public
-keys only.
+key live in the private folder the request names (`ProvisionRequest.key_dir`, the deployment's own, files 0600),
+which the host record keeps for teardown. user_data carries the host key pair and public keys only.
 """
 
 from __future__ import annotations
@@ -34,9 +34,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError, field_validator
-
-from mistral_lab import infra_files, state
+from mistral_lab import infra_files
 from mistral_lab.errors import BadInput, MistralLabError, TargetError
 from mistral_lab.hosts import do_resources as res
 from mistral_lab.hosts.base import Host, HostRecord, LineSink, ProvisionRequest
@@ -49,7 +47,7 @@ from mistral_lab.hosts.cloudinit import (
     render_user_data,
 )
 from mistral_lab.hosts.do_api import DOApi, DOApiError, read_token
-from mistral_lab.params import SECRET_NAMES
+from mistral_lab.options import DigitalOceanOptions
 
 ALLOW_FROM_ENV = "MISTRAL_LAB_ALLOW_FROM"
 ECHO_URL = "https://api.ipify.org"
@@ -59,53 +57,6 @@ CLIENT_KEY_FILE = "do-client-ed25519"
 
 def _quiet(line: str) -> None:
     pass
-
-
-class DOSettings(BaseModel):
-    model_config = ConfigDict(extra="ignore")
-
-    api_url: str | None = None
-    region: str | None = None
-    allow_from: list[str] | None = None
-    https_from: list[str] | None = None
-    https_port: int = Field(default=443, ge=1, le=65535)
-    expires_at: int | None = Field(default=None, gt=0)
-    ssh_user: str = Field(default="mistral", validation_alias=AliasChoices("ssh_user", "user"))
-    key: str | None = None
-    ssh_port: int = Field(default=22, ge=1, le=65535)
-    image: str | None = None
-    poll_interval: float = Field(default=5.0, gt=0)
-    active_timeout: float = Field(default=600.0, gt=0)
-    ssh_timeout: float = Field(default=600.0, gt=0)
-    cloud_init_timeout: float = Field(default=1200.0, gt=0)
-
-    @field_validator("allow_from", mode="before")
-    @classmethod
-    def _split(cls, v: Any) -> Any:
-        return res.parse_allow_from(v) if v is not None else None
-
-    @field_validator("https_from", mode="before")
-    @classmethod
-    def _split_https(cls, v: Any) -> Any:
-        return res.parse_cidrs(v, field="https_from", service="HTTPS") if v is not None else None
-
-    @classmethod
-    def of(cls, *layers: dict[str, Any] | None) -> DOSettings:
-        merged: dict[str, Any] = {}
-        for layer in layers:
-            merged.update({k: v for k, v in (layer or {}).items() if v is not None})
-        # Options end up in records and notebooks; a token given here would too, so it is refused, not ignored.
-        given = sorted(k for k in merged if k.lower() in SECRET_NAMES)
-        if given:
-            raise BadInput(f"secrets are not DigitalOcean options: {', '.join(given)}", field=given[0],
-                           fix="put the token in the environment: export DIGITALOCEAN_TOKEN=...")
-        try:
-            return cls.model_validate(merged)
-        except ValidationError as e:
-            err = e.errors()[0]
-            name = ".".join(str(p) for p in err["loc"])
-            raise BadInput(f"invalid DigitalOcean option: {err['msg']}", field=name,
-                           fix="see mistral_lab.hosts.digitalocean for the options and their types") from None
 
 
 # ---------------------------------------------------------------------------------------------- preflight
@@ -167,13 +118,19 @@ class DropletKeys:
     client_public: str
 
 
-def droplet_keys(deployment: str, *, create: bool, key: str | None = None) -> DropletKeys | None:
-    """The droplet's host key pair and our client key pair, kept 0600 beside the deployment record.
+def _write_private(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+
+
+def droplet_keys(deployment: str, folder: Path, *, create: bool, key: str | None = None) -> DropletKeys | None:
+    """The droplet's host key pair and our client key pair, kept 0600 in `folder` (the deployment's own).
 
     Written before the droplet is created, so a run killed half-way can still verify the droplet it left behind.
     `key` is the user's own private key to log in with instead of one made for the deployment.
     """
-    folder = state.deployment_dir(deployment)
     host_path = folder / HOST_KEY_FILE
     client_path = Path(key).expanduser() if key else folder / CLIENT_KEY_FILE
     if key and not client_path.is_file():
@@ -182,10 +139,9 @@ def droplet_keys(deployment: str, *, create: bool, key: str | None = None) -> Dr
         if not create:
             return None
         if not host_path.is_file():
-            state.write_secret(deployment, HOST_KEY_FILE, generate_ed25519(f"{deployment}-host").private_openssh)
+            _write_private(host_path, generate_ed25519(f"{deployment}-host").private_openssh)
         if not client_path.is_file():
-            client = generate_ed25519(f"mistral-lab-{deployment}")
-            state.write_secret(deployment, CLIENT_KEY_FILE, client.private_openssh)
+            _write_private(client_path, generate_ed25519(f"mistral-lab-{deployment}").private_openssh)
     host_private = host_path.read_text()
     host = KeyPair(host_private, public_from_private(host_private, f"{deployment}-host"))
     try:
@@ -196,8 +152,7 @@ def droplet_keys(deployment: str, *, create: bool, key: str | None = None) -> Dr
     return DropletKeys(host=host, client_key_path=client_path, client_public=client_public)
 
 
-def _forget_keys(deployment: str) -> None:
-    folder = state.deployment_dir(deployment)
+def _forget_keys(folder: Path) -> None:
     for name in (HOST_KEY_FILE, CLIENT_KEY_FILE):
         (folder / name).unlink(missing_ok=True)
 
@@ -237,21 +192,25 @@ class DigitalOceanTarget:
         self._sleep = sleep
         self.stats = ProvisionStats()
 
-    def _api(self, settings: DOSettings) -> DOApi:
+    def _api(self, settings: DigitalOceanOptions) -> DOApi:
         return DOApi(settings.api_url, sleep=self._sleep)
 
     # ------------------------------------------------------------------ preflight
 
     def preflight(self, gpu_slug: str, region: str | None = None) -> Preflight:
-        settings = DOSettings.of(self.options, {"region": region})
+        settings = DigitalOceanOptions.of(self.options, {"region": region})
         return preflight(self._api(settings), gpu_slug, settings.region, image=settings.image)
 
     # ------------------------------------------------------------------ provision
 
     def provision(self, request: ProvisionRequest, on_line: LineSink | None = None) -> Host:
         say = on_line or _quiet
-        deployment = state.check_name(request.deployment)
-        settings = DOSettings.of(self.options, request.options, {"region": request.region})
+        deployment = request.deployment
+        if request.key_dir is None:
+            raise BadInput("no private folder for the droplet's keys", field="key_dir",
+                           fix="deploy through mistral_lab.deploy, which gives the deployment's own folder")
+        key_dir = request.key_dir
+        settings = DigitalOceanOptions.of(self.options, request.options, {"region": request.region})
         check_user(settings.ssh_user)
         if not request.gpu_slug:
             raise BadInput("no DigitalOcean size to create", field="gpu", fix="pass --gpu, e.g. gpu-h100x1-80gb")
@@ -263,7 +222,7 @@ class DigitalOceanTarget:
         allow_from = settings.allow_from or self._allow_from_env() or detect_public_address()
         tag = res.deployment_tag(deployment)
 
-        had_host_key = (state.deployment_dir(deployment) / HOST_KEY_FILE).is_file()
+        had_host_key = (key_dir / HOST_KEY_FILE).is_file()
         existing = api.list_droplets(tag_name=tag)
         if len(existing) > 1:
             ids = ", ".join(str(d["id"]) for d in existing)
@@ -271,9 +230,9 @@ class DigitalOceanTarget:
                               fix="destroy the extra ones: mistral-lab sweep")
         if existing and not had_host_key:
             raise TargetError(f"droplet {existing[0]['id']} of deployment {deployment} exists, but its host key is "
-                              f"not in {state.deployment_dir(deployment)}: it cannot be verified",
+                              f"not in {key_dir}: it cannot be verified",
                               fix=f"destroy it (mistral-lab sweep --yes, or teardown {deployment}) and deploy again")
-        keys = droplet_keys(deployment, create=True, key=settings.key)
+        keys = droplet_keys(deployment, key_dir, create=True, key=settings.key)
         assert keys is not None
 
         ssh_key, key_created = self._ensure_ssh_key(api, deployment, keys.client_public, say)
@@ -301,7 +260,7 @@ class DigitalOceanTarget:
         assert address is not None
         record = HostRecord(
             target=self.name, address=address, port=settings.ssh_port, user=settings.ssh_user,
-            key_path=str(keys.client_key_path), host_key=keys.host.public_key,
+            key_path=str(keys.client_key_path), host_key=keys.host.public_key, key_dir=str(key_dir),
             resource_ids={"droplet": droplet["id"], "firewall": firewall["id"],
                           "ssh_key": ssh_key["fingerprint"], "ssh_key_created": key_created, "tag": tag},
             extra={"deployment": deployment, "api_url": settings.api_url or os.environ.get("DIGITALOCEAN_API_URL"),
@@ -351,7 +310,7 @@ class DigitalOceanTarget:
             raise
 
     def _ensure_firewall(self, api: DOApi, deployment: str, allow_from: list[str], say: LineSink,
-                         settings: DOSettings) -> dict:
+                         settings: DigitalOceanOptions) -> dict:
         wanted = res.firewall_body(deployment, allow_from, https_from=settings.https_from,
                                    https_port=settings.https_port)
         opened = f"SSH from {', '.join(allow_from)}" + (
@@ -367,7 +326,7 @@ class DigitalOceanTarget:
         return fw
 
     def _create_droplet(self, api: DOApi, deployment: str, pf: Preflight, fingerprint: str, user_data: str, *,
-                        explicit_region: bool, settings: DOSettings, say: LineSink) -> dict:
+                        explicit_region: bool, settings: DigitalOceanOptions, say: LineSink) -> dict:
         tag = res.deployment_tag(deployment)
         regions = [pf.region] if explicit_region else [pf.region] + [r for r in pf.regions if r != pf.region]
         tried: list[str] = []
@@ -406,7 +365,7 @@ class DigitalOceanTarget:
         raise TargetError(f"no capacity for {pf.size} in {', '.join(tried)}",
                           fix="try later, another --region, or another --gpu size")
 
-    def _wait_active(self, api: DOApi, droplet: dict, settings: DOSettings, say: LineSink) -> dict:
+    def _wait_active(self, api: DOApi, droplet: dict, settings: DigitalOceanOptions, say: LineSink) -> dict:
         deadline = time.monotonic() + settings.active_timeout
         start = time.monotonic()
         last = None
@@ -438,7 +397,7 @@ class DigitalOceanTarget:
         # The pinned key is the one we generated and cloud-init installed: anything else is refused.
         return SSHHost(record, connect_timeout=15.0, on_line=on_line)
 
-    def _wait_ssh(self, record: HostRecord, settings: DOSettings, say: LineSink) -> Host:
+    def _wait_ssh(self, record: HostRecord, settings: DigitalOceanOptions, say: LineSink) -> Host:
         """Connect until sshd answers with our host key and takes our key. A different host key stops at once."""
         from mistral_lab.hosts.ssh import HostKeyError
 
@@ -468,7 +427,7 @@ class DigitalOceanTarget:
                                   fix="check allow_from is your public address; deploy again to keep waiting")
             self._sleep(settings.poll_interval)
 
-    def _wait_cloud_init(self, host: Host, settings: DOSettings, say: LineSink) -> None:
+    def _wait_cloud_init(self, host: Host, settings: DigitalOceanOptions, say: LineSink) -> None:
         result = host.run_script(infra_files.read("wait-cloud-init.sh"), timeout=settings.cloud_init_timeout,
                                  check=False, on_line=say)
         if not result.ok:
@@ -490,7 +449,7 @@ class DigitalOceanTarget:
         if not deployment:
             raise BadInput("the record does not say which deployment it belongs to", field="host",
                            fix="run `mistral-lab sweep` to find and destroy what is left")
-        settings = DOSettings.of(self.options, {"api_url": record.extra.get("api_url")})
+        settings = DigitalOceanOptions.of(self.options, {"api_url": record.extra.get("api_url")})
         api = self._api(settings)
         tag = res.deployment_tag(deployment)
         name = res.resource_name(deployment)
@@ -505,8 +464,9 @@ class DigitalOceanTarget:
             ours = fw.get("name") == name or tag in (fw.get("tags") or [])
             if ours and api.delete_firewall(fw["id"]):
                 say(f"deleted firewall {fw['id']}")
+        key_dir = Path(record.key_dir) if record.key_dir else None
         try:
-            keys = droplet_keys(deployment, create=False, key=record.key_path)
+            keys = droplet_keys(deployment, key_dir, create=False, key=record.key_path) if key_dir else None
         except BadInput:  # the key file is gone: the fingerprint in the record still names the key
             keys = None
         fingerprint = record.resource_ids.get("ssh_key")
@@ -518,7 +478,8 @@ class DigitalOceanTarget:
             if ours and api.delete_ssh_key(fingerprint):
                 say(f"deleted SSH key {fingerprint}")
         api.delete_tag(tag)
-        _forget_keys(deployment)
+        if key_dir is not None:
+            _forget_keys(key_dir)
 
 
 # ---------------------------------------------------------------------------------------------- sweep

@@ -22,6 +22,7 @@ from mistral_lab.errors import BadInput, TargetError
 from mistral_lab.hosts import facts as _facts
 from mistral_lab.hosts import shell
 from mistral_lab.hosts.base import HostFacts, HostRecord, LineSink, ProvisionRequest, Result
+from mistral_lab.options import LocalOptions
 
 
 @dataclass
@@ -210,8 +211,7 @@ class LocalTarget:
         self.options = dict(options or {})
 
     def provision(self, request: ProvisionRequest, on_line: LineSink | None = None) -> LocalHost:
-        opts = {**self.options, **request.options}
-        host = LocalHost(opts.get("workdir"))
+        host = LocalHost(LocalOptions.of(self.options, request.options).workdir)
         if on_line is not None:
             on_line(f"using this machine ({host.workdir})")
         return host

@@ -38,6 +38,7 @@ from mistral_lab.hosts import hostkeys, shell
 from mistral_lab.hosts.base import HostFacts, HostRecord, LineSink, ProvisionRequest, Result
 from mistral_lab.hosts.hostkeys import HostKeyError, HostKeyMismatch, HostKeyUnknown, Trust
 from mistral_lab.hosts.tunnel import SSHTunnel
+from mistral_lab.options import SSHOptions
 
 __all__ = ["ConnectionLost", "HostKeyError", "HostKeyMismatch", "HostKeyUnknown", "SSHAuthError",
            "SSHConnectError", "SSHHost", "SSHTarget"]
@@ -459,16 +460,10 @@ def _tcp_keepalive(sock: Any) -> None:
                 sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, name), value)
 
 
-def _truthy(value: Any) -> bool:
-    if isinstance(value, str):
-        return value.strip().lower() in ("1", "true", "yes", "on")
-    return bool(value)
-
-
 class SSHTarget:
     """The `ssh` target: a machine someone else runs. provision connects; destroy only lets go of it.
 
-    Options (the target's, overridden by ProvisionRequest.options; named as in params.TARGET_OPTIONS): host,
+    Options (`mistral_lab.options.SSHOptions`, the target's overridden by ProvisionRequest.options): host,
     ssh_port (22), user (yours), key (a private key file; default: agent and ~/.ssh/id_*), and how to trust the
     host's key: host_key ('ssh-ed25519 AAAA...'), known_hosts (a file), or trust_on_first_use (true: accept an
     unknown key and record it). With none of the three, ~/.ssh/known_hosts is used.
@@ -480,37 +475,29 @@ class SSHTarget:
         self.options = dict(options or {})
         self._hosts: list[SSHHost] = []
 
-    def record_from(self, options: Mapping[str, Any]) -> HostRecord:
-        address = options.get("host")
-        if not address:
+    def record_from(self, options: SSHOptions | Mapping[str, Any]) -> HostRecord:
+        options = SSHOptions.of(options)
+        if not options.host:
             raise BadInput("no host given", field="host", fix="pass --host NAME (options: host=...)")
-        try:
-            port = int(options.get("ssh_port") or 22)
-        except ValueError:
-            raise BadInput(f"{options.get('ssh_port')!r} is not a port number", field="ssh_port") from None
-        if not 0 < port < 65536:
-            raise BadInput(f"{port} is not a port number", field="ssh_port", fix="use 1-65535")
-        host_key, known_hosts = options.get("host_key"), options.get("known_hosts")
-        if host_key and known_hosts:
+        if options.host_key and options.known_hosts:
             raise BadInput("both host_key and known_hosts given", field="host_key",
                            fix="pin the key with one of them, not both")
-        if host_key:
-            hostkeys.parse_public_key(str(host_key))  # a malformed key fails here, naming the field
-        key = options.get("key") or options.get("key_path")
+        if options.host_key:
+            hostkeys.parse_public_key(options.host_key)  # a malformed key fails here, naming the field
         return HostRecord(
-            target=self.name, address=str(address), port=port, user=options.get("user") or getpass.getuser(),
-            key_path=str(Path(key).expanduser()) if key else None,
-            host_key=str(host_key).strip() if host_key else None,
-            known_hosts=str(Path(known_hosts).expanduser()) if known_hosts else None,
+            target=self.name, address=options.host, port=options.ssh_port, user=options.user or getpass.getuser(),
+            key_path=str(Path(options.key).expanduser()) if options.key else None,
+            host_key=options.host_key.strip() if options.host_key else None,
+            known_hosts=str(Path(options.known_hosts).expanduser()) if options.known_hosts else None,
         )
 
     def provision(self, request: ProvisionRequest, on_line: LineSink | None = None) -> SSHHost:
-        opts = {**self.options, **request.options}
+        opts = SSHOptions.of(self.options, request.options)
         record = self.record_from(opts)
-        if opts.get("trust_on_first_use") and record.host_key:
+        if opts.trust_on_first_use and record.host_key:
             raise BadInput("trust_on_first_use with a pinned host_key", field="trust_on_first_use",
                            fix="drop one: a pinned key is never replaced by the one the host shows")
-        host = SSHHost(record, trust_on_first_use=_truthy(opts.get("trust_on_first_use")), on_line=on_line)
+        host = SSHHost(record, trust_on_first_use=opts.trust_on_first_use, on_line=on_line)
         host.connect()
         self._hosts.append(host)
         if on_line is not None:

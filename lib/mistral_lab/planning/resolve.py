@@ -14,36 +14,14 @@ from pydantic import BaseModel, ConfigDict, Field
 from mistral_lab import hardware, sizing
 from mistral_lab.catalog import get_model
 from mistral_lab.catalog.schema import Model, Variant, Weights
-from mistral_lab.engines import render
 from mistral_lab.errors import BadInput, DoesNotFit
+from mistral_lab.planning.request import PlanRequest, Target
 
-Target = Literal["local", "ssh", "digitalocean"]
-EngineChoice = Literal["auto", "vllm", "llamacpp"]
+__all__ = ["DEFAULT_CONTEXT", "DEFAULT_PORT", "MIN_CONTEXT", "Plan", "require_fit", "resolve"]
 
 DEFAULT_CONTEXT = 32768  # long enough for documents and agents, short enough to leave room for concurrency
 MIN_CONTEXT = 2048
 DEFAULT_PORT = {"vllm": 8000, "llamacpp": 8080}
-
-
-class PlanRequest(BaseModel):
-    """What a user may set (papermill parameters, CLI flags, YAML presets). Everything defaults safely."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    model: str = "tiny-random"
-    variant: str | None = None
-    engine: EngineChoice = "auto"
-    target: Target = "local"
-    gpu: str = "auto"
-    precision: str | None = None
-    quant: str | None = None
-    context: int | None = Field(default=None, gt=0)
-    concurrency: int | None = Field(default=None, gt=0)
-    vision: bool | None = None
-    kv_cache_dtype: str = "auto"
-    region: str | None = None
-    name: str | None = None
-    port: int | None = Field(default=None, gt=0, lt=65536)
 
 
 class Plan(BaseModel):
@@ -85,8 +63,6 @@ class Plan(BaseModel):
     temperature: float
     top_p: float | None
     notes: list[str] = Field(default_factory=list)
-    serve_command: str = ""
-    serve_argv: list[str] = Field(default_factory=list)
 
 
 def _pick_variant(model: Model, variant: str | None) -> Variant:
@@ -215,8 +191,8 @@ def resolve(req: PlanRequest, *, host: hardware.Size | None = None, sizes: list[
     price = size.hourly_usd if req.target == "digitalocean" else 0.0
     gguf = weights.quants[quant].file if (quant and quant in weights.quants) else None
     reasoning = bool(model.capabilities.reasoning_effort) or variant.thinks
-    sampling = model.sampling.reasoning_high if (variant.thinks and model.sampling.reasoning_high) else model.sampling.default
-    plan = Plan(
+    sampling = model.sampling_for(variant.id)
+    return Plan(
         name=req.name or f"{model.id}-{engine}",
         model=model.id,
         model_name=model.name,
@@ -254,8 +230,6 @@ def resolve(req: PlanRequest, *, host: hardware.Size | None = None, sizes: list[
         top_p=sampling.top_p,
         notes=notes,
     )
-    argv = render.serve_argv(plan, model)
-    return plan.model_copy(update={"serve_argv": argv, "serve_command": render.shell_join(argv)})
 
 
 def _other_weights_that_fit(req: PlanRequest, host: hardware.Size | None, sizes: list[hardware.Size] | None,

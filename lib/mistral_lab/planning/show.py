@@ -1,32 +1,23 @@
 """Planning at the edge: gather what the pure planner needs (this machine's hardware) and show the result.
 
-`plan.resolve` never does I/O; this module is where the local facts probe happens, so the CLI, the notebooks
-and `deploy` plan the same way.
+`resolve` never does I/O; this module is where the local facts probe happens, so the CLI, the notebooks and
+`deploy` plan the same way. The serve command shown is the engine's own preview: the engine is its one author.
 """
 
 from __future__ import annotations
 
+import shlex
 from typing import Any
 
-from pydantic import ValidationError
 from rich.console import Console
 from rich.table import Table
 
-from mistral_lab import hardware
+from mistral_lab import engines, hardware
 from mistral_lab.catalog import get_model
-from mistral_lab.errors import BadInput
-from mistral_lab.plan import Plan, PlanRequest, resolve
+from mistral_lab.planning.request import PlanRequest
+from mistral_lab.planning.resolve import Plan, resolve
 
-
-def request(**fields: Any) -> PlanRequest:
-    """A PlanRequest from loose parameters (CLI flags, papermill parameters), with errors that name the field."""
-    try:
-        return PlanRequest(**{k: v for k, v in fields.items() if v is not None})
-    except ValidationError as e:
-        err = e.errors()[0]
-        field = ".".join(str(p) for p in err["loc"])
-        expected = err.get("ctx", {}).get("expected")
-        raise BadInput(err["msg"], field=field, fix=f"use {expected}" if expected else None) from None
+__all__ = ["local_size", "make_plan", "plan_json", "plan_table", "serve_preview", "show_plan"]
 
 
 def local_size() -> hardware.Size:
@@ -43,7 +34,17 @@ def make_plan(req: PlanRequest, *, host: hardware.Size | None = None) -> Plan:
     return resolve(req, host=host)
 
 
-def plan_table(plan: Plan) -> Table:
+def serve_preview(plan: Plan, options: dict[str, Any] | None = None) -> str:
+    """The serve command the plan's engine would run, before any host exists (paths relative to the deployment)."""
+    return shlex.join(engines.get_engine(plan.engine, options).serve_argv(plan))
+
+
+def plan_json(plan: Plan, options: dict[str, Any] | None = None) -> dict[str, Any]:
+    """`plan --json`: the plan and the engine's preview of its serve command."""
+    return {**plan.model_dump(mode="json"), "serve_command": serve_preview(plan, options)}
+
+
+def plan_table(plan: Plan, options: dict[str, Any] | None = None) -> Table:
     m = plan.memory
     t = Table(show_header=False, box=None, title=f"plan {plan.name}", title_justify="left")
     t.add_row("model", f"{plan.model} ({plan.model_name}), variant {plan.variant}")
@@ -59,11 +60,11 @@ def plan_table(plan: Plan) -> Table:
     if plan.hourly_usd:
         t.add_row("price", f"${plan.hourly_usd:.2f}/hour (list price: {plan.price_source})")
     t.add_row("sampling", f"temperature {plan.temperature:g}" + (f", top_p {plan.top_p:g}" if plan.top_p else ""))
-    t.add_row("serve", plan.serve_command)
+    t.add_row("serve", serve_preview(plan, options))
     for n in plan.notes:
         t.add_row("note", n)
     return t
 
 
-def show_plan(plan: Plan, console: Console | None = None) -> None:
-    (console or Console()).print(plan_table(plan))
+def show_plan(plan: Plan, options: dict[str, Any] | None = None, console: Console | None = None) -> None:
+    (console or Console()).print(plan_table(plan, options))

@@ -1,0 +1,200 @@
+"""Every host and engine option, declared once as typed models: what presets, papermill parameters and CLI flags
+may set beside the plan's own fields, and what targets and engines read.
+
+A leaf module (it imports no target, engine or planning code), so a target or an engine reads its own model here
+and `planning.parameters` derives the accepted keys from the same models. Options never hold secrets: tokens and
+keys come from the environment (`Secrets`), and `planning.parameters` refuses them by name in one place.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any, Literal, Self
+
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from mistral_lab.errors import BadInput
+from mistral_lab.hosts import do_resources as res
+
+__all__ = ["ALL", "ENGINE_OPTIONS", "SECRET_NAMES", "TARGET_OPTIONS", "DigitalOceanOptions", "EngineOptions",
+           "HostOptions", "LlamaCppOptions", "LocalOptions", "Options", "SSHOptions", "Secrets", "VllmOptions",
+           "declared", "refuse_secrets"]
+
+SECRET_NAMES = {"token", "do_token", "digitalocean_token", "hf_token", "api_key", "password"}
+
+
+def refuse_secrets(keys: Any) -> None:
+    """Refuse any secret given as a parameter or an option: those end up in records, notebooks and shell history.
+    The one check there is: parameters, presets, CLI options and every option model come through here."""
+    given = sorted(str(k) for k in keys if str(k).lower() in SECRET_NAMES)
+    if given:
+        raise BadInput(f"secrets are not parameters: {', '.join(given)}", field=given[0],
+                       fix="set DIGITALOCEAN_TOKEN / HF_TOKEN in the environment instead")
+
+
+class Options(BaseModel):
+    """Base of every option model: built from a loose mapping that may hold other models' keys (one preset drives
+    a target and an engine), with errors that name the field."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True, populate_by_name=True)
+
+    @classmethod
+    def of(cls, *layers: dict[str, Any] | BaseModel | None) -> Self:
+        merged: dict[str, Any] = {}
+        for layer in layers:
+            if isinstance(layer, BaseModel):
+                layer = layer.model_dump(exclude_unset=True)
+            merged.update({k: v for k, v in (layer or {}).items() if v is not None})
+        refuse_secrets(merged)
+        try:
+            return cls.model_validate(merged)
+        except ValidationError as e:
+            err = e.errors()[0]
+            name = ".".join(str(p) for p in err["loc"])
+            known = cls.model_fields.get(str(err["loc"][0])) if err["loc"] else None
+            raise BadInput(f"invalid option {name}: {err['msg']}", field=name,
+                           fix=(known.description if known and known.description else
+                                f"see `{cls.__name__}` in mistral_lab.options for the options and their types")) from None
+
+
+# ---------------------------------------------------------------------------------------------- hosts
+
+
+class HostOptions(Options):
+    """Where a deployment lives on any host, and how its server runs there."""
+
+    host_root: str | None = Field(default=None, description="folder for deployments on the host (default ~/mistral-lab)")
+    host_cache: str | None = Field(default=None, description="shared cache for builds and weights "
+                                                              "(default ~/.cache/mistral-lab)")
+    service: Literal["auto", "systemd", "process"] = Field(
+        default="auto", description="auto: a systemd unit where systemd runs, else a supervised process")
+
+
+class LocalOptions(HostOptions):
+    workdir: str | None = Field(default=None, description="the folder commands run in (default: a fresh temp folder)")
+
+
+class SSHOptions(HostOptions):
+    host: str | None = Field(default=None, description="ssh: host name or address")
+    ssh_port: int = Field(default=22, ge=1, le=65535, description="ssh/digitalocean: SSH port")
+    user: str | None = Field(default=None, description="ssh/digitalocean: login user")
+    key: str | None = Field(default=None, validation_alias=AliasChoices("key", "key_path"),
+                            description="ssh/digitalocean: private key file")
+    known_hosts: str | None = Field(default=None, description="ssh: known_hosts file with the host's key")
+    host_key: str | None = Field(default=None, description="ssh: the host's public key, 'ssh-ed25519 AAAA...'")
+    trust_on_first_use: bool = Field(default=False, description="ssh: accept and record an unknown host key")
+
+
+class DigitalOceanOptions(HostOptions):
+    """The DigitalOcean target's options (see hosts/digitalocean.py for what each does)."""
+
+    api_url: str | None = Field(default=None, description="digitalocean: API base URL "
+                                                           "(default DIGITALOCEAN_API_URL or DigitalOcean's)")
+    region: str | None = Field(default=None, description="digitalocean: region slug")
+    allow_from: list[str] | None = Field(default=None, description="digitalocean: CIDRs allowed to SSH in "
+                                                                   "(default: this machine's public address)")
+    https_from: list[str] | None = Field(default=None, description="digitalocean: CIDRs allowed to reach https_port")
+    https_port: int = Field(default=443, ge=1, le=65535)
+    expires_at: int | None = Field(default=None, gt=0, description="unix seconds: the droplet's expiry tag")
+    ssh_user: str = Field(default="mistral", validation_alias=AliasChoices("ssh_user", "user"))
+    key: str | None = Field(default=None, validation_alias=AliasChoices("key", "key_path"))
+    ssh_port: int = Field(default=22, ge=1, le=65535)
+    image: str | None = Field(default=None, description="digitalocean: override the base image slug")
+    poll_interval: float = Field(default=5.0, gt=0)
+    active_timeout: float = Field(default=600.0, gt=0)
+    ssh_timeout: float = Field(default=600.0, gt=0)
+    cloud_init_timeout: float = Field(default=1200.0, gt=0)
+
+    @field_validator("allow_from", mode="before")
+    @classmethod
+    def _split(cls, v: Any) -> Any:
+        return res.parse_allow_from(v) if v is not None else None
+
+    @field_validator("https_from", mode="before")
+    @classmethod
+    def _split_https(cls, v: Any) -> Any:
+        return res.parse_cidrs(v, field="https_from", service="HTTPS") if v is not None else None
+
+
+# ---------------------------------------------------------------------------------------------- engines
+
+
+class EngineOptions(Options):
+    extra_args: list[str] = Field(default_factory=list, description="flags added to the serve command")
+    hf_endpoint: str | None = Field(default=None, description="Hugging Face endpoint (a mirror)")
+    download_timeout: float = Field(default=7200, gt=0, description="seconds a weights download may take")
+
+    @field_validator("extra_args", mode="before")
+    @classmethod
+    def _split_args(cls, v: Any) -> Any:
+        import shlex
+
+        return shlex.split(v) if isinstance(v, str) else [str(a) for a in (v or [])]
+
+
+class LlamaCppOptions(EngineOptions):
+    llamacpp_source: Literal["pypi", "git", "tarball"] = "pypi"
+    llamacpp_version: str | None = None
+    llamacpp_tarball: str | None = Field(default=None, description="a source archive on this machine (tarball)")
+    llamacpp_backend: str | None = Field(default=None, description="cpu | cuda | rocm (default: from the host's GPUs)")
+    llamacpp_arch: str | None = None
+    model_source: Literal["download", "hf"] = Field(
+        default="download", description="download: fetched first with progress; hf: llama-server's own -hf")
+    pypi_url: str | None = None
+    build_timeout: float = Field(default=7200, gt=0)
+
+    @field_validator("llamacpp_version", mode="before")
+    @classmethod
+    def _text(cls, v: Any) -> Any:
+        return str(v) if v is not None else None
+
+
+class VllmOptions(EngineOptions):
+    vllm_install: Literal["pip", "docker"] | None = Field(default=None, description="default: docker where the "
+                                                                                   "card names an image, else pip")
+    vllm_spec: str | None = None
+    vllm_image: str | None = None
+    vllm_python: str | None = None
+    vllm_extra_packages: list[str] = Field(default_factory=list)
+    max_model_len: Literal["plan", "auto"] = Field(
+        default="plan", description="plan: the planned context (set it with --context); auto: vLLM fits it")
+    find_links: str | None = None
+    index_url: str | None = None
+    extra_index_url: str | None = None
+    torch_backend: str | None = None
+    cpu_kv_cache_gib: int | None = Field(default=None, gt=0)
+    hf_revision: str = "main"
+    install_timeout: float | None = Field(default=None, gt=0)
+    uv_version: str | None = None
+
+
+TARGET_OPTIONS: dict[str, type[HostOptions]] = {"local": LocalOptions, "ssh": SSHOptions,
+                                                "digitalocean": DigitalOceanOptions}
+ENGINE_OPTIONS: dict[str, type[EngineOptions]] = {"llamacpp": LlamaCppOptions, "vllm": VllmOptions}
+ALL: tuple[type[Options], ...] = (*TARGET_OPTIONS.values(), *ENGINE_OPTIONS.values())
+
+
+def declared() -> set[str]:
+    """Every option key a preset, papermill parameter or CLI flag may set (aliases included)."""
+    keys: set[str] = set()
+    for model in ALL:
+        for name, f in model.model_fields.items():
+            keys.add(name)
+            if isinstance(f.validation_alias, AliasChoices):
+                keys.update(str(c) for c in f.validation_alias.choices)
+    return keys
+
+
+# ---------------------------------------------------------------------------------------------- secrets
+
+
+@dataclass(frozen=True)
+class Secrets:
+    """Secrets deploy hands on, read from the environment only: never an option, a parameter or a record field."""
+
+    hf_token: str | None = field(default=None, repr=False)
+
+    @classmethod
+    def from_env(cls) -> Secrets:
+        return cls(hf_token=os.environ.get("HF_TOKEN") or None)
