@@ -27,7 +27,8 @@ ROOT = Path(__file__).resolve().parents[1]
 LIB = ROOT / "lib" / "mistral_lab"
 # Names an options object goes by in the code; a method called on it is not an option.
 _OPTION_HOLDERS = {"options", "opts", "settings"}
-_NOT_OPTIONS = {"get", "items", "keys", "values", "model_dump", "model_copy", "of", "model_fields", "update", "copy"}
+_NOT_OPTIONS = {"get", "items", "keys", "values", "model_dump", "model_copy", "of", "model_fields", "update", "copy",
+                "setdefault"}
 
 
 def _is_option_holder(node: ast.expr) -> bool:
@@ -171,6 +172,14 @@ def _import_graph() -> dict[str, set[str]]:
                     base = ".".join(package.split(".")[: len(package.split(".")) - node.level + 1] + ([base] if base else []))
                 targets = [f"{base}.{a.name}" if f"{base}.{a.name}" in modules else base for a in node.names]
             graph[name].update(t for t in targets if t in modules and t != name)
+            # Importing a module runs its packages' __init__ first: an edge to each package the import enters
+            # from outside (a package's own modules importing each other run nothing new).
+            for t in targets:
+                parts = t.split(".")
+                for i in range(2, len(parts)):
+                    pkg = ".".join(parts[:i])
+                    if pkg in modules and not name.startswith(pkg + ".") and pkg != name:
+                        graph[name].add(pkg)
     return graph
 
 

@@ -31,6 +31,8 @@ from mistral_lab.hosts.digitalocean import DigitalOceanTarget, find_leftovers, s
 from mistral_lab.hosts.do_api import DOApi
 
 ALLOW = "192.0.2.10/32"  # what the caller's address would be; tests never look it up
+OWNER = "testowner"  # the installation these tests stand for (deploy uses state.installation_id())
+DEMO = res.Names("demo", OWNER)
 CPU = "s-1vcpu-1gb"
 
 
@@ -78,13 +80,13 @@ def _api() -> DOApi:
     return DOApi(sleep=lambda s: None)
 
 
-def _left_over_droplet(api: DOApi, deployment: str, *, size: str, image: str, region: str) -> dict:
-    """A droplet of ours as a crashed run leaves it behind: our two tags on it, made through the API directly."""
-    tags = ["mistral-lab", f"mistral-lab:{deployment}"]
-    for t in tags:
-        api.create_tag(t)
-    return api.create_droplet({"name": f"mistral-lab-{deployment}", "size": size, "image": image, "region": region,
-                               "tags": tags})
+def _left_over_droplet(api: DOApi, deployment: str, *, size: str, image: str, region: str,
+                       owner: str = OWNER) -> dict:
+    """A droplet of ours as a crashed run leaves it behind: our tags on it, made through the API directly."""
+    names = res.Names(deployment, owner)
+    tags = ["mistral-lab", names.owner_tag, names.tag]
+    return api.create_droplet({"name": names.hostname, "size": size, "image": image, "region": region,
+                               "tags": tags})[0]
 
 
 needs_sshd = pytest.mark.skipif(sshd.available() is not None, reason=str(sshd.available()))
@@ -92,13 +94,17 @@ needs_sshd = pytest.mark.skipif(sshd.available() is not None, reason=str(sshd.av
 
 def _options(fake, **over) -> dict:
     return {"allow_from": ALLOW, "ssh_port": fake.ssh_port, "ssh_user": droplet_user(), "poll_interval": 0.1,
-            "active_timeout": 30, "ssh_timeout": 30, "cloud_init_timeout": 60} | over
+            "active_timeout": 30, "ssh_timeout": 30, "cloud_init_timeout": 60, "owner": OWNER} | over
+
+
+_RECORDED: dict[str, HostRecord] = {}  # what the target handed to `ProvisionRequest.record`, by deployment
 
 
 def _provision(fake, deployment="demo", size=CPU, lines=None, **over):
     target = DigitalOceanTarget(_options(fake, **over))
-    host = target.provision(ProvisionRequest(deployment=deployment, gpu_slug=size, key_dir=state.deployment_dir(deployment)),
-                            on_line=(lines.append if lines is not None else None))
+    request = ProvisionRequest(deployment=deployment, gpu_slug=size, key_dir=state.deployment_dir(deployment),
+                               record=lambda rec: _RECORDED.__setitem__(deployment, rec))
+    host = target.provision(request, on_line=(lines.append if lines is not None else None))
     return target, host
 
 
@@ -119,10 +125,10 @@ def test_image_for_each_kind_of_size():
 
 
 def test_firewall_body_opens_ssh_to_caller_only_and_all_outbound():
-    body = res.firewall_body("demo", res.parse_allow_from("192.0.2.10"))
+    body = res.firewall_body(DEMO, res.parse_allow_from("192.0.2.10"))
     assert body["inbound_rules"] == [{"protocol": "tcp", "ports": "22", "sources": {"addresses": ["192.0.2.10/32"]}}]
     assert {r["protocol"] for r in body["outbound_rules"]} == {"tcp", "udp", "icmp"}
-    assert body["tags"] == ["mistral-lab:demo"]
+    assert body["tags"] == [DEMO.tag]
     with pytest.raises(BadInput, match="whole internet"):
         res.parse_allow_from("0.0.0.0/0")
     with pytest.raises(BadInput, match="allow_from"):
@@ -228,18 +234,20 @@ def test_5xx_on_get_is_retried_and_pagination_followed(fake):
 def test_sweep_finds_gpu_droplets_the_plain_listing_hides_and_destroys_them(fake):
     api = _api()
     gpu = _left_over_droplet(api, "old", size="gpu-h100x1-80gb", image="gpu-h100x1-base", region="tor1")
-    other = api.create_droplet({"name": "not-ours", "size": CPU, "image": "ubuntu-24-04-x64", "region": "nyc3"})
-    api.create_firewall(res.firewall_body("old", [ALLOW]))
-    key = api.create_ssh_key("mistral-lab-old", generate_ed25519("x").public_openssh)
+    other = api.create_droplet({"name": "not-ours", "size": CPU, "image": "ubuntu-24-04-x64", "region": "nyc3"})[0]
+    old = res.Names("old", OWNER)
+    api.create_tag(old.tag)
+    api.create_firewall(res.firewall_body(old, [ALLOW]))
+    key = api.create_ssh_key(old.resource, generate_ed25519("x").public_openssh)
     assert [d["id"] for d in api.list_droplets()] == [other["id"]]  # the quirk: GPU droplets are hidden
 
-    items = find_leftovers(api)
+    items = find_leftovers(api, OWNER)
     kinds = {(i.kind, i.deployment) for i in items}
     assert kinds == {("droplet", "old"), ("firewall", "old"), ("ssh_key", "old")}
     (d,) = [i for i in items if i.kind == "droplet"]
     assert d.id == str(gpu["id"]) and d.hourly_usd == 3.39 and d.size == "gpu-h100x1-80gb" and d.cost_usd >= 0
 
-    done = sweep(destroy=True, sleep=lambda s: None)
+    done = sweep(owner=OWNER, destroy=True, sleep=lambda s: None)
     assert all(i.destroyed for i in done)
     assert fake.leftovers() == {"droplets": [other["id"]], "firewalls": [], "ssh_keys": []}
     assert api.get_ssh_key(key["fingerprint"]) is None
@@ -256,16 +264,16 @@ def test_create_ssh_facts_destroy(fake, token, env):
     target, host = _provision(fake, lines=lines)
     rec = host.record
     try:
-        # Order of creation: SSH key, (tags), firewall, droplet.
+        # Order of creation: SSH key, the deployment's tag (the firewall is bound to it), firewall, droplet (which
+        # creates its other tags itself).
         posts = [e.route for e in fake.log if e.method == "POST"]
-        assert posts == ["POST /v2/account/keys", "POST /v2/tags", "POST /v2/tags", "POST /v2/firewalls",
-                         "POST /v2/droplets"]
+        assert posts == ["POST /v2/account/keys", "POST /v2/tags", "POST /v2/firewalls", "POST /v2/droplets"]
         (droplet,) = fake.state.droplets.values()
         body = droplet.body
-        assert body["tags"] == ["mistral-lab", "mistral-lab:demo"] and body["image"]["slug"] == "ubuntu-24-04-x64"
+        assert body["tags"] == ["mistral-lab", DEMO.owner_tag, DEMO.tag] and body["image"]["slug"] == "ubuntu-24-04-x64"
         assert rec.address == droplet.address and rec.port == fake.ssh_port and rec.user == droplet_user()
         (fw,) = fake.state.firewalls.values()
-        assert fw["tags"] == ["mistral-lab:demo"]
+        assert fw["tags"] == [DEMO.tag]
         assert fw["inbound_rules"] == [{"protocol": "tcp", "ports": "22", "sources": {"addresses": [ALLOW]}}]
         # The droplet's user_data carries its host key (pinned in the record) and no secret.
         data = yaml.safe_load(droplet.user_data)
@@ -391,7 +399,7 @@ def test_500_before_the_droplet_was_made_creates_exactly_one(fake):
     target, host = _provision(fake)
     try:
         assert fake.count("POST /v2/droplets", status=500) == 1 and fake.count("POST /v2/droplets", status=202) == 1
-        assert fake.count("GET /v2/droplets") >= 2  # looked by tag before creating again
+        assert fake.count("GET /v2/droplets") >= 1  # looked by tag before creating again
         assert len(fake.state.droplets) == 1
     finally:
         _teardown(target, host)
@@ -412,16 +420,17 @@ def test_no_capacity_in_a_region_falls_back_to_the_next(fake):
 
 def test_no_capacity_in_the_region_asked_for_is_a_clear_error(fake):
     fake.state.unavailable.add(("gpu-h100x1-80gb", "tor1"))
-    with pytest.raises(TargetError, match="no capacity for gpu-h100x1-80gb in tor1") as e:
+    with pytest.raises(TargetError, match="could not get gpu-h100x1-80gb in tor1") as e:
         _provision(fake, size="gpu-h100x1-80gb", region="tor1")
     assert "--region" in str(e.value)
     DigitalOceanTarget().destroy(state_record("demo"))
 
 
 def state_record(deployment: str) -> HostRecord:
-    """The record a deploy that failed during provisioning keeps: the deployment's name only."""
-    return HostRecord(target="digitalocean", extra={"deployment": deployment},
-                      key_dir=str(state.deployment_dir(deployment)))
+    """The record a deploy that failed during provisioning keeps: what the target recorded as it made each
+    resource (deploy saves each one at once), or the deployment's name alone when it made nothing."""
+    return _RECORDED.pop(deployment, None) or HostRecord(target="digitalocean", extra={"deployment": deployment},
+                                                         key_dir=str(state.deployment_dir(deployment)))
 
 
 def test_droplet_limit_says_how_to_free_one(fake):
@@ -478,8 +487,11 @@ def test_cli_preflight_errors_exit_codes(fake, monkeypatch):
 
 def test_cli_sweep_lists_then_destroys_on_yes(fake):
     api = _api()
-    _left_over_droplet(api, "lost", size="gpu-mi300x1-192gb", image="gpu-amd-base", region="atl1")
-    api.create_firewall(res.firewall_body("lost", [ALLOW]))
+    mine = state.installation_id()  # what the CLI acts on by default
+    _left_over_droplet(api, "lost", size="gpu-mi300x1-192gb", image="gpu-amd-base", region="atl1", owner=mine)
+    lost = res.Names("lost", mine)
+    api.create_tag(lost.tag)
+    api.create_firewall(res.firewall_body(lost, [ALLOW]))
     r = _cli("sweep")  # no terminal to confirm on: lists, destroys nothing
     assert r.returncode == 0, r.stderr
     assert "mistral-lab-lost" in r.stdout and "1.99" in r.stdout and "nothing destroyed" in r.stderr
@@ -490,7 +502,7 @@ def test_cli_sweep_lists_then_destroys_on_yes(fake):
     assert r.returncode == 0, r.stderr
     assert "destroyed 2 resources" in r.stdout
     r = _cli("sweep")
-    assert "nothing of mistral-lab's is left" in r.stdout
+    assert "nothing of this installation's is left" in r.stdout
 
 
 @pytest.mark.parametrize(("status_rc", "script_rc", "says"), [

@@ -22,6 +22,7 @@ import test_digitalocean as do_tests
 from test_digitalocean import (
     ALLOW,
     CHILD,
+    OWNER,
     _api,
     _cli,
     _left_over_droplet,
@@ -36,7 +37,6 @@ from mistral_lab import state
 from mistral_lab.errors import TargetError
 from mistral_lab.hosts import do_api
 from mistral_lab.hosts import do_resources as res
-from mistral_lab.hosts.base import ProvisionRequest
 from mistral_lab.hosts.cloudinit import generate_ed25519
 from mistral_lab.hosts.digitalocean import DigitalOceanTarget, find_leftovers
 from mistral_lab.hosts.do_api import DOApi, DOApiError, TokenRefused
@@ -72,14 +72,15 @@ def test_pydo_by_default_retries_a_failed_post_and_doapi_does_not(fake, token):
 def test_a_post_that_failed_after_the_work_was_done_is_not_repeated(fake):
     """The API made the firewall, then answered 500: a retry would make a second one."""
     api = _api()
-    api.create_tag("mistral-lab:fw")
+    names = res.Names("fw", OWNER)
+    api.create_tag(names.tag)
     fake.state.faults.inject("POST /v2/firewalls", 500, after_commit=True)
     with pytest.raises(DOApiError) as e:
-        api.create_firewall(res.firewall_body("fw", [ALLOW]))
+        api.create_firewall(res.firewall_body(names, [ALLOW]))
     assert e.value.status == 500 and fake.count("POST /v2/firewalls") == 1
     (made,) = fake.state.firewalls
     assert api.delete_firewall(made)
-    api.delete_tag("mistral-lab:fw")
+    api.delete_tag(names.tag)
 
 
 def test_429_is_retried_after_retry_after_even_for_a_post(fake):
@@ -118,7 +119,8 @@ def test_pydo_returns_404_bodies_and_doapi_turns_them_into_none(fake):
     assert api.delete_firewall("8f9ad1a6-0000-4000-8000-000000000000") is False
     assert api.delete_tag("mistral-lab:never-made") is False
     with pytest.raises(DOApiError) as e:
-        api.update_firewall("8f9ad1a6-0000-4000-8000-000000000000", res.firewall_body("x", [ALLOW]))
+        api.update_firewall("8f9ad1a6-0000-4000-8000-000000000000",
+                            res.firewall_body(res.Names("x", OWNER), [ALLOW]))
     assert e.value.status == 404 and "8f9ad1a6-0000-4000-8000-000000000000" in str(e.value)
     assert fake.count(status=404) == 8
 
@@ -142,29 +144,29 @@ def test_a_refused_token_is_named_on_any_call_and_never_shown(fake, monkeypatch)
 # ---------------------------------------------------------------------------------------------- waits, price, sweep
 
 
-def test_a_droplet_that_never_becomes_active_times_out_clearly(fake):
+def test_a_droplet_that_never_becomes_active_is_destroyed_and_said_so(fake):
     fake.state.polls_to_active = 10**6
     lines: list[str] = []
     start = time.monotonic()
     with pytest.raises(TargetError) as e:
-        _provision(fake, lines=lines, active_timeout=1, poll_interval=0.1)
+        _provision(fake, lines=lines, active_timeout=1, poll_interval=0.1, region="nyc3")
     assert time.monotonic() - start < 15
-    (droplet,) = fake.state.droplets.values()
-    assert f"droplet {droplet.id} is still new after 1 s" in str(e.value) and "bills" in e.value.fix
+    assert "could not get s-1vcpu-1gb in nyc3 (droplet still new after 1 s)" in str(e.value)
+    assert "another --region" in (e.value.fix or "")
     assert any("waiting for it to become active" in line for line in lines)
-    assert fake.count("GET /v2/droplets/{id}") >= 5  # polled, not slept through
+    assert any("never became active (it billed meanwhile)" in line for line in lines)
+    assert fake.count("GET /v2/droplets/{id}/actions/{id}") >= 5  # polled, not slept through
+    assert fake.state.droplets == {}  # a droplet that bills and never served is not left behind
     DigitalOceanTarget().destroy(state_record("demo"))
 
 
 def test_the_firewall_opens_ssh_only_to_the_callers_address_and_all_outbound(fake, monkeypatch):
     monkeypatch.setenv("MISTRAL_LAB_ALLOW_FROM", "198.51.100.7")
     fake.state.droplet_limit = 0  # stop right after the firewall: its rules are what this test reads
-    options = _options(fake)
-    del options["allow_from"]
     with pytest.raises(TargetError, match="droplet limit"):
-        DigitalOceanTarget(options).provision(ProvisionRequest(deployment="demo", gpu_slug="s-1vcpu-1gb", key_dir=state.deployment_dir("demo")))
+        _provision(fake, allow_from=None)  # None: not given, so the environment's address is used
     (fw,) = fake.state.firewalls.values()
-    assert fw["tags"] == ["mistral-lab:demo"]
+    assert fw["tags"] == [res.Names("demo", OWNER).tag]
     assert fw["inbound_rules"] == [{"protocol": "tcp", "ports": "22", "sources": {"addresses": ["198.51.100.7/32"]}}]
     # A firewall without outbound rules blocks all outbound traffic: nothing could be downloaded.
     everywhere = {"addresses": ["0.0.0.0/0", "::/0"]}
@@ -198,19 +200,20 @@ def test_the_price_is_shown_before_anything_is_created(fake):
         priced = [n for line, n in said if "$0.01/hour" in line]
         assert priced and priced[0] == 0, said
         assert any("powered off still bills" in line and n == 0 for line, n in said)
-        assert said[-1][1] == 5  # key, two tags, firewall, droplet
+        assert said[-1][1] == 4  # key, tag, firewall, droplet
     finally:
         _teardown(target, host)
 
 
 def test_sweep_shows_gpu_droplets_with_uptime_and_money_spent(fake):
     api = _api()
-    d = _left_over_droplet(api, "old", size="gpu-h100x8-640gb", image="gpu-h100x8-base", region="nyc2")
+    mine = state.installation_id()  # the CLI's default owner
+    d = _left_over_droplet(api, "old", size="gpu-h100x8-640gb", image="gpu-h100x8-base", region="nyc2", owner=mine)
     started = datetime.now(UTC) - timedelta(hours=2, minutes=30)
     with fake.state.lock:  # as if it had been left running since then
         fake.state.droplets[d["id"]].body["created_at"] = started.strftime("%Y-%m-%dT%H:%M:%SZ")
     try:
-        (item,) = find_leftovers(api)
+        (item,) = find_leftovers(api, mine)
         assert (item.kind, item.size, item.region, item.hourly_usd) == ("droplet", "gpu-h100x8-640gb", "nyc2", 23.92)
         assert item.hours == pytest.approx(2.5, abs=0.01) and item.cost_usd == pytest.approx(2.5 * 23.92, abs=0.3)
         r = _cli("sweep")
@@ -224,7 +227,7 @@ def test_sweep_shows_gpu_droplets_with_uptime_and_money_spent(fake):
         assert r.returncode == 0 and "destroyed 1 resources" in r.stdout, r.stdout + r.stderr
     finally:
         api.destroy_droplet(d["id"])
-        api.delete_tag("mistral-lab:old")
+        api.delete_tag(res.Names("old", mine).tag)
 
 
 # ---------------------------------------------------------------------------------------------- killed half-way
@@ -238,8 +241,8 @@ def test_run_killed_while_the_firewall_is_being_made_then_rerun_ends_with_one_of
         child = subprocess.Popen([sys.executable, "-c", CHILD, json.dumps(_options(fake))], stdout=out,
                                  stderr=subprocess.STDOUT, env=dict(os.environ))
         deadline = time.monotonic() + 60
-        # SSH key and tags made, firewalls listed: the next request is the delayed firewall POST.
-        while child.poll() is None and time.monotonic() < deadline and fake.count("GET /v2/firewalls") == 0:
+        # SSH key and tag made: the next request is the delayed firewall POST.
+        while child.poll() is None and time.monotonic() < deadline and fake.count("POST /v2/tags") == 0:
             time.sleep(0.02)
         time.sleep(0.5)
         os.kill(child.pid, signal.SIGKILL)

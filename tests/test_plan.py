@@ -7,7 +7,8 @@ import pytest
 from mistral_lab import hardware
 from mistral_lab.engines import get_engine
 from mistral_lab.errors import BadInput, DoesNotFit
-from mistral_lab.planning import PlanRequest, require_fit, resolve, serve_preview
+from mistral_lab.planning import PlanRequest, require_fit, resolve
+from mistral_lab.planning.show import serve_preview
 
 CPU = hardware.cpu_size(16)
 

@@ -16,7 +16,8 @@ import pytest
 
 from mistral_lab.catalog import load_catalog
 from mistral_lab.engines import get_engine
-from mistral_lab.planning import PlanRequest, make_plan, serve_preview
+from mistral_lab.planning import PlanRequest, make_plan
+from mistral_lab.planning.show import serve_preview
 
 # The seeds live in the project workspace, beside the checkout; CI checks out the repository alone, so the commands
 # are kept in tests/data, and checked against the seeds wherever those are at hand.

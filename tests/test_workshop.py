@@ -29,7 +29,7 @@ from mistral_lab import workshop as ws_mod
 from mistral_lab.errors import BadInput, EngineError, TargetError
 from mistral_lab.hosts import do_resources as res
 from mistral_lab.hosts.digitalocean import SweepItem, expired_only
-from mistral_lab.planning import serve_preview
+from mistral_lab.planning.show import serve_preview
 
 needs_nginx = pytest.mark.skipif(not (shutil.which("nginx") or os.path.exists("/usr/sbin/nginx")),
                                  reason="nginx is not installed (scripts/bootstrap.sh installs it)")
@@ -93,17 +93,18 @@ def test_the_planner_sizes_the_engine_for_the_room_and_prices_the_hours():
 def test_expiry_tag_follows_do_tag_rules_and_stays_apart_from_the_deployment_tag():
     tag = res.expiry_tag(1767225600)
     assert tag == "mistral-lab-expires:1767225600" and TAG_RE.match(tag) and len(tag) <= 255
-    tags = ["mistral-lab", "mistral-lab:room", tag]
-    assert res.deployment_of(tags) == "room" and res.expiry_of(tags) == 1767225600
-    body = res.droplet_body("room", size="s-1vcpu-1gb", region="nyc3", image="ubuntu-24-04-x64",
+    room = res.Names("room", "inst0001")
+    tags = ["mistral-lab", "mistral-lab-owner:inst0001", "mistral-lab:inst0001:room", tag]
+    assert res.deployment_of(tags) == "room" and res.owner_of(tags) == "inst0001" and res.expiry_of(tags) == 1767225600
+    body = res.droplet_body(room, size="s-1vcpu-1gb", region="nyc3", image="ubuntu-24-04-x64",
                             ssh_key_fingerprint="aa", user_data="#cloud-config\n", expires_at=1767225600)
-    assert body["tags"] == tags
-    fw = res.firewall_body("room", ["192.0.2.10/32"], https_from=["203.0.113.0/24", "198.51.100.7/32"],
+    assert body["tags"] == tags and all(TAG_RE.match(t) for t in tags)
+    fw = res.firewall_body(room, ["192.0.2.10/32"], https_from=["203.0.113.0/24", "198.51.100.7/32"],
                            https_port=443)
     assert fw["inbound_rules"] == [
         {"protocol": "tcp", "ports": "22", "sources": {"addresses": ["192.0.2.10/32"]}},
         {"protocol": "tcp", "ports": "443", "sources": {"addresses": ["203.0.113.0/24", "198.51.100.7/32"]}}]
-    assert fw["tags"] == ["mistral-lab:room"]  # an expiry tag there would apply the firewall to other droplets
+    assert fw["tags"] == [room.tag]  # an expiry tag there would apply the firewall to other droplets
 
 
 def test_expired_only_keeps_what_is_past_its_end_and_what_belongs_to_it():

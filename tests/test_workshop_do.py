@@ -69,7 +69,7 @@ def test_workshop_on_the_fake_do_api_firewall_expiry_and_sweep(tmp_path, monkeyp
         assert fw["inbound_rules"] == [
             {"protocol": "tcp", "ports": "22", "sources": {"addresses": [SSH_FROM]}},
             {"protocol": "tcp", "ports": str(port), "sources": {"addresses": ROOM}}]
-        assert fw["tags"] == ["mistral-lab:wsdo"]
+        assert fw["tags"] == [res.Names("wsdo", state.installation_id()).tag]
         (droplet,) = fake.state.droplets.values()
         assert res.expiry_tag(up["expires_at"]) in droplet.body["tags"]
         assert abs(up["expires_at"] - (time.time() + HOURS * 3600)) < HOURS * 3600

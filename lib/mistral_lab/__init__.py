@@ -25,17 +25,8 @@ from mistral_lab.lifecycle.notebook import connect_or_deploy, find_or_deploy, te
 from mistral_lab.lifecycle.status import cost_so_far, hours_up, logs, status
 from mistral_lab.lifecycle.teardown import TeardownReport, teardown
 from mistral_lab.options import Secrets
-from mistral_lab.planning import (
-    Plan,
-    PlanRequest,
-    collect,
-    load_preset,
-    make_plan,
-    plan_json,
-    require_fit,
-    show_plan,
-    split,
-)
+from mistral_lab.planning import Plan, PlanRequest, collect, load_preset, make_plan, require_fit, split
+from mistral_lab.planning.show import plan_json, show_plan
 from mistral_lab.session import Connection, connect
 from mistral_lab.state import Deployment
 

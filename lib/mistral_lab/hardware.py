@@ -79,10 +79,10 @@ class Size:
         return f"{self.count}x {self.gpu.name}" if self.count > 1 else self.gpu.name
 
 
-_DOCS_PRICES = "https://docs.digitalocean.com/products/droplets/details/pricing/ (validated 2026-05-28)"
+_DOCS_PRICES = "list price, https://docs.digitalocean.com/products/droplets/details/pricing/ (validated 2026-05-28)"
 # The sizes the docs page did not price come from a public /v2/sizes listing of 12/2025 (a third-party Terraform
 # README, "Digital Ocean GPU Sizes versions (12/2025)": the same slugs, hourly prices and monthly = hourly x 744).
-_DUMP_PRICES = "public /v2/sizes listing of 12/2025 (third-party Terraform README, read 2026-12-07)"
+_DUMP_PRICES = "list price, a public /v2/sizes listing of 12/2025 (third-party Terraform README, read 2026-12-07)"
 
 # DigitalOcean self-serve GPU sizes (https://docs.digitalocean.com/products/droplets/details/features/).
 DO_SIZES: dict[str, Size] = {

@@ -101,8 +101,12 @@ class DigitalOceanOptions(HostOptions):
     key: str | None = Field(default=None, validation_alias=AliasChoices("key", "key_path"))
     ssh_port: int = Field(default=22, ge=1, le=65535)
     image: str | None = Field(default=None, description="digitalocean: override the base image slug")
+    owner: str | None = Field(default=None, description="digitalocean: whose resources these are (default: this "
+                                                        "installation's id; the same value on two machines shares "
+                                                        "their deployments)")
     poll_interval: float = Field(default=5.0, gt=0)
     active_timeout: float = Field(default=600.0, gt=0)
+    destroy_timeout: float = Field(default=300.0, gt=0)
     ssh_timeout: float = Field(default=600.0, gt=0)
     cloud_init_timeout: float = Field(default=1200.0, gt=0)
 

@@ -9,10 +9,13 @@ to secrets by file name and never holds one.
 from __future__ import annotations
 
 import difflib
+import fcntl
 import json
 import os
 import re
 import secrets
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
@@ -21,19 +24,17 @@ from pydantic import BaseModel, Field, model_validator
 
 from mistral_lab.errors import BadInput
 from mistral_lab.hosts.base import HostFacts, HostRecord
+from mistral_lab.paths import home, write_atomic
 from mistral_lab.planning.resolve import Plan
 
 __all__ = ["Companion", "Deployment", "Endpoint", "HostRecord", "Service", "Status", "StepTiming", "check_name",
-           "deployment_dir", "dumps_public", "exists", "home", "load", "load_all", "names", "new_api_key", "now",
-           "read_secret", "record_step", "remove", "save", "write_secret"]
+           "deployment_dir", "dumps_public", "exists", "home", "installation_id", "load", "load_all", "lock", "names",
+           "new_api_key", "now", "read_secret", "record_step", "remove", "save", "write_atomic", "write_secret"]
 
 Status = Literal["provisioning", "installing", "starting", "up", "failed", "stopped", "destroyed"]
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,40}$")
 
 
-def home() -> Path:
-    root = os.environ.get("MISTRAL_LAB_HOME")
-    return Path(root) if root else Path.home() / ".local" / "state" / "mistral-lab"
 
 
 def now() -> str:
@@ -137,11 +138,38 @@ def _private_dir(path: Path) -> Path:
 def save(dep: Deployment) -> Path:
     folder = _private_dir(deployment_dir(dep.name))
     dep.updated_at = now()
-    path = folder / "deployment.json"
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(dep.model_dump_json(indent=2))
-    tmp.replace(path)  # a crash never leaves half a record
-    return path
+    return write_atomic(folder / "deployment.json", dep.model_dump_json(indent=2))
+
+
+@contextmanager
+def lock(name: str, *, wait_note: Callable[[str], None] | None = None) -> Iterator[None]:
+    """Hold the deployment's lock: one deploy (or revoke, or teardown) of a name at a time in this installation.
+    A second one waits here, then re-reads the record."""
+    locks = _private_dir(home() / "locks")
+    with open(locks / f"{check_name(name)}.lock", "a+") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if wait_note:
+                wait_note(f"… another process is working on {name}; waiting for it")
+            fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def installation_id() -> str:
+    """This installation's random id, made once: what DigitalOcean resources are tagged with as their owner."""
+    path = _private_dir(home()) / "installation-id"
+    if not path.is_file():
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(secrets.token_hex(4))
+        except FileExistsError:  # another process made it first: use theirs
+            pass
+    return path.read_text().strip()
 
 
 def names() -> list[str]:
@@ -183,13 +211,7 @@ def remove(name: str) -> None:
 
 
 def write_secret(name: str, file: str, value: str) -> Path:
-    folder = _private_dir(deployment_dir(name))
-    path = folder / file
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(value)
-    path.chmod(0o600)
-    return path
+    return write_atomic(_private_dir(deployment_dir(name)) / file, value)
 
 
 def read_secret(name: str, file: str) -> str:

@@ -25,7 +25,8 @@ from mistral_lab.catalog import get_model, model_ids
 from mistral_lab.catalog.schema import Model
 from mistral_lab.errors import MistralLabError
 from mistral_lab.lifecycle.status import cost_so_far, hours_up
-from mistral_lab.planning import Plan, PlanRequest, make_plan, serve_preview
+from mistral_lab.planning import Plan, PlanRequest, make_plan
+from mistral_lab.planning.show import serve_preview
 
 ENGINES = ["auto", "vllm", "llamacpp"]
 TARGETS = ["local", "ssh", "digitalocean"]

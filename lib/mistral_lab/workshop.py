@@ -612,19 +612,21 @@ def _remove(ws: Workshop, say: LineSink) -> TeardownReport | None:
 
 
 def revoke(name: str, who: str, *, say: LineSink = print_line) -> Learner:
-    """Take one learner's key out of the proxy: rewrite its key file and reload nginx (no restart)."""
-    ws = load(name)
-    keys = load_keys(name)
-    learner = ws.learner(who, keys)
-    if not learner.active:
-        say(f"{learner.id} was already revoked at {learner.revoked_at}")
-        return learner
-    if ws.status != "up":
-        raise BadInput(f"workshop {name} is {ws.status}", field="name", fix=f"mistral-lab workshop down {name}")
-    learner.revoked_at = state.now()
-    _reload(ws, keys)
-    save(ws)
-    write_cards(ws, keys)
+    """Take one learner's key out of the proxy: rewrite its key file and reload nginx (no restart). Two revokes
+    at once both stick: each reads, changes and writes the record under the workshop's lock."""
+    with state.lock(name):
+        ws = load(name)
+        keys = load_keys(name)
+        learner = ws.learner(who, keys)
+        if not learner.active:
+            say(f"{learner.id} was already revoked at {learner.revoked_at}")
+            return learner
+        if ws.status != "up":
+            raise BadInput(f"workshop {name} is {ws.status}", field="name", fix=f"mistral-lab workshop down {name}")
+        learner.revoked_at = state.now()
+        _reload(ws, keys)
+        save(ws)
+        write_cards(ws, keys)
     say(f"✔ revoked {learner.id}: its key gets 401 from now on; {len(ws.active)} keys remain")
     return learner
 

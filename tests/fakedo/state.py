@@ -675,11 +675,18 @@ class State:
         for i in ids:
             self.destroy_droplet(i)
 
+    def _advance(self, action: dict[str, Any]) -> None:
+        """Time passes whatever the client looks at: a look at a droplet's action is a look at the droplet."""
+        d = self.droplets.get(action["resource_id"]) if action.get("resource_type") == "droplet" else None
+        if d is not None:
+            self._view(d)
+
     def action(self, action_id: int) -> dict[str, Any]:
         with self.lock:
             action = self.actions.get(action_id)
             if action is None:
                 raise ApiError(404)
+            self._advance(action)
             return dict(action)
 
     def droplet_actions(self, droplet_id: int) -> list[dict[str, Any]]:
@@ -693,6 +700,7 @@ class State:
             action = self.actions.get(action_id)
             if droplet_id not in self.droplets or action is None or action["resource_id"] != droplet_id:
                 raise ApiError(404)
+            self._advance(action)
             return dict(action)
 
     def account(self) -> dict[str, Any]:

@@ -16,6 +16,7 @@ import click
 import typer
 from rich.table import Table
 
+from mistral_lab import state
 from mistral_lab.errors import BadInput
 from mistral_lab.hosts.digitalocean import DigitalOceanTarget, sweep
 
@@ -55,18 +56,26 @@ def preflight_cmd(
 
 @app.command("sweep")
 def sweep_cmd(
-    yes: Annotated[bool, typer.Option("--yes", help="destroy everything listed, without asking")] = False,
+    yes: Annotated[bool, typer.Option("--yes", help="destroy what is listed, without asking")] = False,
     api_url: Annotated[str | None, typer.Option(help="DigitalOcean-compatible API base URL")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print the resources as JSON")] = False,
     expired: Annotated[bool, typer.Option(
         "--expired", help="destroy, without asking, only the droplets past their expiry tag (workshops) and their "
                           "firewalls and keys; for a cron job")] = False,
+    all_owners: Annotated[bool, typer.Option(
+        "--all-owners", help="list what every mistral-lab installation made on the account; destroys nothing "
+                             "unless each resource is named with --only")] = False,
+    only: Annotated[list[str] | None, typer.Option(
+        "--only", help="destroy just this resource, as listed: kind:id (repeatable)")] = None,
+    owner: Annotated[str | None, typer.Option(help="whose resources (default: this installation's)")] = None,
 ) -> None:
-    """List every DigitalOcean resource mistral-lab made (GPU droplets too), with uptime and cost; --yes destroys them."""
+    """List what this installation made on DigitalOcean (GPU droplets too), with uptime and cost; --yes destroys
+    it. Other installations' resources are listed with --all-owners and destroyed only when named with --only."""
+    whose = None if all_owners else (owner or state.installation_id())
     if expired:
         # Whoever created them set the end: nothing to confirm, which is what makes it safe to run from cron.
-        done = sweep(api_url=api_url, destroy=True, expired=True,
-                     on_line=lambda line: console_err.print("  " + line, highlight=False))
+        done = sweep(owner=whose, api_url=api_url, destroy=True, expired=True,
+                     on_line=lambda line: console_err.print("  " + line, highlight=False, markup=False))
         if as_json:
             print(json.dumps([asdict(i) for i in done], indent=2))
             return
@@ -74,24 +83,29 @@ def sweep_cmd(
         console.print(f"✔ destroyed {sum(i.destroyed for i in done)} expired resources" +
                       (f" (droplets had cost about ${spent:.2f})" if done else ""), highlight=False)
         return
-    items = sweep(api_url=api_url, destroy=False)
+    items = sweep(owner=whose, api_url=api_url, destroy=False, only=only)
     if as_json and not yes:
         print(json.dumps([asdict(i) for i in items], indent=2))
         return
     if not items:
-        console.print("✔ nothing of mistral-lab's is left on DigitalOcean")
+        console.print("✔ nothing of " + ("mistral-lab's" if all_owners else "this installation's") +
+                      " is left on DigitalOcean", highlight=False)
         return
-    t = Table("kind", "id", "name", "size, region", "hours up", "$/hour", "spent", "expires")
+    t = Table("kind", "id (for --only)", "name", "owner", "size, region", "hours up", "$/hour", "spent", "expires")
     for i in items:
         money = i.kind == "droplet"
         expires = "" if i.expires_at is None else datetime.fromtimestamp(i.expires_at, UTC).strftime("%Y-%m-%d %H:%M")
-        t.add_row(i.kind, i.id, i.name, f"{i.size}, {i.region}" if money else "",
+        t.add_row(i.kind, i.ref, i.name, i.owner or "(none)", f"{i.size}, {i.region}" if money else "",
                   f"{i.hours:.2f}" if money else "", f"{i.hourly_usd:.2f}" if money else "",
                   f"${i.cost_usd:.2f}" if money else "", expires)
     console.print(t)
     burn = sum(i.hourly_usd for i in items if i.kind == "droplet")
     spent = sum(i.cost_usd for i in items if i.kind == "droplet")
     console.print(f"{len(items)} resources; droplets bill ${burn:.2f}/hour, about ${spent:.2f} so far", highlight=False)
+    if all_owners and not only:
+        console_err.print("other installations' resources are destroyed only when named: --yes --only KIND:ID ...",
+                          highlight=False, markup=False)
+        return
     if not yes:
         confirmed = False
         if sys.stdin.isatty():
@@ -102,7 +116,8 @@ def sweep_cmd(
         if not confirmed:
             console_err.print("nothing destroyed (pass --yes to destroy)")
             return
-    done = sweep(api_url=api_url, destroy=True, on_line=lambda line: console.print("  " + line, highlight=False))
+    done = sweep(owner=whose, api_url=api_url, destroy=True, only=only,
+                 on_line=lambda line: console.print("  " + line, highlight=False, markup=False))
     if as_json:
         print(json.dumps([asdict(i) for i in done], indent=2))
     console.print(f"✔ destroyed {sum(i.destroyed for i in done)} resources")

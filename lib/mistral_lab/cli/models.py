@@ -9,7 +9,8 @@ import typer
 from rich.table import Table
 
 from mistral_lab.catalog import load_catalog
-from mistral_lab.planning import make_plan, plan_json, plan_table, request, require_fit
+from mistral_lab.planning import make_plan, request, require_fit
+from mistral_lab.planning.show import plan_json, plan_table
 
 from ._app import app, console
 

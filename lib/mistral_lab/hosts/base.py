@@ -144,6 +144,9 @@ class ProvisionRequest:
     hourly_usd: float | None = None
     key_dir: Path | None = None  # a private (0700) folder for the keys a target makes for this host
     options: dict[str, Any] = field(default_factory=dict)
+    # Called with the host record each time the target has made something that bills or must be removed, the
+    # moment the API accepts it: the caller saves it, so a failure or a Ctrl-C later leaves nothing unrecorded.
+    record: Callable[[HostRecord], None] | None = None
 
 
 class Target(Protocol):

@@ -87,9 +87,12 @@ class Preflight:
                 f"${self.hourly_usd:.2f}/hour (offered in {', '.join(self.regions)})")
 
 
-def preflight(api: DOApi, size_slug: str, region: str | None = None, *, image: str | None = None) -> Preflight:
-    """Check the token works and the size can be had; choose the region; read the live price. Creates nothing."""
-    account = api.account()
+def preflight(api: DOApi, size_slug: str, region: str | None = None, *, image: str | None = None,
+              check_account: bool = True) -> Preflight:
+    """Check the token works and the size can be had; choose the region; read the live price. Creates nothing.
+    `check_account` also reads the account (a locked one, the droplet limit); a deploy skips it, one call less:
+    the size listing proves the token, and a create over the limit says so itself."""
+    account = api.account() if check_account else {}
     if account.get("status") == "locked":
         raise TargetError("the DigitalOcean account is locked", fix=str(account.get("status_message") or "contact DO"))
     size = res.find_size(api.sizes(), size_slug)
@@ -184,7 +187,13 @@ class ProvisionStats:
     seconds: dict[str, float] = field(default_factory=dict)
 
 
+class RegionFailed(TargetError):
+    """The droplet could not be had in this region (refused, or accepted and then failed): try the next one."""
+
+
 class DigitalOceanTarget:
+    """provision / reconnect / destroy, plus preflight; waiting for SSH is the SSH host's job."""
+
     name = "digitalocean"
 
     def __init__(self, options: dict[str, Any] | None = None, *, sleep: Callable[[float], None] = time.sleep):
@@ -195,8 +204,6 @@ class DigitalOceanTarget:
     def _api(self, settings: DigitalOceanOptions) -> DOApi:
         return DOApi(settings.api_url, sleep=self._sleep)
 
-    # ------------------------------------------------------------------ preflight
-
     def preflight(self, gpu_slug: str, region: str | None = None) -> Preflight:
         settings = DigitalOceanOptions.of(self.options, {"region": region})
         return preflight(self._api(settings), gpu_slug, settings.region, image=settings.image)
@@ -204,72 +211,74 @@ class DigitalOceanTarget:
     # ------------------------------------------------------------------ provision
 
     def provision(self, request: ProvisionRequest, on_line: LineSink | None = None) -> Host:
+        """SSH key, deployment tag, firewall (bound to the tag: the droplet is covered from birth), droplet; each
+        recorded through `request.record` the moment the API accepts it, so a failure or a Ctrl-C at any point
+        leaves a record teardown can act on."""
         say = on_line or _quiet
-        deployment = request.deployment
         if request.key_dir is None:
             raise BadInput("no private folder for the droplet's keys", field="key_dir",
                            fix="deploy through mistral_lab.deploy, which gives the deployment's own folder")
-        key_dir = request.key_dir
         settings = DigitalOceanOptions.of(self.options, request.options, {"region": request.region})
         check_user(settings.ssh_user)
         if not request.gpu_slug:
             raise BadInput("no DigitalOcean size to create", field="gpu", fix="pass --gpu, e.g. gpu-h100x1-80gb")
+        names = res.Names(request.deployment, settings.owner or "")
         api = self._api(settings)
         t0 = time.monotonic()
-        pf = preflight(api, request.gpu_slug, settings.region, image=settings.image)
+        pf = preflight(api, request.gpu_slug, settings.region, image=settings.image, check_account=False)
         say(pf.summary())
         say(f"billing runs at ${pf.hourly_usd:.2f}/hour from creation until destroy (powered off still bills)")
         allow_from = settings.allow_from or self._allow_from_env() or detect_public_address()
-        tag = res.deployment_tag(deployment)
+        record = HostRecord(target=self.name, port=settings.ssh_port, user=settings.ssh_user,
+                            key_dir=str(request.key_dir), resource_ids={"tag": names.tag, "owner": names.owner},
+                            extra={"deployment": names.deployment, "api_url": settings.api_url or
+                                   os.environ.get("DIGITALOCEAN_API_URL"), "size": pf.size, "image": pf.image})
 
-        had_host_key = (key_dir / HOST_KEY_FILE).is_file()
-        existing = api.list_droplets(tag_name=tag)
-        if len(existing) > 1:
-            ids = ", ".join(str(d["id"]) for d in existing)
-            raise TargetError(f"deployment {deployment} has {len(existing)} droplets ({ids}); expected one",
-                              fix="destroy the extra ones: mistral-lab sweep")
-        if existing and not had_host_key:
-            raise TargetError(f"droplet {existing[0]['id']} of deployment {deployment} exists, but its host key is "
-                              f"not in {key_dir}: it cannot be verified",
-                              fix=f"destroy it (mistral-lab sweep --yes, or teardown {deployment}) and deploy again")
-        keys = droplet_keys(deployment, key_dir, create=True, key=settings.key)
+        def note(**ids: Any) -> None:
+            record.resource_ids.update(ids)
+            if request.record is not None:
+                request.record(record.model_copy(deep=True))
+
+        # A first attempt has no host key yet: nothing of this deployment can exist, so the look-ups a re-run
+        # needs (an earlier droplet, an earlier firewall) are skipped.
+        rerun = (request.key_dir / HOST_KEY_FILE).is_file()
+        existing = self._existing_droplet(api, names, record) if rerun else None
+        keys = droplet_keys(names.deployment, request.key_dir, create=True, key=settings.key)
         assert keys is not None
-
-        ssh_key, key_created = self._ensure_ssh_key(api, deployment, keys.client_public, say)
-        for t in (res.OWNER_TAG, tag):
-            api.create_tag(t)
-        firewall = self._ensure_firewall(api, deployment, allow_from, say, settings)
+        ssh_key, key_created = self._ensure_ssh_key(api, names, keys.client_public, say,
+                                                    look=rerun or bool(settings.key))
+        note(ssh_key=ssh_key["fingerprint"], ssh_key_created=key_created)
+        api.create_tag(names.tag)
+        firewall = self._ensure_firewall(api, names, allow_from, say, settings, look=rerun)
+        note(firewall=firewall["id"])
 
         if existing:
-            droplet = existing[0]
+            droplet = existing
             say(f"found droplet {droplet['id']} ({droplet['status']}) from an earlier run: reusing it")
+            if settings.expires_at and res.expiry_of(droplet.get("tags") or []) != settings.expires_at:
+                say(f"droplet {droplet['id']} keeps the expiry it was created with; tear it down to change it")
+            note(droplet=droplet["id"])
+            t1 = time.monotonic()
+            droplet = self._wait_active(api, droplet, None, settings, say)
         else:
-            user_data = render_user_data(hostname=res.resource_name(deployment), user=settings.ssh_user,
-                                         host_key=keys.host, authorized_key=keys.client_public,
+            user_data = render_user_data(hostname=names.hostname, user=settings.ssh_user, host_key=keys.host,
+                                         authorized_key=keys.client_public,
                                          forbidden=[read_token(), keys.client_key_path.read_text()])
-            droplet = self._create_droplet(api, deployment, pf, ssh_key["fingerprint"], user_data,
-                                           explicit_region=bool(settings.region), settings=settings, say=say)
-        if existing and settings.expires_at and res.expiry_of(droplet.get("tags") or []) != settings.expires_at:
-            say(f"droplet {droplet['id']} keeps the expiry it was created with; tear it down to change it")
-        self.stats.seconds["api"] = round(time.monotonic() - t0, 3)
-
-        t1 = time.monotonic()
-        droplet = self._wait_active(api, droplet, settings, say)
+            t1 = time.monotonic()
+            droplet = self._create_where_possible(api, names, pf, ssh_key["fingerprint"], user_data,
+                                                  explicit_region=bool(settings.region), settings=settings, say=say,
+                                                  note=note)
+        self.stats.seconds["api"] = round(t1 - t0, 3)
         self.stats.seconds["active"] = round(time.monotonic() - t1, 3)
         address = res.public_ipv4(droplet)
         assert address is not None
-        record = HostRecord(
-            target=self.name, address=address, port=settings.ssh_port, user=settings.ssh_user,
-            key_path=str(keys.client_key_path), host_key=keys.host.public_key, key_dir=str(key_dir),
-            resource_ids={"droplet": droplet["id"], "firewall": firewall["id"],
-                          "ssh_key": ssh_key["fingerprint"], "ssh_key_created": key_created, "tag": tag},
-            extra={"deployment": deployment, "api_url": settings.api_url or os.environ.get("DIGITALOCEAN_API_URL"),
-                   "size": pf.size, "region": droplet["region"]["slug"], "image": pf.image,
-                   "hourly_usd": float(droplet["size"]["price_hourly"]), "created_at": droplet["created_at"],
-                   "allow_from": allow_from, "https_from": settings.https_from,
-                   "https_port": settings.https_port if settings.https_from else None,
-                   "expires_at": res.expiry_of(droplet.get("tags") or [])},
-        )
+        record.address = address
+        record.key_path, record.host_key = str(keys.client_key_path), keys.host.public_key
+        record.extra.update(region=droplet["region"]["slug"], hourly_usd=float(droplet["size"]["price_hourly"]),
+                            created_at=droplet["created_at"], allow_from=allow_from, https_from=settings.https_from,
+                            https_port=settings.https_port if settings.https_from else None,
+                            expires_at=res.expiry_of(droplet.get("tags") or []))
+        note()
         t2 = time.monotonic()
         host = self._wait_ssh(record, settings, say)
         self.stats.seconds["ssh"] = round(time.monotonic() - t2, 3)
@@ -290,32 +299,43 @@ class DigitalOceanTarget:
         value = os.environ.get(ALLOW_FROM_ENV)
         return res.parse_allow_from(value) if value else None
 
-    def _ensure_ssh_key(self, api: DOApi, deployment: str, public_key: str, say: LineSink) -> tuple[dict, bool]:
-        """Get-or-create by fingerprint. Ours if we upload it now or an earlier run of ours did (its name)."""
+    @staticmethod
+    def _existing_droplet(api: DOApi, names: res.Names, record: HostRecord) -> dict | None:
+        found = [d for d in api.list_droplets(tag_name=names.tag) if d.get("status") not in ("off", "archive")]
+        if len(found) > 1:
+            ids = ", ".join(str(d["id"]) for d in found)
+            raise TargetError(f"deployment {names.deployment} has {len(found)} droplets ({ids}); expected one",
+                              fix=f"tear it down: mistral-lab teardown {names.deployment}")
+        return found[0] if found else None
+
+    def _ensure_ssh_key(self, api: DOApi, names: res.Names, public_key: str, say: LineSink, *,
+                        look: bool) -> tuple[dict, bool]:
+        """Get-or-create by fingerprint: looked up first where it may exist (a re-run, the user's own key), else
+        created at once (one call on a first deploy). Ours when we upload it now or an earlier run of ours did
+        (its name)."""
         fingerprint = md5_fingerprint(public_key)
-        name = res.resource_name(deployment)
-        key = api.get_ssh_key(fingerprint)
+        key = api.get_ssh_key(fingerprint) if look else None
         if key is not None:
-            return key, key.get("name") == name
+            return key, key.get("name") == names.resource
         try:
-            key = api.create_ssh_key(name, public_key)
+            key = api.create_ssh_key(names.resource, public_key)
             say(f"uploaded SSH key {fingerprint}")
             return key, True
         except DOApiError as e:
-            # A concurrent or half-finished run uploaded it between our look and our POST.
-            if e.status == 422 and "already in use" in e.api_message:
-                key = api.get_ssh_key(fingerprint)
-                if key is not None:
-                    return key, key.get("name") == name
-            raise
+            if not (e.status == 422 and "already in use" in e.api_message):
+                raise
+        key = api.get_ssh_key(fingerprint)
+        if key is None:
+            raise TargetError(f"SSH key {fingerprint} is said to be in use but cannot be found",
+                              fix="deploy again in a moment")
+        return key, key.get("name") == names.resource
 
-    def _ensure_firewall(self, api: DOApi, deployment: str, allow_from: list[str], say: LineSink,
-                         settings: DigitalOceanOptions) -> dict:
-        wanted = res.firewall_body(deployment, allow_from, https_from=settings.https_from,
-                                   https_port=settings.https_port)
+    def _ensure_firewall(self, api: DOApi, names: res.Names, allow_from: list[str], say: LineSink,
+                         settings: DigitalOceanOptions, *, look: bool) -> dict:
+        wanted = res.firewall_body(names, allow_from, https_from=settings.https_from, https_port=settings.https_port)
         opened = f"SSH from {', '.join(allow_from)}" + (
             f", port {settings.https_port} from {', '.join(settings.https_from)}" if settings.https_from else "")
-        for fw in api.list_firewalls():
+        for fw in api.list_firewalls() if look else []:
             if fw.get("name") == wanted["name"]:
                 if not res.firewall_matches(fw, wanted):
                     fw = api.update_firewall(fw["id"], wanted)
@@ -325,71 +345,93 @@ class DigitalOceanTarget:
         say(f"created firewall {fw['id']}: {opened} only, outbound open")
         return fw
 
-    def _create_droplet(self, api: DOApi, deployment: str, pf: Preflight, fingerprint: str, user_data: str, *,
-                        explicit_region: bool, settings: DigitalOceanOptions, say: LineSink) -> dict:
-        tag = res.deployment_tag(deployment)
+    def _create_where_possible(self, api: DOApi, names: res.Names, pf: Preflight, fingerprint: str, user_data: str,
+                               *, explicit_region: bool, settings: DigitalOceanOptions, say: LineSink,
+                               note: Callable[..., None]) -> dict:
+        """Create in the first region that has the size, and wait until it is active. A region that refuses
+        (capacity, closed, restricted size, image elsewhere), or whose create is accepted and then fails (the
+        action ends `errored`, or the droplet stays `new`), moves on to the next one; a droplet left behind by a
+        failed create is destroyed first, since it bills."""
         regions = [pf.region] if explicit_region else [pf.region] + [r for r in pf.regions if r != pf.region]
-        tried: list[str] = []
+        failed: list[str] = []
         for region in regions:
-            body = res.droplet_body(deployment, size=pf.size, region=region, image=pf.image,
+            body = res.droplet_body(names, size=pf.size, region=region, image=pf.image,
                                     ssh_key_fingerprint=fingerprint, user_data=user_data,
                                     expires_at=settings.expires_at)
-            for attempt in range(1, 4):
-                try:
-                    droplet = api.create_droplet(body)
-                    say(f"created droplet {droplet['id']} ({pf.size} in {region})")
-                    return droplet
-                except DOApiError as e:
-                    if e.status == 422 and res.NO_CAPACITY.lower() in e.api_message.lower():
-                        tried.append(region)
-                        say(f"{pf.size} has no capacity in {region}"
-                            + ("; trying the next region" if region != regions[-1] else ""))
-                        break
-                    if e.status == 422 and res.DROPLET_LIMIT in e.api_message:
-                        raise TargetError(f"creating the droplet would exceed the account's droplet limit "
-                                          f"({e.api_message})",
-                                          fix="destroy droplets you no longer need (mistral-lab sweep) or ask "
-                                              "DigitalOcean for a higher limit") from None
-                    if e.status is not None and e.status < 500:
-                        raise
-                    # 5xx or no answer: the droplet may exist anyway. Look before creating again: never two.
-                    self._sleep(min(settings.poll_interval, 5.0))
-                    found = api.list_droplets(tag_name=tag)
-                    if found:
-                        say(f"the create call failed ({e.status or 'no answer'}) but droplet {found[0]['id']} "
-                            "exists: using it")
-                        return found[0]
-                    if attempt == 3:
-                        raise
-                    say(f"the create call failed ({e.status or 'no answer'}) and no droplet exists; trying again")
-        raise TargetError(f"no capacity for {pf.size} in {', '.join(tried)}",
-                          fix="try later, another --region, or another --gpu size")
+            try:
+                droplet, action = self._create(api, names, body, settings, say)
+                note(droplet=droplet["id"], region=region)
+                say(f"created droplet {droplet['id']} ({pf.size} in {region})")
+                return self._wait_active(api, droplet, action, settings, say)
+            except RegionFailed as e:
+                failed.append(f"{region} ({e.message})")
+                more = region != regions[-1]
+                say(f"{pf.size} in {region}: {e.message}" + ("; trying the next region" if more else ""))
+        hint = "another --region, " if explicit_region else ""
+        raise TargetError(f"could not get {pf.size} in {', '.join(failed)}",
+                          fix=f"try later, {hint}or another --gpu size")
 
-    def _wait_active(self, api: DOApi, droplet: dict, settings: DigitalOceanOptions, say: LineSink) -> dict:
+    def _create(self, api: DOApi, names: res.Names, body: dict, settings: DigitalOceanOptions,
+                say: LineSink) -> tuple[dict, int | None]:
+        """POST the droplet: never twice. A 5xx or a lost answer may still have made it: look before trying again."""
+        for attempt in range(1, 4):
+            try:
+                return api.create_droplet(body)
+            except DOApiError as e:
+                if e.status == 422 and res.not_here(e.api_message):
+                    raise RegionFailed(e.api_message) from None
+                if e.status == 422 and res.DROPLET_LIMIT in e.api_message:
+                    raise TargetError(f"creating the droplet would exceed the account's droplet limit "
+                                      f"({e.api_message})",
+                                      fix="destroy droplets you no longer need (mistral-lab sweep lists this "
+                                          "installation's) or ask DigitalOcean for a higher limit") from None
+                if e.status is not None and e.status < 500:
+                    raise
+                self._sleep(min(settings.poll_interval, 5.0))
+                found = [d for d in api.list_droplets(tag_name=names.tag) if d.get("status") == "new"
+                         or d.get("status") == "active"]
+                if found:
+                    say(f"the create call failed ({e.status or 'no answer'}) but droplet {found[0]['id']} "
+                        "exists: using it")
+                    return found[0], None
+                if attempt == 3:
+                    raise
+                say(f"the create call failed ({e.status or 'no answer'}) and no droplet exists; trying again")
+        raise AssertionError("unreachable")
+
+    def _wait_active(self, api: DOApi, droplet: dict, action: int | None, settings: DigitalOceanOptions,
+                     say: LineSink) -> dict:
+        """Until the droplet is active with an address: its create action is polled (one call a poll) and the
+        droplet read once it completed. An action that ends `errored`, or a droplet still `new` at the deadline,
+        fails this region (after destroying the droplet)."""
         deadline = time.monotonic() + settings.active_timeout
         start = time.monotonic()
-        last = None
-        while True:
-            if droplet.get("status") == "active" and res.public_ipv4(droplet):
-                say(f"droplet {droplet['id']} is active at {res.public_ipv4(droplet)} "
-                    f"after {time.monotonic() - start:.0f} s")
-                return droplet
+        say(f"droplet {droplet['id']} is {droplet.get('status')}; waiting for it to become active")
+        while droplet.get("status") != "active" or not res.public_ipv4(droplet):
             if droplet.get("status") in ("off", "archive"):
                 raise TargetError(f"droplet {droplet['id']} is {droplet['status']} (it still bills while off)",
                                   fix="power it on in the DigitalOcean console, or tear the deployment down")
-            if droplet.get("status") != last:
-                say(f"droplet {droplet['id']} is {droplet.get('status')}; waiting for it to become active")
-                last = droplet.get("status")
             if time.monotonic() > deadline:
-                raise TargetError(f"droplet {droplet['id']} is still {droplet.get('status')} after "
-                                  f"{settings.active_timeout:.0f} s",
-                                  fix="deploy again to keep waiting, or tear it down (it bills meanwhile)")
+                self._abandon(api, droplet, say)
+                raise RegionFailed(f"droplet still {droplet.get('status')} after {settings.active_timeout:.0f} s")
             self._sleep(settings.poll_interval)
-            fresh = api.get_droplet(droplet["id"])
-            if fresh is None:
-                raise TargetError(f"droplet {droplet['id']} disappeared while starting",
-                                  fix="deploy again; check the DigitalOcean console for errors")
-            droplet = fresh
+            state = (api.get_droplet_action(droplet["id"], action) or {}).get("status") if action else None
+            if state == "errored":
+                self._abandon(api, droplet, say)
+                raise RegionFailed("the create was accepted and then failed (its action errored)")
+            if action is None or state == "completed":
+                fresh = api.get_droplet(droplet["id"])
+                if fresh is None:
+                    raise TargetError(f"droplet {droplet['id']} disappeared while starting",
+                                      fix="deploy again; check the DigitalOcean console for errors")
+                droplet = fresh
+        say(f"droplet {droplet['id']} is active at {res.public_ipv4(droplet)} after {time.monotonic() - start:.0f} s")
+        return droplet
+
+    @staticmethod
+    def _abandon(api: DOApi, droplet: dict, say: LineSink) -> None:
+        api.destroy_droplet(droplet["id"])
+        say(f"destroyed droplet {droplet['id']}, which never became active (it billed meanwhile)")
 
     def _connect(self, record: HostRecord, on_line: LineSink | None = None) -> Host:
         from mistral_lab.hosts.ssh import SSHHost
@@ -443,43 +485,109 @@ class DigitalOceanTarget:
         return self._connect(record)
 
     def destroy(self, record: HostRecord, on_line: LineSink | None = None) -> None:
-        """Destroy the droplet(s), the firewall, the tag and the SSH key if we uploaded it. Safe to repeat."""
+        """Destroy the droplet(s), then the firewall, the SSH key if we uploaded it, and the tag. Safe to repeat.
+
+        Droplets are found by the recorded id and by the deployment's tag; destroy is asynchronous on
+        DigitalOcean, so this waits (bounded) until neither shows one any more before removing the tag."""
         say = on_line or _quiet
-        deployment = record.extra.get("deployment") or res.deployment_of([str(record.resource_ids.get("tag", ""))])
+        names = self._names(record)
+        settings = DigitalOceanOptions.of(self.options, {"api_url": record.extra.get("api_url")})
+        api = self._api(settings)
+        ids = {int(record.resource_ids["droplet"])} if record.resource_ids.get("droplet") else set()
+        expiry_tags: set[str] = set()
+        for droplet in api.list_droplets(tag_name=names.tag):
+            ids.add(droplet["id"])
+            expiry_tags.update(t for t in droplet.get("tags") or [] if t.startswith(res.EXPIRY_PREFIX))
+            hours, _, cost = res.droplet_cost(droplet)
+            say(f"destroying droplet {droplet['id']} after {hours:.2f} h (about ${cost:.2f})")
+        for droplet_id in sorted(ids):
+            api.destroy_droplet(droplet_id)
+        self._wait_gone(api, names, ids, settings, say)
+        _delete_unused_tags(api, expiry_tags)
+        self._delete_firewall(api, names, record, say)
+        self._delete_ssh_key(api, names, record, say)
+        api.delete_tag(names.tag)
+        if record.key_dir:
+            _forget_keys(Path(record.key_dir))
+
+    def leftovers(self, record: HostRecord) -> list[str]:
+        """What of the deployment still exists after destroy. destroy already waited until the tag listing and
+        each recorded id showed nothing; the GPU listing is asked as well, since the docs do not promise that a
+        tag listing shows GPU droplets."""
+        names = self._names(record)
+        api = self._api(DigitalOceanOptions.of(self.options, {"api_url": record.extra.get("api_url")}))
+        return [f"droplet {d['id']} ({d.get('status')}) of {names.deployment} still exists"
+                for d in api.list_droplets(gpus=True) if names.tag in (d.get("tags") or [])]
+
+    @staticmethod
+    def _names(record: HostRecord) -> res.Names:
+        tag = str(record.resource_ids.get("tag") or "")
+        deployment = record.extra.get("deployment") or res.deployment_of([tag])
         if not deployment:
             raise BadInput("the record does not say which deployment it belongs to", field="host",
                            fix="run `mistral-lab sweep` to find and destroy what is left")
-        settings = DigitalOceanOptions.of(self.options, {"api_url": record.extra.get("api_url")})
-        api = self._api(settings)
-        tag = res.deployment_tag(deployment)
-        name = res.resource_name(deployment)
-        expiry_tags: set[str] = set()
-        for droplet in api.list_droplets(tag_name=tag):
-            hours, price, cost = res.droplet_cost(droplet)
-            expiry_tags.update(t for t in droplet.get("tags") or [] if t.startswith(res.EXPIRY_PREFIX))
-            if api.destroy_droplet(droplet["id"]):
-                say(f"destroyed droplet {droplet['id']} after {hours:.2f} h (about ${cost:.2f})")
-        _delete_unused_tags(api, expiry_tags)
-        for fw in api.list_firewalls():
-            ours = fw.get("name") == name or tag in (fw.get("tags") or [])
-            if ours and api.delete_firewall(fw["id"]):
-                say(f"deleted firewall {fw['id']}")
-        key_dir = Path(record.key_dir) if record.key_dir else None
-        try:
-            keys = droplet_keys(deployment, key_dir, create=False, key=record.key_path) if key_dir else None
-        except BadInput:  # the key file is gone: the fingerprint in the record still names the key
-            keys = None
+        owner = record.resource_ids.get("owner") or (tag.split(":")[1] if tag.count(":") == 2 else None)
+        if owner is None:  # a record from before owners: its names carried none
+            return _LegacyNames(deployment)
+        return res.Names(deployment, owner)
+
+    def _wait_gone(self, api: DOApi, names: res.Names, ids: set[int], settings: DigitalOceanOptions,
+                   say: LineSink) -> None:
+        deadline = time.monotonic() + settings.destroy_timeout
+        while True:
+            # The tag listing, and the recorded ids it no longer shows looked up one by one (a 404 is final).
+            left = {d["id"] for d in api.list_droplets(tag_name=names.tag)}
+            left |= {i for i in ids - left if api.get_droplet(i) is not None}
+            if not left:
+                return
+            if time.monotonic() > deadline:
+                raise TargetError(f"droplet(s) {', '.join(map(str, sorted(left)))} still listed "
+                                  f"{settings.destroy_timeout:.0f} s after their destroy",
+                                  fix="run the teardown again in a minute; `mistral-lab sweep` lists what bills")
+            self._sleep(settings.poll_interval)
+
+    @staticmethod
+    def _delete_firewall(api: DOApi, names: res.Names, record: HostRecord, say: LineSink) -> None:
+        recorded = record.resource_ids.get("firewall")
+        found = [recorded] if recorded else [fw["id"] for fw in api.list_firewalls()
+                                             if fw.get("name") == names.resource or names.tag in (fw.get("tags") or [])]
+        for fw_id in found:
+            if api.delete_firewall(fw_id):
+                say(f"deleted firewall {fw_id}")
+
+    @staticmethod
+    def _delete_ssh_key(api: DOApi, names: res.Names, record: HostRecord, say: LineSink) -> None:
         fingerprint = record.resource_ids.get("ssh_key")
-        if fingerprint is None and keys is not None:
-            fingerprint = md5_fingerprint(keys.client_public)
-        if fingerprint:
+        created = record.resource_ids.get("ssh_key_created")
+        if fingerprint is None and record.key_dir:
+            try:
+                keys = droplet_keys(names.deployment, Path(record.key_dir), create=False, key=record.key_path)
+            except BadInput:  # the key file is gone: nothing left to name the key by
+                keys = None
+            fingerprint = md5_fingerprint(keys.client_public) if keys else None
+        if not fingerprint:
+            return
+        if created is None:  # not recorded: ours only if it carries our name
             key = api.get_ssh_key(fingerprint)
-            ours = key is not None and (key.get("name") == name or record.resource_ids.get("ssh_key_created"))
-            if ours and api.delete_ssh_key(fingerprint):
-                say(f"deleted SSH key {fingerprint}")
-        api.delete_tag(tag)
-        if key_dir is not None:
-            _forget_keys(key_dir)
+            created = key is not None and key.get("name") == names.resource
+        if created and api.delete_ssh_key(fingerprint):
+            say(f"deleted SSH key {fingerprint}")
+
+
+@dataclass(frozen=True)
+class _LegacyNames:
+    """A deployment recorded before owners: `mistral-lab:<name>` and `mistral-lab-<name>`."""
+
+    deployment: str
+    owner: str = ""
+
+    @property
+    def tag(self) -> str:
+        return f"{res.OWNER_TAG}:{self.deployment}"
+
+    @property
+    def resource(self) -> str:
+        return f"{res.OWNER_TAG}-{self.deployment}"
 
 
 # ---------------------------------------------------------------------------------------------- sweep
@@ -491,6 +599,7 @@ class SweepItem:
     id: str
     name: str
     deployment: str | None
+    owner: str | None = None  # the installation that made it; None for resources made before owners
     region: str | None = None
     size: str | None = None
     created_at: str | None = None
@@ -500,12 +609,18 @@ class SweepItem:
     expires_at: int | None = None  # droplets: unix seconds from the expiry tag
     destroyed: bool = False
 
+    @property
+    def ref(self) -> str:
+        """How `sweep --only` names it."""
+        return f"{self.kind}:{self.id}"
+
     def expired(self, now: float) -> bool:
         return self.expires_at is not None and self.expires_at <= now
 
 
-def find_leftovers(api: DOApi) -> list[SweepItem]:
-    """Everything of ours: droplets tagged mistral-lab (GPU ones too), our firewalls, our SSH keys."""
+def find_leftovers(api: DOApi, owner: str | None) -> list[SweepItem]:
+    """What mistral-lab made: droplets (GPU ones too), firewalls and SSH keys; `owner` None: every installation's,
+    else only that one's."""
     droplets: dict[int, dict] = {}
     # A tag listing includes GPU droplets; `type=gpus` is asked as well because the docs do not promise it, and
     # it cannot be combined with tag_name, so its result is filtered here.
@@ -514,26 +629,31 @@ def find_leftovers(api: DOApi) -> list[SweepItem]:
             droplets[d["id"]] = d
     items = []
     for d in droplets.values():
+        tags = d.get("tags") or []
         hours, price, cost = res.droplet_cost(d)
-        items.append(SweepItem("droplet", str(d["id"]), d["name"], res.deployment_of(d.get("tags") or []),
+        items.append(SweepItem("droplet", str(d["id"]), d["name"], res.deployment_of(tags), res.owner_of(tags),
                                region=(d.get("region") or {}).get("slug"), size=d.get("size_slug"),
                                created_at=d.get("created_at"), hours=round(hours, 3), hourly_usd=price,
-                               cost_usd=round(cost, 2), expires_at=res.expiry_of(d.get("tags") or [])))
+                               cost_usd=round(cost, 2), expires_at=res.expiry_of(tags)))
     prefix = res.OWNER_TAG + "-"
     for fw in api.list_firewalls():
         tags = fw.get("tags") or []
         if fw.get("name", "").startswith(prefix) or any(t.startswith(res.OWNER_TAG + ":") for t in tags):
+            fw_owner = res.owner_of_name(fw["name"])
             items.append(SweepItem("firewall", fw["id"], fw["name"], res.deployment_of(tags) or
-                                   fw["name"].removeprefix(prefix), created_at=fw.get("created_at")))
+                                   res.deployment_of_name(fw["name"], fw_owner), fw_owner,
+                                   created_at=fw.get("created_at")))
     for key in api.list_ssh_keys():
         if key.get("name", "").startswith(prefix):
-            items.append(SweepItem("ssh_key", key["fingerprint"], key["name"], key["name"].removeprefix(prefix)))
-    return items
+            key_owner = res.owner_of_name(key["name"])
+            items.append(SweepItem("ssh_key", key["fingerprint"], key["name"],
+                                   res.deployment_of_name(key["name"], key_owner), key_owner))
+    return [i for i in items if owner is None or i.owner == owner]
 
 
 def _delete_unused_tags(api: DOApi, tags: set[str]) -> None:
-    """Delete expiry tags no droplet carries any more. Deleting a tag untags everything carrying it, and two
-    deployments made in the same second share one."""
+    """Delete tags no droplet carries any more. Deleting a tag untags everything carrying it, and two deployments
+    made in the same second share one expiry tag."""
     for t in sorted(tags):
         if not api.list_droplets(tag_name=t):
             api.delete_tag(t)
@@ -546,26 +666,53 @@ def expired_only(items: list[SweepItem], now: float) -> list[SweepItem]:
             (i.kind != "droplet" and i.deployment in gone)]
 
 
-def sweep(*, api_url: str | None = None, destroy: bool = False, on_line: LineSink | None = None,
-          sleep: Callable[[float], None] = time.sleep, expired: bool = False,
-          now: float | None = None) -> list[SweepItem]:
-    """List (and with destroy=True remove) every resource tagged or named mistral-lab; with expired=True only the
-    droplets past their expiry tag and what belongs to their deployments."""
+def sweep(*, owner: str | None, api_url: str | None = None, destroy: bool = False, only: list[str] | None = None,
+          on_line: LineSink | None = None, sleep: Callable[[float], None] = time.sleep, expired: bool = False,
+          now: float | None = None, wait_s: float = 300.0) -> list[SweepItem]:
+    """List (and with destroy=True remove) what mistral-lab made on the account.
+
+    `owner`: this installation's id (None: every installation's, which destroys nothing unless each resource is
+    named in `only` as kind:id). `expired`: only the droplets past their expiry tag and what belongs to their
+    deployments. Droplets are destroyed first and waited for (destroy is asynchronous) before their firewalls,
+    keys and tags go."""
     say = on_line or _quiet
     api = DOApi(api_url, sleep=sleep)
-    items = find_leftovers(api)
+    items = find_leftovers(api, owner)
     if expired:
         items = expired_only(items, time.time() if now is None else now)
-    if destroy:
-        for item in items:
-            if item.kind == "droplet":
-                item.destroyed = api.destroy_droplet(int(item.id))
-            elif item.kind == "firewall":
-                item.destroyed = api.delete_firewall(item.id)
-            else:
-                item.destroyed = api.delete_ssh_key(item.id)
-            say(f"{'destroyed' if item.destroyed else 'already gone'}: {item.kind} {item.id} ({item.name})")
-        for deployment in {i.deployment for i in items if i.deployment}:
-            api.delete_tag(res.deployment_tag(deployment))
-        _delete_unused_tags(api, {res.expiry_tag(i.expires_at) for i in items if i.expires_at})
+    if only:
+        known = {i.ref for i in items}
+        unknown = [r for r in only if r not in known]
+        if unknown:
+            raise BadInput(f"not found among mistral-lab's resources: {', '.join(unknown)}", field="only",
+                           fix="name them as `mistral-lab sweep --all-owners` lists them: kind:id, e.g. droplet:123")
+        items = [i for i in items if i.ref in only]
+    elif destroy and owner is None:
+        raise BadInput("refusing to destroy every installation's resources at once", field="all_owners",
+                       fix="name each one: mistral-lab sweep --all-owners --yes --only droplet:ID --only ...")
+    if not destroy:
+        return items
+    droplets = [i for i in items if i.kind == "droplet"]
+    for item in droplets:
+        item.destroyed = api.destroy_droplet(int(item.id))
+        say(f"{'destroying' if item.destroyed else 'already going'}: droplet {item.id} ({item.name})")
+    deadline = time.monotonic() + wait_s
+    waiting = {int(i.id) for i in droplets}
+    while waiting:
+        waiting = {i for i in waiting if api.get_droplet(i) is not None}
+        if waiting and time.monotonic() > deadline:
+            raise TargetError(f"droplet(s) {', '.join(map(str, sorted(waiting)))} still there {wait_s:.0f} s after "
+                              "their destroy", fix="run the sweep again in a minute")
+        if waiting:
+            sleep(2.0)
+    for item in items:
+        if item.kind == "firewall":
+            item.destroyed = api.delete_firewall(item.id)
+        elif item.kind == "ssh_key":
+            item.destroyed = api.delete_ssh_key(item.id)
+        if item.kind != "droplet":
+            say(f"{'deleted' if item.destroyed else 'already gone'}: {item.kind} {item.id} ({item.name})")
+    tags = {f"{res.OWNER_TAG}:{i.owner}:{i.deployment}" if i.owner else f"{res.OWNER_TAG}:{i.deployment}"
+            for i in droplets if i.deployment}
+    _delete_unused_tags(api, tags | {res.expiry_tag(i.expires_at) for i in droplets if i.expires_at})
     return items

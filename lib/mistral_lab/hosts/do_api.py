@@ -29,6 +29,47 @@ from urllib.parse import parse_qs, urlparse
 from mistral_lab.errors import BadInput, TargetError
 
 TOKEN_ENVS = ("DIGITALOCEAN_TOKEN", "DIGITALOCEAN_ACCESS_TOKEN")
+
+
+@dataclass(frozen=True)
+class Operation:
+    """One pydo call we make: where it is on the client, its HTTP method, the success statuses we take (a 404 is
+    always returned as "absent"), and the token scopes it needs (DigitalOcean's OpenAPI spec: each operation's
+    `security`, and the notes "Requires `x:y` scope" in droplet_create.yml and droplets/parameters.yml;
+    digitalocean/openapi, read 2026-12-07). A 403 from a custom-scoped token does not say which scope is missing
+    ("You are not authorized to perform this operation."), so the error names the ones this call needs."""
+
+    group: str
+    method: str
+    verb: str
+    ok: tuple[int, ...]
+    scopes: tuple[str, ...]
+
+
+OPERATIONS: dict[str, Operation] = {
+    "get account": Operation("account", "get", "GET", (200,), ("account:read",)),
+    "list sizes": Operation("sizes", "list", "GET", (200,), ("sizes:read", "regions:read")),
+    "list droplets": Operation("droplets", "list", "GET", (200,), ("droplet:read", "tag:read")),
+    "get droplet": Operation("droplets", "get", "GET", (200,), ("droplet:read",)),
+    "get droplet action": Operation("droplet_actions", "get", "GET", (200,), ("droplet:read",)),
+    "create droplet": Operation("droplets", "create", "POST", (202,),
+                                ("droplet:create", "image:read", "ssh_key:read", "tag:create")),
+    "destroy droplet": Operation("droplets", "destroy", "DELETE", (204,), ("droplet:delete",)),
+    "get ssh key": Operation("ssh_keys", "get", "GET", (200,), ("ssh_key:read",)),
+    "list ssh keys": Operation("ssh_keys", "list", "GET", (200,), ("ssh_key:read",)),
+    "create ssh key": Operation("ssh_keys", "create", "POST", (201,), ("ssh_key:create",)),
+    "delete ssh key": Operation("ssh_keys", "delete", "DELETE", (204,), ("ssh_key:delete",)),
+    "list firewalls": Operation("firewalls", "list", "GET", (200,), ("firewall:read",)),
+    "create firewall": Operation("firewalls", "create", "POST", (202,), ("firewall:create",)),
+    "update firewall": Operation("firewalls", "update", "PUT", (200,), ("firewall:update",)),
+    "delete firewall": Operation("firewalls", "delete", "DELETE", (204,), ("firewall:delete",)),
+    "create tag": Operation("tags", "create", "POST", (201,), ("tag:create",)),
+    "delete tag": Operation("tags", "delete", "DELETE", (204,), ("tag:delete",)),
+}
+OPERATION_SCOPES = {name: op.scopes for name, op in OPERATIONS.items()}
+REQUIRED_SCOPES: tuple[str, ...] = tuple(sorted({s for scopes in OPERATION_SCOPES.values() for s in scopes}))
+# A second DELETE while the first destroy is under way (DigitalOcean serialises a droplet's events).
+PENDING_EVENT = "already has a pending event"
 API_URL_ENV = "DIGITALOCEAN_API_URL"
 DEFAULT_API_URL = "https://api.digitalocean.com"
 TOKEN_REFUSED = "the token was refused"
@@ -58,8 +99,8 @@ def read_token() -> str:
         if value:
             return value
     raise BadInput("no DigitalOcean API token in the environment", field="DIGITALOCEAN_TOKEN",
-                   fix="export DIGITALOCEAN_TOKEN=... (a personal access token with droplet, ssh_key, firewall, tag, "
-                       "size and region scopes); it is read from the environment only")
+                   fix="export DIGITALOCEAN_TOKEN=... (a personal access token; a custom-scoped one needs "
+                       f"{', '.join(REQUIRED_SCOPES)}); it is read from the environment only")
 
 
 def api_url(override: str | None = None) -> str:
@@ -155,6 +196,12 @@ class DOApi:
                 if status == 401:
                     raise TokenRefused(401, error_id, f"{TOKEN_REFUSED} ({message})", operation=operation,
                                        fix="check DIGITALOCEAN_TOKEN: it may be mistyped, revoked or expired") from None
+                if status == 403:
+                    needs = OPERATION_SCOPES.get(operation, ())
+                    raise TokenRefused(403, error_id, f"{message} — the token lacks a scope this call needs: "
+                                       f"{', '.join(needs) or 'unknown'}", operation=operation,
+                                       fix=f"give the token these scopes (all a deploy uses: "
+                                           f"{', '.join(REQUIRED_SCOPES)}), or use a full-access token") from None
                 if status == 429 and attempt < self.max_attempts:
                     self._wait(self._retry_after(e.response, attempt))
                     continue
@@ -193,12 +240,17 @@ class DOApi:
         self.stats.waited_s += seconds
         self._sleep(seconds)
 
-    def _all(self, operation: str, fn: Callable[..., Any], key: str, **params: Any) -> list[dict[str, Any]]:
+    def _op(self, name: str, *args: Any, **kwargs: Any) -> tuple[int, Any]:
+        op = OPERATIONS[name]
+        fn = getattr(getattr(self._client, op.group), op.method)
+        return self._call(name, op.verb, fn, *args, ok=op.ok, **kwargs)
+
+    def _all(self, operation: str, key: str, **params: Any) -> list[dict[str, Any]]:
         """Every page of a list call (per_page=200, following links.pages.next)."""
         items: list[dict[str, Any]] = []
         page = 1
         while True:
-            _, body = self._call(operation, "GET", fn, per_page=200, page=page, **params)
+            _, body = self._op(operation, per_page=200, page=page, **params)
             items.extend(body.get(key) or [])
             nxt = ((body.get("links") or {}).get("pages") or {}).get("next")
             if not nxt:
@@ -208,10 +260,10 @@ class DOApi:
     # ------------------------------------------------------------------ account, catalog
 
     def account(self) -> dict[str, Any]:
-        return self._call("get account", "GET", self._client.account.get)[1]["account"]
+        return self._op("get account")[1]["account"]
 
     def sizes(self) -> list[dict[str, Any]]:
-        return self._all("list sizes", self._client.sizes.list, "sizes")
+        return self._all("list sizes", "sizes")
 
     # ------------------------------------------------------------------ droplets
 
@@ -219,58 +271,72 @@ class DOApi:
         params: dict[str, Any] = {"tag_name": tag_name} if tag_name else {}
         if gpus:
             params["type"] = "gpus"
-        return self._all("list droplets", self._client.droplets.list, "droplets", **params)
+        return self._all("list droplets", "droplets", **params)
 
     def get_droplet(self, droplet_id: int) -> dict[str, Any] | None:
-        status, body = self._call("get droplet", "GET", self._client.droplets.get, droplet_id)
+        status, body = self._op("get droplet", droplet_id)
         return None if status == 404 else body["droplet"]
 
-    def create_droplet(self, body: dict[str, Any]) -> dict[str, Any]:
-        return self._call("create droplet", "POST", self._client.droplets.create, body=body, ok=(202,))[1]["droplet"]
+    def create_droplet(self, body: dict[str, Any]) -> tuple[dict[str, Any], int | None]:
+        """The new droplet (status `new`) and the id of its create action, which says whether it succeeds."""
+        _, out = self._op("create droplet", body=body)
+        actions = (out.get("links") or {}).get("actions") or []
+        action = next((a.get("id") for a in actions if a.get("rel") == "create"), None)
+        return out["droplet"], action
+
+    def get_droplet_action(self, droplet_id: int, action_id: int) -> dict[str, Any] | None:
+        status, body = self._op("get droplet action", droplet_id, action_id)
+        return None if status == 404 else body["action"]
 
     def destroy_droplet(self, droplet_id: int) -> bool:
-        """True if destroyed now, False if it was already gone."""
-        status, _ = self._call("destroy droplet", "DELETE", self._client.droplets.destroy, droplet_id, ok=(204,))
+        """True if a destroy was started now, False if it was gone or already going (destroy is asynchronous: the
+        droplet stays listed a while, and a second DELETE then answers 422 "already has a pending event")."""
+        try:
+            status, _ = self._op("destroy droplet", droplet_id)
+        except DOApiError as e:
+            if e.status == 422 and PENDING_EVENT in e.api_message.lower():
+                return False
+            raise
         return status != 404
 
     # ------------------------------------------------------------------ ssh keys
 
     def get_ssh_key(self, ident: str | int) -> dict[str, Any] | None:
-        status, body = self._call("get ssh key", "GET", self._client.ssh_keys.get, ident)
+        status, body = self._op("get ssh key", ident)
         return None if status == 404 else body["ssh_key"]
 
     def list_ssh_keys(self) -> list[dict[str, Any]]:
-        return self._all("list ssh keys", self._client.ssh_keys.list, "ssh_keys")
+        return self._all("list ssh keys", "ssh_keys")
 
     def create_ssh_key(self, name: str, public_key: str) -> dict[str, Any]:
         body = {"name": name, "public_key": public_key}
-        return self._call("create ssh key", "POST", self._client.ssh_keys.create, body=body, ok=(201,))[1]["ssh_key"]
+        return self._op("create ssh key", body=body)[1]["ssh_key"]
 
     def delete_ssh_key(self, ident: str | int) -> bool:
-        status, _ = self._call("delete ssh key", "DELETE", self._client.ssh_keys.delete, ident, ok=(204,))
+        status, _ = self._op("delete ssh key", ident)
         return status != 404
 
     # ------------------------------------------------------------------ firewalls, tags
 
     def list_firewalls(self) -> list[dict[str, Any]]:
-        return self._all("list firewalls", self._client.firewalls.list, "firewalls")
+        return self._all("list firewalls", "firewalls")
 
     def create_firewall(self, body: dict[str, Any]) -> dict[str, Any]:
-        return self._call("create firewall", "POST", self._client.firewalls.create, body=body, ok=(202,))[1]["firewall"]
+        return self._op("create firewall", body=body)[1]["firewall"]
 
     def update_firewall(self, firewall_id: str, body: dict[str, Any]) -> dict[str, Any]:
-        status, out = self._call("update firewall", "PUT", self._client.firewalls.update, firewall_id, body=body)
+        status, out = self._op("update firewall", firewall_id, body=body)
         if status == 404:
             raise DOApiError(404, "not_found", f"firewall {firewall_id} is gone", operation="update firewall")
         return out["firewall"]
 
     def delete_firewall(self, firewall_id: str) -> bool:
-        status, _ = self._call("delete firewall", "DELETE", self._client.firewalls.delete, firewall_id, ok=(204,))
+        status, _ = self._op("delete firewall", firewall_id)
         return status != 404
 
     def create_tag(self, name: str) -> None:
-        self._call("create tag", "POST", self._client.tags.create, body={"name": name}, ok=(201,))
+        self._op("create tag", body={"name": name})
 
     def delete_tag(self, name: str) -> bool:
-        status, _ = self._call("delete tag", "DELETE", self._client.tags.delete, name, ok=(204,))
+        status, _ = self._op("delete tag", name)
         return status != 404

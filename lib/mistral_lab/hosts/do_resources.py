@@ -1,36 +1,95 @@
 """Pure decisions about DigitalOcean resources: names, tags, images, regions, request bodies, costs. No I/O.
 
-Ownership is by tag: every droplet we create carries `mistral-lab` and `mistral-lab:<deployment>`; the firewall is
-bound to the deployment tag and named `mistral-lab-<deployment>`; an SSH key we upload is named
-`mistral-lab-<deployment>` (DigitalOcean keys cannot carry tags). A droplet with a planned end (a workshop) also
-carries `mistral-lab-expires:<unix seconds>`, which `mistral-lab sweep --expired` acts on.
+Ownership is by tag, per installation: every droplet we create carries `mistral-lab` (made by this tool),
+`mistral-lab-owner:<owner>` (which installation: `Names.owner`, a random id kept in the user's state folder) and
+`mistral-lab:<owner>:<deployment>`; the firewall is bound to that deployment tag and named
+`mistral-lab-<deployment>-<owner>`, as is an SSH key we upload (DigitalOcean keys cannot carry tags). So two
+installations that deploy the same name on one account never see, cover or destroy each other's resources. A
+droplet with a planned end (a workshop) also carries `mistral-lab-expires:<unix seconds>`, which
+`mistral-lab sweep --expired` acts on.
 """
 
 from __future__ import annotations
 
 import difflib
 import ipaddress
+import re
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 from mistral_lab.errors import BadInput
 
-OWNER_TAG = "mistral-lab"
+OWNER_TAG = "mistral-lab"  # made by this tool, whoever ran it
+OWNER_PREFIX = f"{OWNER_TAG}-owner:"
+OWNER_RE = re.compile(r"^[a-z0-9]{4,32}$")
 CPU_IMAGE = "ubuntu-24-04-x64"
 NVIDIA_IMAGE = "gpu-h100x1-base"  # every single-GPU NVIDIA size, L40S and RTX included (DO's recommended setup)
 NVIDIA_X8_IMAGE = "gpu-h100x8-base"
 AMD_IMAGE = "gpu-amd-base"
 NO_CAPACITY = "Size is not available in this region."
 DROPLET_LIMIT = "droplet limit"
+# 422s on create that mean "not in this region, try the next one" (wordings: tests/fakedo/quirks.py cites them):
+# a region closed to new droplets, a size out of stock or restricted, an image not in the region.
+NOT_HERE = ("size is not available in this region", "region is not available", "this size is currently restricted",
+            "image you specified is not available in the selected region")
 EXPIRY_PREFIX = f"{OWNER_TAG}-expires:"
 
 
-def deployment_tag(deployment: str) -> str:
-    return f"{OWNER_TAG}:{deployment}"
+@dataclass(frozen=True)
+class Names:
+    """The tags and names of one installation's deployment."""
+
+    deployment: str
+    owner: str
+
+    def __post_init__(self) -> None:
+        if not OWNER_RE.match(self.owner):
+            raise BadInput(f"owner {self.owner!r} is not 4-32 lowercase letters and digits", field="owner",
+                           fix="leave it out (this installation's id is used) or pass e.g. owner=team1")
+
+    @property
+    def tag(self) -> str:
+        """The deployment's own tag: the firewall is bound to it, teardown finds the droplet by it."""
+        return f"{OWNER_TAG}:{self.owner}:{self.deployment}"
+
+    @property
+    def owner_tag(self) -> str:
+        return f"{OWNER_PREFIX}{self.owner}"
+
+    @property
+    def resource(self) -> str:
+        """The firewall's and the SSH key's name (keys cannot carry tags: the name says whose it is)."""
+        return f"{OWNER_TAG}-{self.deployment}-{self.owner}"
+
+    @property
+    def hostname(self) -> str:
+        return f"{OWNER_TAG}-{self.deployment}"
 
 
-def resource_name(deployment: str) -> str:
-    return f"{OWNER_TAG}-{deployment}"
+def owner_of(tags: list[str]) -> str | None:
+    for tag in tags:
+        if tag.startswith(OWNER_PREFIX):
+            return tag.removeprefix(OWNER_PREFIX)
+    return None
+
+
+def owner_of_name(name: str) -> str | None:
+    """The owner in a firewall's or SSH key's name `mistral-lab-<deployment>-<owner>`, None when it has none."""
+    if not name.startswith(OWNER_TAG + "-"):
+        return None
+    tail = name.rsplit("-", 1)[-1]
+    return tail if OWNER_RE.match(tail) and name.count("-") >= 3 else None
+
+
+def deployment_of_name(name: str, owner: str | None) -> str:
+    body = name.removeprefix(OWNER_TAG + "-")
+    return body.removesuffix(f"-{owner}") if owner else body
+
+
+def not_here(message: str) -> bool:
+    """A create refused because of the region (capacity, closed, restricted size, image elsewhere)."""
+    return any(m in message.lower() for m in NOT_HERE)
 
 
 def expiry_tag(expires_at: int) -> str:
@@ -47,13 +106,15 @@ def expiry_of(tags: list[str]) -> int | None:
 
 
 def deployment_of(tags: list[str]) -> str | None:
+    """The deployment in `mistral-lab:<owner>:<deployment>` (or a tag written before owners: `mistral-lab:<name>`)."""
     for tag in tags:
         if tag.startswith(OWNER_TAG + ":"):
-            return tag.split(":", 1)[1]
+            return tag.split(":")[-1]
     return None
 
 
 def is_ours(tags: list[str]) -> bool:
+    """Made by mistral-lab (any installation)."""
     return OWNER_TAG in tags or deployment_of(tags) is not None
 
 
@@ -124,7 +185,7 @@ def parse_allow_from(value: str | list[str]) -> list[str]:
     return parse_cidrs(value)
 
 
-def firewall_body(deployment: str, allow_from: list[str], *, https_from: list[str] | None = None,
+def firewall_body(names: Names, allow_from: list[str], *, https_from: list[str] | None = None,
                   https_port: int = 443) -> dict[str, Any]:
     """Inbound: TCP 22 from the caller only, and (a workshop) the HTTPS port from the room's networks only.
     Outbound: everything; a DO firewall with no outbound rules blocks all outbound traffic, and the droplet must
@@ -134,14 +195,14 @@ def firewall_body(deployment: str, allow_from: list[str], *, https_from: list[st
     if https_from:
         inbound.append({"protocol": "tcp", "ports": str(https_port), "sources": {"addresses": list(https_from)}})
     return {
-        "name": resource_name(deployment),
+        "name": names.resource,
         "inbound_rules": inbound,
         "outbound_rules": [
             {"protocol": "tcp", "ports": "0", "destinations": everywhere},
             {"protocol": "udp", "ports": "0", "destinations": everywhere},
             {"protocol": "icmp", "ports": "0", "destinations": everywhere},
         ],
-        "tags": [deployment_tag(deployment)],
+        "tags": [names.tag],
     }
 
 
@@ -156,17 +217,18 @@ def firewall_matches(firewall: dict[str, Any], wanted: dict[str, Any]) -> bool:
             and set(wanted["tags"]) <= set(firewall.get("tags") or []))
 
 
-def droplet_body(deployment: str, *, size: str, region: str, image: str, ssh_key_fingerprint: str,
+def droplet_body(names: Names, *, size: str, region: str, image: str, ssh_key_fingerprint: str,
                  user_data: str, expires_at: int | None = None) -> dict[str, Any]:
     return {
-        "name": resource_name(deployment),
+        "name": names.hostname,
         "size": size,
         "region": region,
         "image": image,
         # DO installs this key for root; cloud-init then turns root login off. Passing one avoids the e-mailed
         # root password DO sends for droplets created without any key.
         "ssh_keys": [ssh_key_fingerprint],
-        "tags": [OWNER_TAG, deployment_tag(deployment)] + ([expiry_tag(expires_at)] if expires_at else []),
+        # Tags named at create are created by it (the owner tag costs no call of its own).
+        "tags": [OWNER_TAG, names.owner_tag, names.tag] + ([expiry_tag(expires_at)] if expires_at else []),
         "user_data": user_data,
         "ipv6": False,
         "monitoring": False,

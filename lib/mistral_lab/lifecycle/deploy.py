@@ -41,14 +41,22 @@ def deploy(
     start_timeout: float = 900,
     keep_on_failure: bool | None = None,
 ) -> state.Deployment:
-    """Deploy `req` and return the saved record. Idempotent by name. `secrets` default to the environment's."""
+    """Deploy `req` and return the saved record. Idempotent by name: a second deploy of the same name waits for
+    the first (one lock per name) and then reuses what it made. `secrets` default to the environment's."""
     refuse_secrets(options or {})
     options = dict(options or {})
     secrets = secrets or Secrets.from_env()
-    plan = make_plan(req)
+    plan = make_plan(req, api_url=options.get("api_url"))
     name = state.check_name(plan.name)
     if plan.target == "digitalocean":
         require_fit(plan)
+        options.setdefault("owner", state.installation_id())
+    with state.lock(name, wait_note=say):
+        return _deploy(req, plan, name, options, secrets, say, start_timeout, keep_on_failure)
+
+
+def _deploy(req: PlanRequest, plan: Plan, name: str, options: dict[str, Any], secrets: Secrets, say: LineSink,
+            start_timeout: float, keep_on_failure: bool | None) -> state.Deployment:
     dep = _existing(name, plan, say)
     if dep is not None and dep.status == "up":
         return dep
@@ -69,7 +77,7 @@ def deploy(
                 say(f"  {plan.gpu} costs ${plan.hourly_usd:.2f}/hour until torn down")
             host = get_target(plan.target, options).provision(
                 ProvisionRequest(deployment=name, gpu_slug=plan.gpu, region=plan.region, hourly_usd=plan.hourly_usd,
-                                 key_dir=dep.folder, options=options),
+                                 key_dir=dep.folder, options=options, record=lambda rec: _note_host(dep, rec)),
                 on_line=steps.lines(),
             )
             dep.host = host.record.model_copy(update={"extra": {**host.record.extra, "deployment": name}})
@@ -115,6 +123,12 @@ def deploy(
     finally:
         if host is not None:
             host.close()
+
+
+def _note_host(dep: state.Deployment, record: state.HostRecord) -> None:
+    """The target made something: save it in the record at once (teardown finds it from there)."""
+    dep.host = record.model_copy(update={"extra": {**record.extra, "deployment": dep.name}})
+    state.save(dep)
 
 
 def _existing(name: str, plan: Plan, say: LineSink) -> state.Deployment | None:
@@ -191,18 +205,33 @@ def _start(host: Host, dep: state.Deployment, engine: Engine, installed: Install
 
 
 def _failed(dep: state.Deployment, e: BaseException, keep_on_failure: bool | None, say: LineSink) -> None:
-    """Record the failure; destroy a billed host unless asked to keep it, and say what still bills."""
+    """Record the failure; destroy what bills unless asked to keep it; say what still bills and how to remove it.
+
+    Runs for a Ctrl-C too (KeyboardInterrupt): a droplet made a second before is in the record and goes."""
+    interrupted = not isinstance(e, Exception)
     dep.status = "failed"
-    dep.error = str(e) if isinstance(e, MistralLabError) else f"{type(e).__name__}: {e}"
+    dep.error = str(e) if isinstance(e, MistralLabError) else ("interrupted" if interrupted else
+                                                               f"{type(e).__name__}: {e}")
     state.save(dep)
-    billed = bool(dep.plan.hourly_usd) and dep.host.resource_ids
-    keep = keep_on_failure if keep_on_failure is not None else not billed
-    if billed and not keep:
-        say(f"✘ deploy failed; destroying {dep.name} so it stops costing money (keep it with keep_on_failure=True)")
+    billed = _billed(dep)
+    if not billed:
+        return
+    keep = bool(keep_on_failure)
+    if not keep:
+        why = "interrupted" if interrupted else "deploy failed"
+        say(f"✘ {why}; destroying {dep.name} ({billed}) so it stops costing money "
+            "(keep it next time with --keep-on-failure)")
         try:
             teardown(dep.name, say=say)
-        except MistralLabError as te:
-            say(f"✘ teardown after the failure also failed: {te}; run `mistral-lab sweep`")
-    elif billed:
-        say(f"✘ deploy failed; {dep.name} is still running at ${dep.plan.hourly_usd:.2f}/hour: "
-            f"fix and re-run deploy, or `mistral-lab teardown {dep.name}`")
+            return
+        except (MistralLabError, KeyboardInterrupt) as te:
+            say(f"✘ the teardown did not finish: {te}")
+    say(f"✘ {dep.name} is left as it is ({billed}; a droplet bills ${dep.plan.hourly_usd:.2f}/hour until "
+        f"destroyed); remove it with: mistral-lab teardown {dep.name} --yes")
+
+
+def _billed(dep: state.Deployment) -> str:
+    """What the target made that bills or must be removed, in words ('' when it made nothing)."""
+    ids = dep.host.resource_ids
+    made = [f"{kind.replace('_', ' ')} {ids[kind]}" for kind in ("droplet", "firewall", "ssh_key") if ids.get(kind)]
+    return ", ".join(made) if dep.plan.hourly_usd else ""

@@ -111,7 +111,8 @@ def _pick_weights(req: PlanRequest, model: Model, variant: Variant, engine: str)
     return w
 
 
-def _size_for(req: PlanRequest, host: hardware.Size | None) -> tuple[hardware.Size | None, bool]:
+def _size_for(req: PlanRequest, host: hardware.Size | None,
+              sizes: list[hardware.Size] | None) -> tuple[hardware.Size | None, bool]:
     """The hardware the plan targets: the host's own when known, a named GPU, or None (choose the cheapest)."""
     if req.gpu == "auto":
         if host is not None:
@@ -124,7 +125,8 @@ def _size_for(req: PlanRequest, host: hardware.Size | None) -> tuple[hardware.Si
     size = hardware.resolve_size(req.gpu)
     if req.target == "digitalocean" and size.slug not in hardware.DO_SIZES:
         raise BadInput(f"DigitalOcean sells no {req.gpu}", field="gpu", fix=f"one of: {', '.join(hardware.DO_SIZES)}")
-    return size, False
+    live = {s.slug: s for s in sizes or []}
+    return live.get(size.slug, size), False
 
 
 def resolve(req: PlanRequest, *, host: hardware.Size | None = None, sizes: list[hardware.Size] | None = None) -> Plan:
@@ -132,7 +134,7 @@ def resolve(req: PlanRequest, *, host: hardware.Size | None = None, sizes: list[
     `sizes` the DigitalOcean sizes with live prices when the caller fetched them."""
     model = get_model(req.model)
     variant = _pick_variant(model, req.variant)
-    size, assumed = _size_for(req, host)
+    size, assumed = _size_for(req, host, sizes)
     engine = _pick_engine(req, model, size)
     weights = _pick_weights(req, model, variant, engine)
     quant = (req.quant or weights.recommended_quant) if weights.precision == "gguf" else None

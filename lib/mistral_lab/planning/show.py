@@ -1,8 +1,6 @@
-"""Planning at the edge: gather what the pure planner needs (this machine's hardware) and show the result.
-
-`resolve` never does I/O; this module is where the local facts probe happens, so the CLI, the notebooks and
-`deploy` plan the same way. The serve command shown is the engine's own preview: the engine is its one author.
-"""
+"""A plan, shown: as a table, as JSON, as HTML's data, with the serve command its engine previews (the engine is
+its one author). Above the engines in the flow, so the planning package itself does not import this module:
+`from mistral_lab.planning.show import ...` (or the public face, `mistral_lab.show_plan`)."""
 
 from __future__ import annotations
 
@@ -12,26 +10,10 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from mistral_lab import engines, hardware
-from mistral_lab.catalog import get_model
-from mistral_lab.planning.request import PlanRequest
-from mistral_lab.planning.resolve import Plan, resolve
+from mistral_lab import engines
+from mistral_lab.planning.resolve import Plan
 
-__all__ = ["local_size", "make_plan", "plan_json", "plan_table", "serve_preview", "show_plan"]
-
-
-def local_size() -> hardware.Size:
-    """This machine's hardware, from the same facts probe a remote host gets."""
-    from mistral_lab.hosts.local import LocalHost
-
-    return hardware.size_from_facts(LocalHost().facts())
-
-
-def make_plan(req: PlanRequest, *, host: hardware.Size | None = None) -> Plan:
-    get_model(req.model)  # a typo should fail before probing the machine
-    if host is None and req.target == "local" and req.gpu in ("auto", "cpu"):
-        host = local_size()
-    return resolve(req, host=host)
+__all__ = ["plan_json", "plan_table", "serve_preview", "show_plan"]
 
 
 def serve_preview(plan: Plan, options: dict[str, Any] | None = None) -> str:
@@ -58,7 +40,7 @@ def plan_table(plan: Plan, options: dict[str, Any] | None = None) -> Table:
                         f"{m['overhead_gb']:.1f} = {m['total_gb']:.1f} GB of {m['available_gb']:.1f} GB usable")
     t.add_row("fits", "[green]yes[/green]" if plan.fits else "[red]no[/red]")
     if plan.hourly_usd:
-        t.add_row("price", f"${plan.hourly_usd:.2f}/hour (list price: {plan.price_source})")
+        t.add_row("price", f"${plan.hourly_usd:.2f}/hour ({plan.price_source})")
     t.add_row("sampling", f"temperature {plan.temperature:g}" + (f", top_p {plan.top_p:g}" if plan.top_p else ""))
     t.add_row("serve", serve_preview(plan, options))
     for n in plan.notes:
