@@ -8,8 +8,10 @@ from the sshd's log. Writes benchmarks/results/do_provision.json and prints a ta
 
 What the numbers mean for a real droplet: the API calls per phase are what DigitalOcean's rate limit (250/minute,
 5,000/hour) sees; the waiting polls scale with how long DO takes to boot the droplet (here `polls_to_active`
-polls), so `GET /v2/droplets/{id}` is reported separately. `provision_again` deploys the same name a second time:
-it must find the droplet by tag and create nothing (no POST that makes a resource).
+looks) and to destroy it, so they are counted apart: the create action's status while it boots, and after the
+DELETE the tag listings and look-ups by id that wait for it to go. `provision_again` deploys the same name a
+second time: it must find the droplet by tag and create nothing (no POST that makes a resource). The headline is
+create -> ready -> destroy (with teardown's leftovers check): at most 12 calls plus polls.
 """
 
 from __future__ import annotations
@@ -47,10 +49,11 @@ def one_run(workdir: Path, run: int) -> dict:
     with fakedo.serve(token, backend=backend, polls_to_active=POLLS_TO_ACTIVE) as fake:
         os.environ["DIGITALOCEAN_API_URL"] = fake.url
         target = DigitalOceanTarget({"allow_from": "192.0.2.10/32", "ssh_port": fake.ssh_port,
-                                     "ssh_user": backend.user, "poll_interval": POLL_INTERVAL})
+                                     "ssh_user": backend.user, "poll_interval": POLL_INTERVAL, "owner": "bench"})
         marks = {}
         t = time.monotonic()
-        host = target.provision(ProvisionRequest(deployment=f"bench{run}", gpu_slug="s-1vcpu-1gb", key_dir=state.deployment_dir(f"bench{run}")))
+        host = target.provision(ProvisionRequest(deployment=f"bench{run}", gpu_slug="s-1vcpu-1gb",
+                                                 key_dir=state.deployment_dir(f"bench{run}")))
         marks["create_to_ready"] = (len(fake.log), backend.ssh_counts(), time.monotonic() - t)
         t = time.monotonic()
         host.facts()
@@ -58,12 +61,13 @@ def one_run(workdir: Path, run: int) -> dict:
         marks["facts"] = (len(fake.log), backend.ssh_counts(), time.monotonic() - t)
         # Deploying the same name again finds the droplet by its tag: what idempotency costs in calls.
         t = time.monotonic()
-        again = DigitalOceanTarget(target.options).provision(ProvisionRequest(deployment=f"bench{run}", gpu_slug="s-1vcpu-1gb",
-                                                                              key_dir=state.deployment_dir(f"bench{run}")))
+        again = DigitalOceanTarget(target.options).provision(
+            ProvisionRequest(deployment=f"bench{run}", gpu_slug="s-1vcpu-1gb", key_dir=state.deployment_dir(f"bench{run}")))
         again.close()
         marks["provision_again"] = (len(fake.log), backend.ssh_counts(), time.monotonic() - t)
         t = time.monotonic()
         target.destroy(host.record)
+        assert target.leftovers(host.record) == []  # what teardown asks after destroy
         marks["destroy"] = (len(fake.log), backend.ssh_counts(), time.monotonic() - t)
         log = fake.log
         leftovers = fake.leftovers()
@@ -71,15 +75,30 @@ def one_run(workdir: Path, run: int) -> dict:
     start, ssh_before = 0, {"connections": 0, "sessions": 0}
     for phase, (end, ssh, seconds) in marks.items():
         routes = Counter(f"{e.route} {e.status}" for e in log[start:end])
+        polls = _polls(log[start:end])
         phases[phase] = {
-            "api_calls": end - start,
+            "api_calls": end - start - polls,
+            "api_polls": polls,
             "api_by_route": dict(sorted(routes.items())),
             "ssh_connections": ssh["connections"] - ssh_before["connections"],
             "ssh_sessions": ssh["sessions"] - ssh_before["sessions"],
             "seconds": round(seconds, 3),
         }
         start, ssh_before = end, ssh
-    return {"phases": phases, "leftovers": leftovers, "ssh_attempts_by_target": target.stats.ssh_attempts}
+    return {"phases": phases, "leftovers": leftovers, "ssh_attempts_by_target": target.stats.ssh_attempts,
+            "create_ready_destroy_calls": phases["create_to_ready"]["api_calls"] + phases["destroy"]["api_calls"]}
+
+
+def _polls(entries: list) -> int:
+    """Requests that only wait: the create action's status, and once a DELETE has gone out, the tag listings and
+    look-ups by id that wait for the droplet to be gone (the GPU listing of the leftovers check is a call)."""
+    n, deleted = 0, False
+    for e in entries:
+        waiting_for_gone = deleted and (e.route == "GET /v2/droplets/{id}" or
+                                        (e.route == "GET /v2/droplets" and "type=gpus" not in e.query))
+        n += e.route == "GET /v2/droplets/{id}/actions/{id}" or waiting_for_gone
+        deleted = deleted or e.route == "DELETE /v2/droplets/{id}"
+    return n
 
 
 def main() -> None:
@@ -103,13 +122,15 @@ def main() -> None:
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"{'phase':<18}{'API calls':>10}{'of which polls':>16}{'SSH conns':>11}{'SSH sessions':>14}{'seconds':>9}")
+    print(f"{'phase':<18}{'API calls':>10}{'+ polls':>9}{'SSH conns':>11}{'SSH sessions':>14}{'seconds':>9}")
     for phase, p in first.items():
-        polls = sum(n for k, n in p["api_by_route"].items() if k.startswith("GET /v2/droplets/{id}"))
-        print(f"{phase:<18}{p['api_calls']:>10}{polls:>16}{p['ssh_connections']:>11}{p['ssh_sessions']:>14}"
+        print(f"{phase:<18}{p['api_calls']:>10}{p['api_polls']:>9}{p['ssh_connections']:>11}{p['ssh_sessions']:>14}"
               f"{p['seconds']:>9.2f}")
-    total = {k: sum(p[k] for p in first.values()) for k in ("api_calls", "ssh_connections", "ssh_sessions")}
-    print(f"{'total':<18}{total['api_calls']:>10}{'':>16}{total['ssh_connections']:>11}{total['ssh_sessions']:>14}")
+    total = {k: sum(p[k] for p in first.values())
+             for k in ("api_calls", "api_polls", "ssh_connections", "ssh_sessions")}
+    print(f"{'total':<18}{total['api_calls']:>10}{total['api_polls']:>9}{total['ssh_connections']:>11}"
+          f"{total['ssh_sessions']:>14}")
+    print(f"create -> ready -> destroy: {runs[0]['create_ready_destroy_calls']} calls plus polls")
     print(f"leftovers after destroy: {runs[0]['leftovers']}; same counts in all {args.runs} runs: {result['stable']}; "
           f"deploying again created nothing: {result['again_created_nothing']}")
     print(f"wrote {args.out.relative_to(ROOT)}")

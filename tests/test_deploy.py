@@ -223,6 +223,7 @@ def shared_build_cache() -> Iterator[str]:
 def test_digitalocean_deploy_on_the_fake_api(home, tmp_path, monkeypatch, shared_build_cache, capfd):
     token = "dop_v1_" + os.urandom(32).hex()
     monkeypatch.setenv("DIGITALOCEAN_TOKEN", token)
+    monkeypatch.setenv("HF_TOKEN", "hf_" + os.urandom(17).hex())  # exported, as many users have it: no option
     with fakedo.serve(token, backend=SshdBackend(tmp_path / "machines"), polls_to_active=2) as fake:
         monkeypatch.setenv("DIGITALOCEAN_API_URL", fake.url)
         options = {"allow_from": "192.0.2.10/32", "ssh_port": fake.ssh_port, "ssh_user": droplet_user(),

@@ -139,3 +139,12 @@ def test_fixed_hardware_falls_back_to_a_precision_that_fits():
     # Nothing fits one L40S: the default precision is reported, not some other one.
     none = resolve(PlanRequest(model="mistral-large-3", target="digitalocean", gpu="l40s"))
     assert none.precision == "fp8" and not none.fits
+
+
+def test_a_cuda_only_attention_backend_is_not_asked_of_an_amd_gpu():
+    """vLLM refuses FLASH_ATTN_MLA on ROCm at engine start: the card's flag applies on NVIDIA only."""
+    on = {gpu: _argv(resolve(PlanRequest(model="mistral-small-4", target="digitalocean", gpu=gpu, precision="fp8",
+                                         engine="vllm")))
+          for gpu in ("gpu-h200x8-1128gb", "gpu-mi300x8-1536gb")}
+    assert on["gpu-h200x8-1128gb"][on["gpu-h200x8-1128gb"].index("--attention-backend") + 1] == "FLASH_ATTN_MLA"
+    assert "--attention-backend" not in on["gpu-mi300x8-1536gb"]

@@ -330,7 +330,7 @@ def test_docker_argv_maps_the_port_to_loopback_and_passes_the_key_by_name():
     assert f"-v {vi.key_dir(key, lay.cache)}/cache:/root/.cache/vllm" in text
     assert "-e VLLM_API_KEY" in text and "-e HF_HUB_OFFLINE" in text  # names only: values come from the env file
     assert not any("=" in a for a in docker if a not in ("--ipc=host",))
-    assert flags[:2] == ["--model", ref]
+    assert flags[0] == ref and "--model" not in flags  # the image runs `vllm serve`: the model is positional
     assert flags[flags.index("--host") + 1] == "0.0.0.0" and flags[flags.index("--port") + 1] == "8011"
     assert flags[flags.index("--tensor-parallel-size") + 1] == "8"
     assert "--reasoning-parser" in flags and "--attention-backend" in flags
@@ -347,7 +347,7 @@ def test_docker_argv_on_amd_passes_the_rocm_devices_instead_of_gpus():
     argv = engine.serve_argv(plan, ModelFiles(ref="/m/x"), installed)
     text = shlex.join(argv)
     assert "--device /dev/kfd --device /dev/dri --group-add video" in text and "--gpus" not in argv
-    assert "vllm/vllm-openai-rocm:v0.33.0 --model /m/x" in text
+    assert "vllm/vllm-openai-rocm:v0.33.0 /m/x" in text
 
 
 # ------------------------------------------------------------------------------------------ the scripts, for real
@@ -577,7 +577,7 @@ def test_docker_mode_renders_a_service_whose_files_keep_the_key_off_the_command_
                               service.render_unit(spec))
     assert "docker run --rm --name mistral-lab-s4" in script and "-e VLLM_API_KEY" in script
     assert key not in script and key not in unit and f"VLLM_API_KEY={key}" in env_file
-    assert "mistralllm/vllm-ms4:latest --model /m/s4" in script and "--tokenizer-mode mistral" in script
+    assert "mistralllm/vllm-ms4:latest /m/s4" in script and "--tokenizer-mode mistral" in script
 
 
 # ------------------------------------------------------------------------------------------ PyPI resolution

@@ -47,6 +47,7 @@ def test_workshop_on_the_fake_do_api_firewall_expiry_and_sweep(tmp_path, monkeyp
                                                                llamacpp_bin):
     token = "dop_v1_" + os.urandom(32).hex()
     monkeypatch.setenv("DIGITALOCEAN_TOKEN", token)
+    monkeypatch.setenv("HF_TOKEN", "hf_" + os.urandom(17).hex())  # exported, as many users have it: no option
     monkeypatch.setenv("MISTRAL_LAB_HOME", str(tmp_path / "home"))
     outputs: list[str] = []
     with fakedo.serve(token, backend=SshdBackend(tmp_path / "machines"), polls_to_active=2) as fake:

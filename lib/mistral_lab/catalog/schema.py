@@ -133,7 +133,8 @@ class VllmRecipe(Sourced):
     tensor_parallel: int | None = Field(default=None, description="the card's tensor-parallel size, if it names one")
     gpu_memory_utilization: float = 0.90
     extra_flags: dict[str, list[str]] = Field(
-        default_factory=dict, description="flags the card adds, keyed by precision or '*' for all"
+        default_factory=dict,
+        description="flags the card adds, keyed by precision, 'precision@vendor' (nvidia | amd) or '*' for all"
     )
     vision_images_per_prompt: int = 10
     mistral_common_min: str | None = None

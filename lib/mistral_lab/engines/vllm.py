@@ -243,14 +243,16 @@ class VllmEngine:
             flags += ["--limit-mm-per-prompt", json.dumps({"image": images}, separators=(",", ":"))]
         if plan.kv_cache_dtype == "fp8":
             flags += ["--kv-cache-dtype", "fp8"]
-        for key in ("*", plan.precision):
+        for key in ("*", plan.precision, f"{plan.precision}@{plan.gpu_vendor}"):
             flags += recipe.extra_flags.get(key, [])
         flags += self.options.extra_args
         if image:
             assert installed is not None
             port = str(plan.port)
+            # The image's entrypoint is `vllm serve`: the model is its first positional argument (`--model` there
+            # is deprecated).
             return [*installed.serve_prefix, "-p", f"127.0.0.1:{port}:{port}", "-v", f"{ref}:{ref}:ro", image,
-                    "--model", ref, *flags]
+                    ref, *flags]
         preview = ["python", *CPU_ENTRY] if cpu else ["vllm", "serve"]
         return [*(installed.serve_prefix if installed else preview), ref, *flags]
 
