@@ -376,3 +376,28 @@ def test_records_are_written_whole_by_concurrent_writers(tmp_path):
     reader.join()
     assert seen and all(s in texts for s in seen)  # never half a file, never two writers' bytes mixed
     assert [p.name for p in tmp_path.iterdir()] == ["deployment.json"]  # no temporary file left behind
+
+
+# ---------------------------------------------------------------------------------------------- 9: rate limits, errors
+
+
+def test_the_hourly_limit_stops_at_once_with_the_reset_time_and_the_burst_limit_waits(fake):
+    fake.state.quirks.hourly_limit = fake.state.count() + 1  # one request left this hour
+    waits: list[float] = []
+    api = do_api.DOApi(sleep=waits.append)
+    api.sizes()
+    with pytest.raises(do_api.DOApiError) as e:
+        api.list_droplets(tag_name="mistral-lab")
+    assert e.value.status == 429 and "hourly API limit" in str(e.value) and "resets" in (e.value.fix or "")
+    assert waits == []  # no retry: seconds of waiting cannot help
+    fake.state.quirks.hourly_limit = None
+    fake.state.quirks.ssh_key_list_limit = 0  # the key listing's own limit: 429 without retry-after either
+    with pytest.raises(do_api.DOApiError, match="hourly API limit|429"):
+        api.list_ssh_keys()
+
+
+def test_a_tag_create_400_says_what_the_api_said(fake):
+    fake.state.faults.inject("POST /v2/tags", 400, message="tag name is invalid")
+    with pytest.raises(do_api.DOApiError) as e:
+        _api().create_tag("mistral-lab:x")
+    assert e.value.status == 400 and "tag name is invalid" in str(e.value)

@@ -201,12 +201,13 @@ def test_cards_html_and_csv_carry_url_key_fingerprint_and_a_three_line_snippet()
 
 @pytest.fixture(scope="module")
 def room(llamacpp_bin, tmp_path_factory):
-    """A workshop of 3 learners on the tiny model: l01 asks, l02 is rate-limited, l03 is revoked."""
+    """A workshop of 5 learners on the tiny model: l01 asks, l02 is rate-limited, l03 is revoked, l04 and l05 are
+    revoked at the same moment."""
     if not (shutil.which("nginx") or os.path.exists("/usr/sbin/nginx")):
         pytest.skip("nginx is not installed (scripts/bootstrap.sh installs it)")
     lines: list[str] = []
     port = free_port()
-    req = ws_mod.RoomRequest.of(name="wsroom", learners=3, model="tiny-random", hours=1, rate_per_min=60, burst=5,
+    req = ws_mod.RoomRequest.of(name="wsroom", learners=5, model="tiny-random", hours=1, rate_per_min=60, burst=5,
                                 https_port=port)
     ws, files = ws_mod.up(req, say=lines.append)
     yield ws, files, lines
@@ -516,3 +517,25 @@ def test_under_systemd_the_proxy_master_runs_as_root_and_its_workers_as_the_logi
     conf = ws_mod.render_nginx_conf(ws, root=ws.proxy_root, backend_port=8080, worker_user="mistral")
     assert "\nuser mistral;\n" in conf and "listen 0.0.0.0:443 ssl;" in conf
     assert "proxy_pass http://127.0.0.1:8080;" in conf
+
+
+@pytest.mark.slow
+def test_two_revokes_at_the_same_moment_both_stick(room):
+    ws, _, _ = room
+    keys = ws_mod.load_keys("wsroom")
+    start = threading.Barrier(2)
+
+    def revoke(who: str) -> None:
+        start.wait()
+        ws_mod.revoke("wsroom", who, say=lambda _line: None)
+
+    threads = [threading.Thread(target=revoke, args=(who,)) for who in ("l04", "l05")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    again = ws_mod.load("wsroom")
+    assert {"l04", "l05"} <= {learner.id for learner in again.learners if not learner.active}
+    for who in ("l04", "l05"):
+        with _client(ws, keys[who]) as c:
+            assert c.get("/models").status_code == 401

@@ -140,13 +140,37 @@ def _capture(pipeline_response: Any, body: Any, headers: Any) -> tuple[int, Any,
     return pipeline_response.http_response.status_code, body, dict(headers or {})
 
 
+def _hourly_limit_spent(response: Any) -> bool:
+    """A 429 without retry-after and with nothing remaining is the hourly limit (5,000 requests), not the
+    per-minute one: waiting seconds will not help (DigitalOcean's API reference, "Rate Limit": only the burst
+    limit's 429 carries retry-after)."""
+    headers = getattr(response, "headers", None) or {}
+    return "retry-after" not in {k.lower() for k in headers} and str(headers.get("ratelimit-remaining", "")) == "0"
+
+
+def _reset_hint(response: Any) -> str:
+    reset = (getattr(response, "headers", None) or {}).get("ratelimit-reset")
+    try:
+        at = time.strftime("%H:%M:%S UTC", time.gmtime(int(reset)))
+    except (TypeError, ValueError):
+        at = "within the hour"
+    return f"wait until the limit resets ({at}); a teardown is safe to run again then: it finds what is left"
+
+
 def _error_fields(response: Any) -> tuple[str | None, str]:
     try:
         body = response.json()
     except Exception:
         return None, (getattr(response, "text", lambda: "")() or "")[:200]
+    return _body_error(body)
+
+
+def _body_error(body: Any) -> tuple[str | None, str]:
     if isinstance(body, dict):
-        return body.get("id"), str(body.get("message") or body.get("error") or body)[:500]
+        # {id, message} almost everywhere; tag creation answers {error, messages, root_causes} (tags_bad_request).
+        text = body.get("message") or "; ".join(str(x) for x in [body.get("error"), *(body.get("root_causes") or [])]
+                                                if x)
+        return body.get("id"), str(text or body)[:500]
     return None, str(body)[:200]
 
 
@@ -202,6 +226,9 @@ class DOApi:
                                        f"{', '.join(needs) or 'unknown'}", operation=operation,
                                        fix=f"give the token these scopes (all a deploy uses: "
                                            f"{', '.join(REQUIRED_SCOPES)}), or use a full-access token") from None
+                if status == 429 and _hourly_limit_spent(e.response):
+                    raise DOApiError(429, error_id, f"the hourly API limit of this token is spent ({message})",
+                                     operation=operation, fix=_reset_hint(e.response)) from None
                 if status == 429 and attempt < self.max_attempts:
                     self._wait(self._retry_after(e.response, attempt))
                     continue
@@ -222,8 +249,9 @@ class DOApi:
                 self.stats.ratelimit_remaining = remaining
             if status in ok or status == 404:
                 return status, body
-            error_id, message = (body.get("id"), body.get("message")) if isinstance(body, dict) else (None, str(body))
-            raise DOApiError(status, error_id, str(message), operation=operation)
+            # pydo returns some error bodies instead of raising (a 400 on tag or firewall create).
+            error_id, message = _body_error(body)
+            raise DOApiError(status, error_id, message, operation=operation)
 
     def _retry_after(self, response: Any, attempt: int) -> float:
         value = response.headers.get("retry-after") if response is not None else None
