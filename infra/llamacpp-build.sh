@@ -10,7 +10,8 @@
 #             git: a llama.cpp tag, e.g. b7400; tarball: a label (default: read from the file name)
 #   TARBALL   tarball: path on this host of an llama-cpp-python sdist or a llama.cpp source tree (.tar.gz)
 #   BACKEND   cpu | cuda | rocm                                             (default cpu)
-#   ARCH      cpu: native (-march=native) | portable (AVX2 baseline); cuda: CMAKE_CUDA_ARCHITECTURES, e.g. 90;
+#   ARCH      cpu: native (-march=native) | portable (AVX2 baseline); cuda: compute capabilities without the dot,
+#             e.g. 90 or 89;90 (built as machine code only: 90 -> CMAKE_CUDA_ARCHITECTURES=90-real);
 #             rocm: GPU_TARGETS, e.g. gfx942                                (default native / required)
 #   TARGETS   cmake targets to build      (default "llama-server llama-bench llama-quantize")
 #   CACHE     cache root                  (default $HOME/.cache/mistral-lab)
@@ -18,6 +19,14 @@
 #   PYPI_URL  package index root          (default https://pypi.org)
 #   GIT_URL   llama.cpp repository        (default https://github.com/ggml-org/llama.cpp)
 #   KEEP_BUILD 1 keeps the cmake tree so a later run can add a target incrementally (default 1)
+#   CMAKE_EXTRA extra cmake arguments, space-separated, recorded in build.json (default none); e.g. the cuBLAS
+#             and driver-stub paths of a CUDA toolkit assembled from PyPI wheels, which has neither
+#
+# CUDA: any toolkit 12.x or 13.x with cuBLAS (nvcc's own `--list-gpu-code` decides which ARCH it can build:
+# 13.x dropped sm_50..sm_72, sm_89/sm_90 need 11.8+, sm_100/sm_120 need 12.8+). The binaries need the same
+# toolkit major at run time (libcudart.so.12 or .13) and a driver of at least that CUDA major, which is checked
+# where nvidia-smi runs. A CUDA build links llama.cpp as shared libraries beside the programs (RUNPATH $ORIGIN):
+# the CUDA kernels sit once in libggml-cuda.so instead of in each program, and the folder can be packed whole.
 #
 # Output: "llamacpp-build: ..." progress lines; the last line is "LLAMACPP_BIN=<dir>" for callers to parse.
 # Exit codes: 0 built or cached, 2 missing tool or bad input, other: the failing step's code.
@@ -34,6 +43,7 @@ JOBS="${JOBS:-$(nproc 2>/dev/null || echo 2)}"
 PYPI_URL="${PYPI_URL:-https://pypi.org}"
 GIT_URL="${GIT_URL:-https://github.com/ggml-org/llama.cpp}"
 KEEP_BUILD="${KEEP_BUILD:-1}"
+CMAKE_EXTRA="${CMAKE_EXTRA:-}"
 PACKAGE=llama-cpp-python
 # Bumped when the build recipe changes what a cached key holds; older caches are rebuilt.
 RECIPE=2
@@ -45,6 +55,21 @@ die() {
   exit "${3:-2}"
 }
 need() { command -v "$1" >/dev/null 2>&1 || die "$1 not found on PATH" "$2"; }
+
+# "13.0" from nvcc's "Cuda compilation tools, release 13.0, V13.0.88".
+nvcc_release() { { nvcc --version 2>/dev/null || true; } | sed -n 's/.*release \([0-9][0-9]*\.[0-9][0-9]*\).*/\1/p' | head -n 1; }
+# The newest CUDA the installed driver runs ("12.8"), from nvidia-smi's header; empty where no driver answers.
+driver_cuda() {
+  command -v nvidia-smi >/dev/null 2>&1 || return 0
+  { nvidia-smi 2>/dev/null || true; } | sed -n 's/.*CUDA Version: *\([0-9][0-9]*\.[0-9][0-9]*\).*/\1/p' | head -n 1
+}
+# 89;90 -> 89-real;90-real: machine code only. PTX would let a newer GPU JIT-compile the kernels, but each host
+# builds for its own GPUs (the key names them), and PTX doubles the size of libggml-cuda.so.
+real_archs() {
+  local out="" a
+  for a in ${1//;/ }; do out="$out;$a-real"; done
+  echo "${out#;}"
+}
 
 # JSON string escaping for the few values build.json holds (paths, flags, versions).
 json_str() {
@@ -118,6 +143,14 @@ main() {
     *) die "BACKEND=$BACKEND is not one of cpu, cuda, rocm" "set BACKEND=cpu" ;;
   esac
 
+  CUDA_RELEASE=""
+  if [ "$BACKEND" = cuda ]; then
+    if ! command -v nvcc >/dev/null 2>&1 && [ -x /usr/local/cuda/bin/nvcc ]; then
+      PATH="/usr/local/cuda/bin:$PATH"
+    fi
+    if command -v nvcc >/dev/null 2>&1; then CUDA_RELEASE=$(nvcc_release); fi
+  fi
+
   KEY="$VERSION-$BACKEND-${ARCH//;/_}"
   ROOT="$CACHE/llama.cpp"
   SRC_CACHE="$ROOT/src"
@@ -141,13 +174,42 @@ main() {
     [ -x "$BIN/$t" ] || missing+=("$t")
   done
   # A cache made by an older recipe of this script may hold binaries that do not run here (see cpu_flags): rebuild.
-  if [ -f "$DEST/build.json" ] && [ ${#missing[@]} = 0 ] && [[ "$(<"$DEST/build.json")" == *"\"recipe\": $RECIPE,"* ]]; then
+  # A CUDA build also names its toolkit: after a toolkit upgrade its programs would look for the old libcudart.
+  fresh_toolkit() {
+    [ -z "$CUDA_RELEASE" ] && return 0
+    [[ "$(<"$DEST/build.json")" == *"\"cuda_version\": \"$CUDA_RELEASE\""* ]] && return 0
+    say "cache: $KEY was built with another CUDA toolkit than nvcc $CUDA_RELEASE here: rebuilding"
+    return 1
+  }
+  if [ -f "$DEST/build.json" ] && [ ${#missing[@]} = 0 ] && [[ "$(<"$DEST/build.json")" == *"\"recipe\": $RECIPE,"* ]] \
+    && fresh_toolkit; then
     say "cached: $KEY already built ($TARGETS), skipping the build"
     echo "LLAMACPP_BIN=$BIN"
     exit 0
   fi
 
   # ---- tools -------------------------------------------------------------------------------------------------
+  # nvcc itself lists the machine code it can emit, which is what moves between CUDA releases (13.0 dropped
+  # sm_50..sm_72; 12.8 added sm_100 and sm_120): asking it keeps this check right for releases not written here.
+  check_cuda_archs() {
+    local codes a
+    codes=" $(nvcc --list-gpu-code 2>/dev/null | tr '\n' ' ')"
+    [ "$codes" != " " ] || return 0  # an nvcc too old to list them: cmake's configure says it instead
+    for a in ${ARCH//;/ }; do
+      [[ "$codes" == *" sm_${a%[a-z]} "* ]] || die "CUDA $CUDA_RELEASE cannot build sm_$a (it builds:${codes% })" \
+        "use a toolkit that has it: CUDA 12.x for sm_50..sm_72, 11.8+ for sm_89/sm_90, 12.8+ for sm_100/sm_120"
+    done
+  }
+  # Programs linked against CUDA N's runtime need a driver that runs CUDA N: a newer toolkit than the driver
+  # builds fine and fails at the first call (cudaErrorInsufficientDriver), so it is refused before the build.
+  check_cuda_driver() {
+    local drv
+    drv=$(driver_cuda)
+    [ -n "$drv" ] || return 0  # no GPU here (a build machine): the host that runs it checks
+    [ "${drv%%.*}" -ge "${CUDA_RELEASE%%.*}" ] || die "the driver runs CUDA up to $drv, nvcc is CUDA $CUDA_RELEASE" \
+      "install the toolkit of the driver's CUDA major (apt-get install -y cuda-toolkit-${drv%%.*}-x) or a newer driver"
+  }
+
   APT_HINT="apt-get install -y cmake build-essential git curl"
   need cmake "$APT_HINT"
   need make "$APT_HINT"
@@ -162,6 +224,10 @@ main() {
         PATH="/usr/local/cuda/bin:$PATH"
       fi
       need nvcc "install the CUDA toolkit (apt-get install -y cuda-toolkit) or put /usr/local/cuda/bin on PATH"
+      CUDA_RELEASE=$(nvcc_release)
+      [ -n "$CUDA_RELEASE" ] || die "cannot read the CUDA release from nvcc --version" "check that nvcc runs"
+      check_cuda_archs
+      check_cuda_driver
       ;;
     rocm)
       if ! command -v hipconfig >/dev/null 2>&1 && [ -x /opt/rocm/bin/hipconfig ]; then
@@ -336,9 +402,11 @@ C
   }
 
   BUILD="$DEST/build"
+  SHARED_LIBS=OFF
+  [ "$BACKEND" = cuda ] && SHARED_LIBS=ON
   FLAGS=(
     -DCMAKE_BUILD_TYPE=Release
-    -DBUILD_SHARED_LIBS=OFF
+    "-DBUILD_SHARED_LIBS=$SHARED_LIBS"
     -DLLAMA_BUILD_TESTS=OFF
     -DLLAMA_BUILD_EXAMPLES=OFF
     # The web UI would be fetched from a Hugging Face bucket at build time; we only need the HTTP API.
@@ -351,7 +419,13 @@ C
       FLAGS+=(-DGGML_CUDA=OFF)
       if [ "$ARCH" = native ]; then cpu_flags; else FLAGS+=(-DGGML_NATIVE=OFF); fi
       ;;
-    cuda) FLAGS+=(-DGGML_CUDA=ON "-DCMAKE_CUDA_ARCHITECTURES=$ARCH") ;;
+    cuda)
+      # The host-side CPU code is portable (AVX2): GPU layers do the work, and the folder may be packed for
+      # another machine. NCCL only helps split-mode row across GPUs and would be linked only where installed.
+      # RUNPATH $ORIGIN finds the libraries beside the programs; the toolkit's own folders follow it.
+      FLAGS+=(-DGGML_CUDA=ON "-DCMAKE_CUDA_ARCHITECTURES=$(real_archs "$ARCH")" -DGGML_NATIVE=OFF -DGGML_CUDA_NCCL=OFF
+        -DCMAKE_BUILD_WITH_INSTALL_RPATH=ON "-DCMAKE_INSTALL_RPATH=\$ORIGIN" -DCMAKE_INSTALL_RPATH_USE_LINK_PATH=ON)
+      ;;
     rocm)
       FLAGS+=(-DGGML_HIP=ON "-DGPU_TARGETS=$ARCH")
       HIPCXX="$(hipconfig -l)/clang"
@@ -359,8 +433,26 @@ C
       export HIPCXX HIP_PATH
       ;;
   esac
+  if [ -n "$CMAKE_EXTRA" ]; then
+    read -r -a EXTRA <<<"$CMAKE_EXTRA"
+    FLAGS+=("${EXTRA[@]}")
+  fi
   GENERATOR=()
   if command -v ninja >/dev/null 2>&1; then GENERATOR=(-G Ninja); fi
+
+  # The known causes of a failed configure, each with its fix.
+  configure_fix() {
+    local log=$1
+    if grep -q "unsupported GNU version\|unsupported clang version" "$log"; then
+      echo "nvcc $CUDA_RELEASE refuses this host compiler: install an older g++ and set CUDAHOSTCXX=g++-12 (e.g.)"
+    elif grep -qi "cublas" "$log"; then
+      echo "the CUDA toolkit has no cuBLAS: apt-get install -y libcublas-dev-${CUDA_RELEASE/./-} (or cuda-toolkit)"
+    elif grep -q "CUDA::cuda_driver\|CUDA_cuda_driver_LIBRARY" "$log"; then
+      echo "the CUDA toolkit has no driver stub (lib64/stubs/libcuda.so): install cuda-toolkit, or pass its path"
+    else
+      echo "read the log; a missing toolkit or compiler is the usual cause"
+    fi
+  }
 
   START=$SECONDS
   # Configured every time (seconds): a kept tree picks up changed flags and recompiles only what they touch.
@@ -368,7 +460,7 @@ C
   say "configure: cmake ${FLAGS[*]}"
   cmake -S "$TREE" -B "$BUILD" "${GENERATOR[@]}" "${FLAGS[@]}" >"$DEST/configure.log" 2>&1 \
     || { tail -n 40 "$DEST/configure.log" >&2; die "cmake configure failed (log: $DEST/configure.log)" \
-      "read the log; a missing toolkit or compiler is the usual cause" 1; }
+      "$(configure_fix "$DEST/configure.log")" 1; }
   say "build: ${TARGET_LIST[*]} with $JOBS jobs (minutes on a few cores)"
   # Progress lines from cmake are kept in the log; a line every 30 s tells the caller we are alive.
   # The ticker drops the lock's fd and takes its sleep with it when stopped, so neither the lock nor the
@@ -396,12 +488,22 @@ C
 
   # ---- install into the cache --------------------------------------------------------------------------------
   mkdir -p "$BIN"
+  # Libraries first: a program is only usable once the libraries it names are in place.
+  LIBS=()
+  if [ "$SHARED_LIBS" = ON ]; then
+    for f in "$BUILD"/bin/lib*.so*; do
+      [ -e "$f" ] || continue
+      cp -Pf "$f" "$BIN/" && LIBS+=("$(basename "$f")")
+    done
+  fi
   for t in "${TARGET_LIST[@]}"; do
     [ -x "$BUILD/bin/$t" ] || die "built tree has no bin/$t" "check the target name" 1
     cp -f "$BUILD/bin/$t" "$BIN/$t.tmp" && mv -f "$BIN/$t.tmp" "$BIN/$t"
   done
   BUILT=()
-  for f in "$BIN"/*; do BUILT+=("$(basename "$f")"); done
+  for f in "$BIN"/*; do
+    case "$(basename "$f")" in lib*.so*) ;; *) BUILT+=("$(basename "$f")") ;; esac
+  done
   {
     printf '{\n'
     printf '  "key": %s,\n' "$(json_str "$KEY")"
@@ -413,7 +515,9 @@ C
     printf '  "backend": %s,\n' "$(json_str "$BACKEND")"
     printf '  "arch": %s,\n' "$(json_str "$ARCH")"
     printf '  "targets": %s,\n' "$(json_list "${BUILT[@]}")"
+    printf '  "libraries": %s,\n' "$(json_list "${LIBS[@]}")"
     printf '  "cmake_flags": %s,\n' "$(json_list "${FLAGS[@]}")"
+    [ -z "$CUDA_RELEASE" ] || printf '  "cuda_version": %s,\n' "$(json_str "$CUDA_RELEASE")"
     printf '  "jobs": %s,\n' "$JOBS"
     printf '  "build_seconds": %s,\n' "$SECS"
     printf '  "compiler": %s,\n' "$(json_str "$("$CXX_BIN" --version | head -n 1)")"

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from llamacpp_fixtures import build_script
+from llamacpp_fixtures import CACHE, build_script
 from mistral_lab.engines import llamacpp_build as lb
 from mistral_lab.errors import BadInput
 from mistral_lab.hosts.base import GPU, HostFacts
@@ -239,3 +239,148 @@ def test_rocm_without_hip_sdk_is_named(tmp_path):
     r = _run(tmp_path, path=str(tools), BACKEND="rocm", ARCH="gfx942")
     assert r.returncode == 2
     assert "hipconfig not found on PATH" in r.stderr and "rocm-hip-sdk" in r.stderr
+
+
+# ---- CUDA: toolkit checks (a fake nvcc and nvidia-smi; milliseconds) ------------------------------------------
+
+CUDA_CODES = {
+    "12.9": "sm_50 sm_52 sm_53 sm_60 sm_61 sm_62 sm_70 sm_72 sm_75 sm_80 sm_86 sm_87 sm_89 sm_90 sm_100 sm_120",
+    "13.0": "sm_75 sm_80 sm_86 sm_87 sm_88 sm_89 sm_90 sm_100 sm_110 sm_103 sm_120 sm_121",
+}
+
+
+def _fake_cuda(tmp_path: Path, release: str, driver_cuda: str | None = None) -> Path:
+    """A folder with an nvcc that answers --version and --list-gpu-code as CUDA `release` does, and optionally
+    an nvidia-smi whose header names the driver's CUDA version."""
+    d = tmp_path / f"cuda-{release}"
+    d.mkdir()
+    codes = CUDA_CODES[release].replace(" ", "\\n")
+    (d / "nvcc").write_text(
+        "#!/bin/sh\ncase \"$1\" in\n"
+        f"  --version) echo 'Cuda compilation tools, release {release}, V{release}.88' ;;\n"
+        f"  --list-gpu-code) printf '{codes}\\n' ;;\n"
+        "  *) exit 1 ;;\nesac\n"
+    )
+    if driver_cuda:
+        (d / "nvidia-smi").write_text(
+            f"#!/bin/sh\necho '| NVIDIA-SMI 575.51.03   Driver Version: 575.51.03   CUDA Version: {driver_cuda}     |'\n"
+        )
+    for f in d.iterdir():
+        f.chmod(0o755)
+    return d
+
+
+def _cuda_path(tmp_path: Path, cuda: Path, compilers: bool) -> str:
+    """`cuda` first, then the script's shell tools (with the text tools that read nvcc's answers), and with
+    `compilers` cmake, make and a C/C++ compiler too."""
+    tools = Path(_tools_without_compilers(tmp_path))
+    extra = ("sed", "head", "tr") + (("cmake", "make", "cc", "c++", "gcc", "g++") if compilers else ())
+    for tool in extra:
+        found = shutil.which(tool)
+        if found and not (tools / tool).exists():
+            (tools / tool).symlink_to(found)
+    return f"{cuda}:{tools}"
+
+
+@pytest.mark.parametrize(("release", "arch", "ok"), [("13.0", "61", False), ("12.9", "61", True),
+                                                     ("13.0", "89;90", True), ("12.9", "120", True)])
+def test_cuda_arch_is_checked_against_what_nvcc_lists(tmp_path, release, arch, ok):
+    # CUDA 13 dropped sm_50..sm_72: asked for sm_61 it stops before configuring, naming the toolkit that can
+    cuda = _fake_cuda(tmp_path, release)
+    tarball = tmp_path / "llama_cpp_python-0.3.36.tar.gz"
+    tarball.write_bytes(b"")  # not an archive: a run that passes the checks stops at extracting it
+    r = _run(tmp_path, path=_cuda_path(tmp_path, cuda, compilers=True), BACKEND="cuda", ARCH=arch,
+             SOURCE="tarball", TARBALL=str(tarball))
+    if ok:
+        assert "cannot build" not in r.stderr and "source: extracting" in r.stdout + r.stderr
+    else:
+        assert r.returncode == 2
+        assert f"CUDA {release} cannot build sm_{arch}" in r.stderr and "CUDA 12.x for sm_50..sm_72" in r.stderr
+
+
+def test_a_toolkit_newer_than_the_driver_is_refused(tmp_path):
+    cuda = _fake_cuda(tmp_path, "13.0", driver_cuda="12.9")
+    r = _run(tmp_path, path=_cuda_path(tmp_path, cuda, compilers=True), BACKEND="cuda", ARCH="90")
+    assert r.returncode == 2
+    assert "the driver runs CUDA up to 12.9, nvcc is CUDA 13.0" in r.stderr and "cuda-toolkit-12-x" in r.stderr
+
+
+def _fake_cuda_cache(cache: Path, cuda_version: str) -> Path:
+    bin_dir = _fake_cached_build(cache, "0.3.36-cuda-90", recipe=_script_recipe())
+    info = json.loads((bin_dir.parent / "build.json").read_text())
+    info["cuda_version"] = cuda_version
+    (bin_dir.parent / "build.json").write_text(json.dumps(info, indent=2))
+    return bin_dir
+
+
+def test_a_cuda_cache_is_used_with_the_toolkit_that_built_it(tmp_path):
+    bin_dir = _fake_cuda_cache(tmp_path / "cache", "13.0")
+    cuda = _fake_cuda(tmp_path, "13.0")
+    r = _run(tmp_path, path=_cuda_path(tmp_path, cuda, compilers=False), BACKEND="cuda", ARCH="90")
+    assert r.returncode == 0, r.stderr
+    assert lb.parse_bin_dir(r.stdout) == str(bin_dir) and lb.was_cached(r.stdout)
+
+
+def test_a_cuda_cache_from_another_toolkit_is_rebuilt(tmp_path):
+    # its programs would look for libcudart.so.12 on a host that now has 13
+    _fake_cuda_cache(tmp_path / "cache", "12.9")
+    cuda = _fake_cuda(tmp_path, "13.0")
+    r = _run(tmp_path, path=_cuda_path(tmp_path, cuda, compilers=False), BACKEND="cuda", ARCH="90")
+    assert "built with another CUDA toolkit than nvcc 13.0" in r.stdout and not lb.was_cached(r.stdout)
+    assert r.returncode == 2 and "cmake not found" in r.stderr
+
+
+# ---- CUDA: the cached build's recipe (present only where benchmarks/build_cuda.py ran) -------------------------
+
+CUDA_BUILDS = sorted((CACHE / "llama.cpp").glob("*-cuda-*/build.json"))
+BUILD_RESULT = Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "build_cuda.json"
+
+
+def fatbin_archs(data: bytes) -> set[tuple[str, int]]:
+    """(kind, sm) of every entry in the CUDA fat binaries of a shared library: ("elf", 90) is sm_90 machine code,
+    ("ptx", 90) compute_90 PTX. Layout: a container header (magic 0xBA55ED50, u16 version, u16 header size,
+    u64 payload size), then entries (u16 kind 1=PTX 2=ELF, u16, u32 header size, u64 payload size, ..., u32 arch
+    at offset 28)."""
+    import struct
+
+    found: set[tuple[str, int]] = set()
+    start = data.find(b"\x50\xed\x55\xba")
+    while start != -1:
+        _, _, hsize, payload = struct.unpack_from("<IHHQ", data, start)
+        pos, end = start + hsize, start + hsize + payload
+        while pos + 32 <= end:
+            kind, _, ehsize, esize = struct.unpack_from("<HHIQ", data, pos)
+            (arch,) = struct.unpack_from("<I", data, pos + 28)
+            found.add(({1: "ptx", 2: "elf"}.get(kind, str(kind)), arch))
+            pos += ehsize + esize
+        start = data.find(b"\x50\xed\x55\xba", max(end, start + 1))
+    return found
+
+
+@pytest.mark.skipif(not CUDA_BUILDS, reason="no CUDA build in this machine's llama.cpp cache: "
+                    "benchmarks/build_cuda.py makes one (hours on 2 cores), then this checks its recipe")
+@pytest.mark.parametrize("build_json", CUDA_BUILDS, ids=[p.parent.name for p in CUDA_BUILDS])
+def test_cached_cuda_build_has_the_scripts_recipe(build_json):
+    info = json.loads(build_json.read_text())
+    archs = info["arch"].split(";")
+    assert info["recipe"] == _script_recipe() and info["backend"] == "cuda"
+    flags = info["cmake_flags"]
+    for flag in ("-DGGML_CUDA=ON", "-DBUILD_SHARED_LIBS=ON", "-DGGML_NATIVE=OFF", "-DGGML_CUDA_NCCL=OFF",
+                 "-DCMAKE_INSTALL_RPATH=$ORIGIN",
+                 "-DCMAKE_CUDA_ARCHITECTURES=" + ";".join(f"{a}-real" for a in archs)):
+        assert flag in flags
+    assert set(lb.DEFAULT_TARGETS) <= set(info["targets"])
+    bin_dir = build_json.parent / "bin"
+    cuda_lib = next(bin_dir / n for n in info["libraries"] if n.startswith("libggml-cuda.so.")
+                    and not (bin_dir / n).is_symlink())
+    major = info["cuda_version"].split(".")[0]
+    dyn = subprocess.run(["readelf", "-d", str(cuda_lib)], capture_output=True, text=True, check=True).stdout
+    assert f"[libcudart.so.{major}]" in dyn and "[libcublas.so." in dyn and "$ORIGIN" in dyn
+    server = subprocess.run(["readelf", "-d", str(bin_dir / "llama-server")], capture_output=True, text=True).stdout
+    assert "[$ORIGIN" in server and "[libllama.so" in server
+    # machine code for exactly the asked architectures, no PTX to JIT
+    assert fatbin_archs(cuda_lib.read_bytes()) == {("elf", int(a)) for a in archs}
+    # the committed result describes this recipe
+    recorded = {b["arch"]: b["build_json"] for b in json.loads(BUILD_RESULT.read_text())["builds"]}
+    assert info["arch"] in recorded, f"benchmarks/results/build_cuda.json has no build of {info['arch']}"
+    assert recorded[info["arch"]]["cmake_flags"] == flags and recorded[info["arch"]]["recipe"] == info["recipe"]

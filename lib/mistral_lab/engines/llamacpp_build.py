@@ -1,7 +1,9 @@
 """Which llama.cpp build a host needs, and the environment that makes `infra/llamacpp-build.sh` produce it.
 
 Pure functions: HostFacts in, a BuildKey and a dict of env vars out. The script keys its cache directory the
-same way (`<version>-<backend>-<arch>`), so `bin_dir()` here names the folder the script fills there.
+same way (`<version>-<backend>-<arch>`), so `bin_dir()` here names the folder the script fills there. A CUDA
+build puts llama.cpp's shared libraries beside the programs in that folder (RUNPATH $ORIGIN), and rebuilds when
+the host's CUDA toolkit is not the one it was built with (its programs name libcudart.so.<major>).
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ class BuildKey:
     source: Source
     version: str
     backend: Backend
-    arch: str  # cpu: native | portable; cuda: "90" or "80;90"; rocm: gfx942
+    arch: str  # cpu: native | portable; cuda: "90" or "80;90" (machine code only: 90-real); rocm: gfx942
 
     @property
     def dirname(self) -> str:
