@@ -84,3 +84,11 @@ def test_usage_errors_exit_2_with_a_message_not_a_traceback():
         r = run(*args)
         assert r.returncode == 2, (args, r.stderr)
         assert says in r.stderr and "Traceback" not in r.stderr + r.stdout, (args, r.stderr)
+
+
+def test_errors_print_user_text_as_it_is_not_as_markup():
+    """A deployment name with brackets, as a host like [::1]:2222 or a server's message may have: printed as is,
+    and no MarkupError on a closing tag."""
+    for name in ("[/x]", "[host]:2222"):
+        r = run("teardown", name, "--yes")
+        assert r.returncode == 2 and f"invalid deployment name {name!r}" in r.stderr, r.stderr

@@ -6,6 +6,7 @@ import sys
 
 import click
 import typer
+from rich.text import Text
 
 from mistral_lab.errors import MistralLabError
 
@@ -33,7 +34,7 @@ def main(argv: list[str] | None = None) -> None:
         # Outside standalone mode a command's `raise typer.Exit(n)` comes back as the return value.
         code = app(args=argv, standalone_mode=False)
     except MistralLabError as e:
-        console_err.print(f"[red]error[/red] {e}", highlight=False, markup=True)
+        console_err.print(Text.assemble(("error", "red"), " ", str(e)))
         sys.exit(e.exit_code)
     except _USAGE_ERRORS as e:
         e.show()

@@ -7,6 +7,7 @@ from typing import Annotated
 
 import typer
 from rich.table import Table
+from rich.text import Text
 
 from mistral_lab import planning, state
 from mistral_lab.lifecycle.deploy import deploy
@@ -60,7 +61,8 @@ def deploy_cmd(
     values.update(option_pairs(option or []))
     req, options = planning.split(values)
     dep = deploy(req, options=options, start_timeout=timeout, keep_on_failure=keep_on_failure)
-    console.print(f"[green]up[/green] {dep.name}: {dep.plan.model} on {dep.plan.engine} ({dep.plan.gpu_name})")
+    console.print(Text.assemble(("up", "green"), f" {dep.name}: {dep.plan.model} on {dep.plan.engine} "
+                                                 f"({dep.plan.gpu_name})"))
 
 
 @app.command("status")
@@ -118,4 +120,4 @@ def teardown_cmd(
     if not yes:
         typer.confirm(f"tear down {name} ({dep.plan.model} on {dep.plan.target}, {dep.host.address})?", abort=True)
     report = teardown(name)
-    console.print(f"[green]torn down[/green] {name}: {report.hours:.2f} h, about ${report.cost_usd:.2f}")
+    console.print(Text.assemble(("torn down", "green"), f" {name}: {report.hours:.2f} h, about ${report.cost_usd:.2f}"))

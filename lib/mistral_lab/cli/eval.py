@@ -36,7 +36,7 @@ def eval_cmd(
 
     def progress(row: suites.EvalRow) -> None:
         mark = "" if not row.scored else f" score {row.score:.2f}"
-        console_err.print(f"[dim]{row.id}: {row.status}{mark}[/dim]", highlight=False)
+        console_err.print(f"{row.id}: {row.status}{mark}", style="dim")
 
     with open_client(name, base_url, key_env, catalog_id=model) as client:
         result = suites.run(client, chosen, reasoning=reasoning, max_tokens=max_tokens, only=ids, say=progress,

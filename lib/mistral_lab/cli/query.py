@@ -79,14 +79,14 @@ def ask_cmd(
         if no_stream:
             reply = client.chat(prompt, **kw)
             if reply.reasoning:
-                console_err.print(f"[dim]{reply.reasoning}[/dim]", highlight=False)
+                console_err.print(reply.reasoning, style="dim")
             print(reply.content)
             return
         thinking = False
         for piece in client.stream(prompt, **kw):
             if piece.reasoning:
                 if not thinking:
-                    console_err.print("[dim]reasoning:[/dim]", highlight=False)
+                    console_err.print("reasoning:", style="dim")
                     thinking = True
                 console_err.print(piece.reasoning, end="", style="dim", highlight=False)
             if piece.content:

@@ -12,6 +12,7 @@ from typing import Annotated
 
 import typer
 from rich.table import Table
+from rich.text import Text
 
 from mistral_lab import planning
 from mistral_lab import workshop as ws_mod
@@ -93,9 +94,9 @@ def up_cmd(
                           "cards_html": files["html"], "cards_csv": files["csv"],
                           "cards": [c.public() for c in ws_mod.cards(ws, keys)]}, indent=2))
         return
-    console.print(f"[green]up[/green] {ws.name}: {len(ws.learners)} learners at {ws.base_url}\n"
-                  f"  certificate SHA-256 {ws.fingerprint}\n  cards: {files['html']} (print it) and {files['csv']}",
-                  highlight=False)
+    console.print(Text.assemble(("up", "green"), f" {ws.name}: {len(ws.learners)} learners at {ws.base_url}\n"
+                                f"  certificate SHA-256 {ws.fingerprint}\n  cards: {files['html']} (print it) and "
+                                f"{files['csv']}"))
 
 
 @workshop_app.command("down")
@@ -109,7 +110,7 @@ def down_cmd(
         typer.confirm(f"end workshop {name} ({len(ws.active)} active keys, {ws.model} on {ws.target})?", abort=True)
     report = ws_mod.down(name, say=_printer(False))
     for left in report.leftovers:
-        console_err.print(f"[yellow]left behind[/yellow] {left}")
+        console_err.print(Text.assemble(("left behind", "yellow"), f" {left}"))
 
 
 @workshop_app.command("revoke")

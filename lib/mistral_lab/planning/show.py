@@ -9,6 +9,7 @@ from typing import Any
 
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from mistral_lab import engines
 from mistral_lab.planning.resolve import Plan
@@ -38,7 +39,7 @@ def plan_table(plan: Plan, options: dict[str, Any] | None = None) -> Table:
                          f"(largest that fits: {plan.max_context_that_fits:,})")
     t.add_row("memory", f"weights {m['weights_gb']:.1f} + KV cache {m['kv_cache_gb']:.1f} + overhead "
                         f"{m['overhead_gb']:.1f} = {m['total_gb']:.1f} GB of {m['available_gb']:.1f} GB usable")
-    t.add_row("fits", "[green]yes[/green]" if plan.fits else "[red]no[/red]")
+    t.add_row("fits", Text("yes", style="green") if plan.fits else Text("no", style="red"))
     if plan.hourly_usd:
         t.add_row("price", f"${plan.hourly_usd:.2f}/hour ({plan.price_source})")
     t.add_row("sampling", f"temperature {plan.temperature:g}" + (f", top_p {plan.top_p:g}" if plan.top_p else ""))
@@ -49,4 +50,4 @@ def plan_table(plan: Plan, options: dict[str, Any] | None = None) -> Table:
 
 
 def show_plan(plan: Plan, options: dict[str, Any] | None = None, console: Console | None = None) -> None:
-    (console or Console()).print(plan_table(plan, options))
+    (console or Console(markup=False, highlight=False)).print(plan_table(plan, options))

@@ -295,7 +295,7 @@ def write_json(result: EvalRun, path: str | Path | None = None, label: str | Non
 def show(result: EvalRun) -> None:
     from rich.console import Console
 
-    Console().print(table(result))
+    Console(markup=False, highlight=False).print(table(result))  # model replies are not markup
 
 
 def table(result: EvalRun) -> Any:
