@@ -359,8 +359,8 @@ def configure_check(cmake: str, cache: Path, archs: str = "89;90") -> dict:
 
 # ---- sampled translation units ---------------------------------------------------------------------------------
 
-SAMPLE = ("norm", "getrows", "mmvq", "fattn-tile-instance-dkq128-dv128", "fattn-mma-f16-instance-ncols1_8-ncols2_4",
-          "mmq-instance-q4_k", "mmf-instance-ncols_8", "fattn-vec-instance-f16-f16")
+SAMPLE = ("norm", "getrows", "mmvq", "mmq-instance-q4_k", "fattn-mma-f16-instance-ncols1_8-ncols2_4",
+          "fattn-tile-instance-dkq128-dv128", "mmf-instance-ncols_8", "fattn-vec-instance-f16-f16")
 KINDS = ("fattn-tile-instance", "fattn-mma-f16-instance", "fattn-vec-instance", "mmq-instance", "mmf-instance")
 
 
@@ -401,13 +401,14 @@ def for_archs(argv: list[str], archs: str, out_dir: Path) -> list[str]:
     return [*new, "-o", str(out_dir / "unit.o")]
 
 
-def sample_units(build_dir: Path, archs: list[str]) -> dict:
+def sample_units(build_dir: Path, archs: list[str], units: int) -> dict:
+    """Time the first `units` of SAMPLE (ops first, then the heaviest kinds) at each arch set."""
     cmds = cuda_commands(build_dir)
     counts: dict[str, int] = {}
     for unit in cmds:
         counts[kind_of(unit)] = counts.get(kind_of(unit), 0) + 1
     rows = []
-    for unit in SAMPLE:
+    for unit in SAMPLE[:units]:
         for arch in archs:
             with tempfile.TemporaryDirectory() as tmp:
                 m = measure(["nice", "-n", "19", *for_archs(cmds[unit], arch, Path(tmp))], dict(os.environ))
@@ -420,12 +421,15 @@ def sample_units(build_dir: Path, archs: list[str]) -> dict:
 
 
 def weighted_estimate(rows: list[dict], counts: dict[str, int], archs: list[str]) -> dict:
-    """CPU seconds of all CUDA units per arch set: each kind's sampled mean times its count; ratios to "90"."""
+    """CPU seconds of all CUDA units per arch set: each kind's sampled mean times its count (a template-instance
+    kind left unsampled takes the mean of the sampled instance kinds); ratios to "90"."""
     est = {}
     for arch in archs:
+        at = [r for r in rows if r["arch"] == arch]
+        instances = [r["cpu_s"] for r in at if r["kind"] != "op"]
         total = 0.0
         for kind, n in counts.items():
-            got = [r["cpu_s"] for r in rows if r["arch"] == arch and r["kind"] == kind]
+            got = [r["cpu_s"] for r in at if r["kind"] == kind] or (instances if kind != "op" else [])
             total += n * (sum(got) / len(got)) if got else 0.0
         est[arch] = round(total, 0)
     base = est.get("90") or 1.0
@@ -459,7 +463,8 @@ def main() -> None:
     ap.add_argument("--rebuild", action="store_true", help="time a build again even where the cache has it")
     ap.add_argument("--jobs", type=int, default=os.cpu_count() or 2)
     ap.add_argument("--cache", type=Path, default=CACHE)
-    ap.add_argument("--sample", action="store_true", help="time the sampled CUDA units at 89, 90 and 89;90")
+    ap.add_argument("--sample", type=int, nargs="?", const=len(SAMPLE), default=0, metavar="UNITS",
+                    help=f"time the first UNITS (default all {len(SAMPLE)}) sampled CUDA units at 89, 90 and 89;90")
     ap.add_argument("--configure-with", metavar="CMAKE", help="run the recipe's configure with this cmake binary")
     args = ap.parse_args()
     if args.configure_with:
@@ -472,7 +477,7 @@ def main() -> None:
     if args.sample:
         build_dir = Path(lb.key_dir(lb.BuildKey("pypi", lb.DEFAULT_VERSION, "cuda", "90"), str(args.cache))) / "build"
         toolkit = find_toolkit()
-        result = sample_units(build_dir, ["90", "89", "89;90"])
+        result = sample_units(build_dir, ["90", "89", "89;90"], args.sample)
         doc = json.loads(OUT.read_text()) if OUT.exists() else merge({}, [], machine_facts(toolkit))
         doc["sampled_units"] = {"how": "each unit compiled alone under nice -n 19 with the sm_90 build's nvcc "
                                        "command, its --generate-code swapped; cpu_s = user+sys (wait4)", **result}

@@ -14,6 +14,8 @@
 #
 # Dry run of every step on this machine's CPU build (tiny-random, a short sweep, a FAKE bandwidth figure):
 #   bash benchmarks/gpu_run.sh --dry-run --out /tmp/gpu-dry      (tests/test_gpu_run.py runs it)
+# Rehearsal of the GPU path itself (unpacking, wheels, library lookup, nvidia-smi) at the dry run's sizes, with a
+# FAKE bandwidth: --rehearse (tests/test_gpu_run.py runs it with a stand-in pack and nvidia-smi).
 #
 # Env: PY (python with the packages; default python3), LLAMACPP_BIN (dry run: a CPU build's bin folder),
 #      BUDGET_S (wall seconds for everything; default 450 on a GPU), WORK (scratch; default a new temp folder),
@@ -30,12 +32,14 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 HERE="$ROOT/benchmarks/gpu"
 DIST="${GPU_DIST:-$HERE/dist}"
 DRY=0
+REHEARSE=0
 OUT_DIR="${OUT:-}"
 while [ $# -gt 0 ]; do
   case "$1" in
     --dry-run) DRY=1 ;;
+    --rehearse) REHEARSE=1 ;;
     --out) OUT_DIR=$2; shift ;;
-    *) echo "usage: $0 [--dry-run] --out DIR" >&2; exit 2 ;;
+    *) echo "usage: $0 [--dry-run | --rehearse] --out DIR" >&2; exit 2 ;;
   esac
   shift
 done
@@ -43,7 +47,10 @@ done
 mkdir -p "$OUT_DIR"
 PY="${PY:-python3}"
 
-if [ "$DRY" = 1 ]; then
+MODE=gpu
+[ "$REHEARSE" = 0 ] || MODE=rehearsal
+[ "$DRY" = 0 ] || MODE=dry-run
+if [ "$MODE" != gpu ]; then
   BUDGET_S="${BUDGET_S:-300}"
   SIZES=(tiny-random)
   LEVELS="1,4"
@@ -52,6 +59,7 @@ if [ "$DRY" = 1 ]; then
   CTX=2048
   PARALLEL=4
   MIN_LEFT=10
+  NEED_GB=1
 else
   BUDGET_S="${BUDGET_S:-450}"
   SIZES=(ministral-3b ministral-8b)
@@ -61,12 +69,23 @@ else
   CTX=16384
   PARALLEL=16
   MIN_LEFT=40  # a model's llama-bench and sweep take 20-40 s on an H100
+  NEED_GB=45  # 8B at three precisions (30 GB) while the 3B files may still be there
 fi
 QUANTS=(BF16 Q8_0 Q4_K_M)
 DEADLINE=$((SECONDS + BUDGET_S))
 THREADS=$(nproc 2>/dev/null || echo 4)
 
-WORK="${WORK:-$(mktemp -d "${TMPDIR:-/tmp}/gpu-run.XXXXXX")}"
+# Scratch on the first of these with room for the models (the device's disk is 64 GB, its OS and torch included).
+free_gb() { df -Pk "$1" 2>/dev/null | awk 'NR == 2 {print int($4 / 1048576)}'; }
+if [ -z "${WORK:-}" ]; then
+  for d in "${TMPDIR:-/tmp}" /dev/shm "$HOME"; do
+    if [ -d "$d" ] && [ -w "$d" ] && [ "$(free_gb "$d")" -ge "$NEED_GB" ]; then
+      WORK=$(mktemp -d "$d/gpu-run.XXXXXX")
+      break
+    fi
+  done
+  [ -n "${WORK:-}" ] || { echo "gpu-run: error: no folder with $NEED_GB GB free for the models" >&2; exit 2; }
+fi
 M="$WORK/models"
 LOGS="$WORK/logs"
 mkdir -p "$M" "$LOGS" "$WORK/home" "$WORK/cache" "$WORK/runs"
@@ -79,6 +98,7 @@ die() {
   exit "${2:-1}"
 }
 left() { echo $((DEADLINE - SECONDS)); }
+say "scratch $WORK ($(free_gb "$WORK") GB free), budget $BUDGET_S s"
 
 # Background jobs (model makers, a server) end with the script, whichever way it ends.
 JOBS=()
@@ -116,7 +136,7 @@ setup_dry() {
   say "dry run: CPU build $BIN, tiny-random, FAKE bandwidth and GPU"
 }
 
-if [ "$DRY" = 1 ]; then setup_dry; else setup_gpu; fi
+if [ "$MODE" = dry-run ]; then setup_dry; else setup_gpu; fi
 for t in llama-server llama-bench llama-quantize; do
   [ -x "$BIN/$t" ] || die "no $BIN/$t" 2
 done
@@ -129,7 +149,7 @@ ml() { "$PY" -c 'import sys; from mistral_lab.cli import main; main(sys.argv[1:]
 bench_py() { "$PY" "$HERE/gpu_bench.py" "$@"; }
 
 # ---- bandwidth -----------------------------------------------------------------------------------------------
-if [ "$DRY" = 1 ]; then
+if [ "$MODE" != gpu ]; then
   bench_py bandwidth "$WORK/bandwidth.json" --fake 10 | tee -a "$LOG"
 else
   bench_py bandwidth "$WORK/bandwidth.json" | tee -a "$LOG"
@@ -221,6 +241,8 @@ measure() {  # like quant
   wait "$pid" 2>/dev/null || true
   bench_py entry "$M/$name.entry.json" "$like" "$q" --gguf "$f" --llama-bench "$WORK/$name.lb.json" \
     --sweep "$WORK/$name.sweep.json" --made-by "$made_by" --make-s "$(cat "$M/$name.made")"
+  # Measured files go at once (disk); BF16 stays until both quantizations of it are done.
+  [ "$q" = BF16 ] || rm -f "$f"
 }
 
 for like in "${SIZES[@]}"; do
@@ -233,10 +255,10 @@ for pid in "${JOBS[@]}"; do kill "$pid" 2>/dev/null || true; done
 cp -f "$BIN/build.json" "$WORK/build.json" 2>/dev/null || cp -f "$BIN/../build.json" "$WORK/build.json" 2>/dev/null || true
 cp -f "$DIST/manifest.json" "$WORK/pack.json" 2>/dev/null || true
 printf '{"mode": "%s", "budget_s": %s, "elapsed_s": %s, "cpus": %s, "levels": "%s", "context": %s, "parallel": %s}\n' \
-  "$([ "$DRY" = 1 ] && echo dry-run || echo gpu)" "$BUDGET_S" "$SECONDS" "$THREADS" "$LEVELS" "$CTX" "$PARALLEL" \
+  "$MODE" "$BUDGET_S" "$SECONDS" "$THREADS" "$LEVELS" "$CTX" "$PARALLEL" \
   >"$WORK/run.json"
 dry_flag=()
-[ "$DRY" = 1 ] && dry_flag=(--dry-run)
+[ "$MODE" = gpu ] || dry_flag=(--dry-run)
 bench_py report "$WORK" "$OUT_DIR/gpu_run.json" "$OUT_DIR/gpu_run.png" "${dry_flag[@]}" | tee -a "$LOG"
 for f in "$LOGS"/*.log; do
   { echo "---- $(basename "$f") (last 20 lines)"; tail -n 20 "$f"; } >>"$LOG"

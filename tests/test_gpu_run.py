@@ -13,6 +13,8 @@ import os
 import shutil
 import subprocess
 import sys
+import tarfile
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -82,6 +84,45 @@ def test_dry_run_measures_every_model_against_both_rooflines(dry_run):
             assert p["pct_measured_bw"] is not None and p["pct_datasheet_bw"] is not None
     # the quantized files are smaller than BF16: llama-quantize ran on what make-model wrote
     assert rows[("tiny-random", "Q4_K_M")]["facts"]["file_bytes"] < rows[("tiny-random", "BF16")]["facts"]["file_bytes"]
+
+
+def _stand_in_pack(dist: Path, llamacpp_bin: Path) -> None:
+    """What benchmarks/gpu/pack.sh makes, from the CPU build: the archive layout, one wheel, a manifest."""
+    stage = dist / "stage" / "llama.cpp"
+    stage.mkdir(parents=True)
+    for name in ("llama-server", "llama-bench", "llama-quantize"):
+        shutil.copy2(llamacpp_bin / name, stage / name)
+    shutil.copy2(llamacpp_bin.parent / "build.json", stage / "build.json")
+    with tarfile.open(dist / "llama.cpp-cuda-sm90.tar.xz", "w:xz", preset=0) as tar:
+        tar.add(stage, arcname="llama.cpp")
+    shutil.rmtree(dist / "stage")
+    (dist / "wheels").mkdir()
+    info = "rehearsal_probe-0.0.0.dist-info"
+    with zipfile.ZipFile(dist / "wheels" / "rehearsal_probe-0.0.0-py3-none-any.whl", "w") as whl:
+        whl.writestr("rehearsal_probe.py", "CARRIED = True\n")
+        whl.writestr(f"{info}/METADATA", "Metadata-Version: 2.1\nName: rehearsal-probe\nVersion: 0.0.0\n")
+        whl.writestr(f"{info}/WHEEL", "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n")
+        whl.writestr(f"{info}/RECORD", "")
+    (dist / "manifest.json").write_text(json.dumps({"archive": "llama.cpp-cuda-sm90.tar.xz", "stand_in": True}))
+
+
+def test_rehearsal_of_the_gpu_path_with_a_stand_in_pack(llamacpp_bin, tmp_path):
+    # unpacking, the wheels' install, the library lookup and nvidia-smi's line: the steps the dry run skips
+    dist, fake = tmp_path / "dist", tmp_path / "fake-bin"
+    _stand_in_pack(dist, llamacpp_bin)
+    fake.mkdir()
+    smi = fake / "nvidia-smi"
+    smi.write_text("#!/bin/sh\necho 'NVIDIA H100 80GB HBM3 (FAKE: rehearsal), 81559 MiB, 580.00'\n")
+    smi.chmod(0o755)
+    out = tmp_path / "out"
+    r = _run(tmp_path, "--rehearse", "--out", str(out), GPU_DIST=str(dist), PATH=f"{fake}:{os.environ['PATH']}")
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    doc = json.loads((out / "gpu_run.json").read_text())
+    assert doc["run"]["mode"] == "rehearsal" and doc["dry_run"] is True and doc["bandwidth"]["fake"] is True
+    assert doc["gpu"]["name"] == "NVIDIA H100 80GB HBM3 (FAKE: rehearsal)" and doc["gpu"]["driver"] == "580.00"
+    assert doc["pack"]["stand_in"] is True and doc["llama_cpp_build"]["backend"] == "cpu"
+    assert [m["quant"] for m in doc["models"]] == ["BF16", "Q8_0", "Q4_K_M"]
+    assert all("skipped" not in m and m["sweep"] for m in doc["models"])
 
 
 def test_gpu_mode_without_the_pack_says_how_to_make_it(tmp_path):

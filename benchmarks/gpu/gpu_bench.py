@@ -262,7 +262,9 @@ def cuda_lib_dirs(paths: list[str]) -> list[str]:
         for d in sorted(glob.glob(os.path.join(base, "nvidia", "*", "lib"))):
             if (glob.glob(d + "/libcublas.so.*") or glob.glob(d + "/libcudart.so.*")) and d not in found:
                 found.append(d)
-    found += [d for d in ("/usr/local/cuda/lib64",) if os.path.isdir(d)]
+    # The driver's libcuda.so.1 sits where the image put it (the device mounts /usr/local/nvidia).
+    found += [d for d in ("/usr/local/cuda/lib64", "/usr/local/nvidia/lib64", "/usr/local/nvidia/lib")
+              if os.path.isdir(d)]
     return found
 
 
