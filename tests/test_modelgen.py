@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import re
 import subprocess
 import sys
+import time
 
+import httpx
 import jinja2
 import numpy as np
 import pytest
@@ -13,6 +17,7 @@ from gguf import GGMLQuantizationType, GGUFReader, LlamaFileType, TokenType, qua
 from safetensors.numpy import load_file
 from tokenizers import Tokenizer
 
+from llamacpp_fixtures import free_port
 from mistral_lab import modelgen
 from mistral_lab.catalog import get_model
 from mistral_lab.catalog.schema import Architecture
@@ -244,10 +249,18 @@ def test_make_model_explicit_out(tmp_path):
     assert out == tmp_path / "x" / "tiny.gguf" and _field(GGUFReader(out), "general.file_type") == 32
 
 
-def test_make_model_refuses_moe_and_mla_with_a_fix():
+def test_make_model_refuses_hf_folders_for_mla_moe_with_a_fix(tmp_path):
     with pytest.raises(BadInput) as e:
-        modelgen.make_model("mistral-small-4", "F16", "/nonexistent/x.gguf")
-    assert e.value.fix and "dense" in e.value.fix
+        modelgen.make_model("mistral-small-4", "hf", tmp_path / "x")
+    assert e.value.fix and "GGUF" in e.value.fix
+    assert not list(tmp_path.iterdir()), "refused before writing anything"
+
+
+def test_unsupported_combinations_name_what_is_supported():
+    mixtral_like = TINY.model_copy(update={"kind": "moe", "experts": 8, "experts_per_token": 2})
+    with pytest.raises(BadInput) as e:
+        modelgen.tensor_specs(mixtral_like)
+    assert "mistral-small-4" in (e.value.fix or "") and "moe/gqa" in str(e.value)
 
 
 def test_make_model_unknown_id_suggests_names():
@@ -305,3 +318,288 @@ def test_large_model_is_streamed_not_held_in_memory(tmp_path):
     assert size > 600_000_000
     # One tensor (256 MiB F16) plus a float32 block and the interpreter: well under the whole file.
     assert peak < 0.8 * size, f"peak RSS {peak / 1e6:.0f} MB for a {size / 1e6:.0f} MB file"
+
+
+# ---- MLA + MoE (Mistral Small 4, Mistral Large 3) ----------------------------------------------------------
+
+SMALL4 = get_model("mistral-small-4").architecture
+LARGE3 = get_model("mistral-large-3").architecture
+
+# Three layers (one dense, two MoE), eight experts: the deepseek2 layout in a few MB, written in milliseconds.
+TINY_MLA = Architecture(
+    source="test", kind="moe", attention="mla", total_params_b=0.01, active_params_b=0.005, layers=3,
+    hidden_size=256, heads=4, kv_lora_rank=64, qk_rope_head_dim=32, intermediate_size=64, vocab_size=1024,
+    experts=8, experts_per_token=2, shared_experts=1, rope_theta=10000.0,
+)  # fmt: skip
+TINY_MLA_DETAILS = modelgen.MlaMoe(
+    gguf_arch="deepseek2", q_lora_rank=64, qk_nope_head_dim=32, v_head_dim=32, dense_layers=1, dense_ffn=128,
+    rms_eps=1e-6, routed_scale=1.0, norm_topk=True, expert_groups=(1, 1), fused_gate_up=False, source="test",
+)  # fmt: skip
+LLAMACPP_MOE_TIMEOUT_S = 300
+
+
+def _ggml_shape(shape: tuple[int, ...]) -> list[int]:
+    return list(reversed(shape))  # GGUFReader gives llama.cpp's order: (in, out[, experts])
+
+
+@pytest.mark.parametrize(("arch", "billions", "active"), [(SMALL4, 118.97, 6.10), (LARGE3, 673.42, 39.01)])
+def test_full_depth_mla_moe_has_the_catalog_size(arch, billions, active):
+    # The catalog's totals include the vision encoder, which is not generated.
+    assert modelgen.param_count(arch) / 1e9 == pytest.approx(billions, abs=0.01)
+    language_model = arch.total_params_b - arch.vision_params_b
+    assert modelgen.param_count(arch) / 1e9 == pytest.approx(language_model, rel=0.01)
+    assert modelgen.active_param_count(arch) / 1e9 == pytest.approx(active, abs=0.01)
+    assert modelgen.active_param_count(arch) / 1e9 == pytest.approx(
+        arch.active_params_b - arch.vision_params_b, rel=0.02
+    )
+
+
+def test_dense_models_read_every_weight_per_token_and_cut_only_in_gguf(tmp_path):
+    ministral = get_model("ministral-3b").architecture  # tied: the embedding is read in full as the output
+    assert modelgen.active_param_count(ministral) == modelgen.param_count(ministral)
+    h, kv, ff = 256, 2 * 64, 512  # one tiny-random layer: 2 norms, q/o, k/v, gate/up/down
+    assert modelgen.param_count(TINY) - modelgen.param_count(TINY, 1) == 2 * h + 2 * h * h + 2 * kv * h + 3 * ff * h
+    with pytest.raises(BadInput) as e:
+        modelgen.make_model("tiny-random", "hf", tmp_path / "hf", layers=1)
+    assert e.value.field == "layers"
+
+
+def test_depth_keeps_a_dense_and_a_moe_layer_and_avoids_llamacpp_lite_depths():
+    depth = modelgen.plan_depth
+    assert depth(LARGE3, 2) == modelgen.Depth(layers=2, full=61, dense_layers=1)
+    assert [depth(LARGE3, n).dense_layers for n in (3, 30, 41, 60, 61)] == [1, 1, 2, 3, 3]
+    assert depth(LARGE3).label == "61 layers" and not depth(LARGE3).reduced
+    assert depth(SMALL4, 2).label == "reduced depth 2 of 36 layers" and depth(SMALL4, 2).dense_layers == 0
+    assert depth(TINY, 1) == modelgen.Depth(layers=1, full=2)
+    for arch, bad in [(LARGE3, 1), (LARGE3, 26), (LARGE3, 27), (SMALL4, 0), (SMALL4, 37)]:
+        with pytest.raises(BadInput) as e:
+            depth(arch, bad)
+        assert e.value.field == "layers" and e.value.fix
+
+
+def test_mla_moe_numbers_fill_only_what_the_catalog_lacks():
+    for arch in (SMALL4, LARGE3):
+        mla = modelgen.mla_moe_details(arch)
+        assert not (arch.rope_theta and mla.rope_theta)
+        assert not (arch.yarn_factor and mla.yarn_factor) and (arch.yarn_factor or mla.yarn_factor)
+        assert mla.source.count("https://") >= 1 and "read 2026-12-07" in mla.source
+    assert modelgen.mla_moe_details(SMALL4).gguf_arch == "mistral4"
+    assert modelgen.mla_moe_details(LARGE3).gguf_arch == "deepseek2"
+    with pytest.raises(BadInput, match="q_lora_rank"):
+        modelgen.mla_moe_details(TINY_MLA)
+
+
+@pytest.mark.parametrize(("arch", "layers"), [(SMALL4, 2), (LARGE3, 2)])
+def test_reduced_specs_have_the_real_shapes_and_llamacpp_names(arch, layers):
+    import gguf
+
+    mla = modelgen.mla_moe_details(arch)
+    specs = {s.gguf_name: s for s in modelgen.tensor_specs(arch, layers)}
+    known = {gguf.TENSOR_NAMES[t] for t in gguf.MODEL_TENSORS[gguf.MODEL_ARCH[mla.gguf_arch.upper()]]}
+    assert {re.sub(r"^blk\.\d+\.", "blk.{bid}.", n.removesuffix(".weight")) for n in specs} <= known
+    h, ff, n_exp = arch.hidden_size, arch.intermediate_size, arch.experts
+    moe = modelgen.plan_depth(arch, layers).dense_layers  # the first MoE layer
+    assert specs[f"blk.{moe}.ffn_down_exps.weight"].shape == (n_exp, h, ff)
+    assert specs[f"blk.{moe}.ffn_gate_inp.weight"].shape == (n_exp, h)
+    assert specs[f"blk.{moe}.ffn_up_shexp.weight"].shape == (ff * arch.shared_experts, h)
+    if mla.fused_gate_up:
+        assert specs[f"blk.{moe}.ffn_gate_up_exps.weight"].shape == (n_exp, 2 * ff, h)
+    else:
+        assert specs[f"blk.{moe}.ffn_up_exps.weight"].shape == (n_exp, ff, h)
+    if moe:
+        assert specs["blk.0.ffn_gate.weight"].shape == (mla.dense_ffn, h)
+    assert specs["blk.0.attn_kv_a_mqa.weight"].shape == (arch.kv_lora_rank + arch.qk_rope_head_dim, h)
+    assert specs["blk.0.attn_q_b.weight"].shape == (
+        arch.heads * (mla.qk_nope_head_dim + arch.qk_rope_head_dim), mla.q_lora_rank
+    )
+    assert specs["blk.0.attn_k_b.weight"].shape == (arch.heads, arch.kv_lora_rank, mla.qk_nope_head_dim)
+    assert specs["blk.0.attn_v_b.weight"].shape == (arch.heads, mla.v_head_dim, arch.kv_lora_rank)
+    assert specs["output.weight"].shape == (arch.vocab_size, h)
+    assert f"blk.{layers}.attn_norm.weight" not in specs
+
+
+def test_tiny_mla_moe_gguf_has_deepseek2_keys_types_and_depth_label(tmp_path):
+    path = modelgen.write_gguf(TINY_MLA, tmp_path / "mla.gguf", "Q4_0", layers=2, mla=TINY_MLA_DETAILS,
+                               context_length=4096, name="tiny-mla")
+    r = GGUFReader(path)
+    want = {
+        "block_count": 2, "leading_dense_block_count": 1, "expert_count": 8, "expert_used_count": 2,
+        "expert_shared_count": 1, "expert_feed_forward_length": 64, "feed_forward_length": 128,
+        "attention.q_lora_rank": 64, "attention.kv_lora_rank": 64, "attention.key_length": 96,
+        "attention.value_length": 64, "attention.key_length_mla": 64, "attention.value_length_mla": 32,
+        "attention.head_count_kv": 1, "rope.dimension_count": 32, "expert_gating_func": 1,
+    }  # fmt: skip
+    assert {k: _field(r, f"deepseek2.{k}") for k in want} == want
+    assert _field(r, "general.architecture") == "deepseek2"
+    assert _field(r, "general.name").endswith("reduced depth 2 of 3 layers)")
+    assert _field(r, "general.description").startswith("reduced depth 2 of 3 layers, the first 1 with a")
+    assert modelgen.model_depth(path) == modelgen.Depth(layers=2, full=3, dense_layers=1)
+    t = {x.name: x for x in r.tensors}
+    assert list(t["blk.1.ffn_gate_exps.weight"].shape) == [256, 64, 8]
+    assert list(t["blk.0.attn_k_b.weight"].shape) == [32, 64, 4]
+    assert t["blk.1.ffn_gate_inp.weight"].tensor_type == GGMLQuantizationType.F32
+    assert t["blk.0.attn_kv_a_norm.weight"].tensor_type == GGMLQuantizationType.F32
+    assert t["blk.1.ffn_down_exps.weight"].tensor_type == GGMLQuantizationType.Q4_0
+    assert "blk.0.ffn_gate_exps.weight" not in t and "blk.0.ffn_gate.weight" in t
+    assert sum(int(x.n_elements) for x in r.tensors) == modelgen.param_count(TINY_MLA, 2, TINY_MLA_DETAILS)
+
+
+@pytest.mark.parametrize("quant", ["Q4_0", "Q8_0"])
+def test_random_codes_are_seeded_noise_of_the_weight_std(tmp_path, quant):
+    a = modelgen.write_gguf(TINY_MLA, tmp_path / "a.gguf", quant, seed=0, mla=TINY_MLA_DETAILS)
+    b = modelgen.write_gguf(TINY_MLA, tmp_path / "b.gguf", quant, seed=0, mla=TINY_MLA_DETAILS)
+    c = modelgen.write_gguf(TINY_MLA, tmp_path / "c.gguf", quant, seed=1, mla=TINY_MLA_DETAILS)
+    assert a.read_bytes() == b.read_bytes() and a.read_bytes() != c.read_bytes()
+    t = next(x for x in GGUFReader(a).tensors if x.name == "blk.2.ffn_up_exps.weight")
+    w = quants.dequantize(t.data, t.tensor_type)
+    assert w.shape == (8, 64, 256)
+    assert abs(float(w.std()) - modelgen.WEIGHT_STD) < 0.001 and abs(float(w.mean())) < 0.002
+    assert len(np.unique(w)) > 8  # codes, not a constant
+
+
+def test_mistral4_layout_fuses_gate_and_up_experts(tmp_path):
+    mla = dataclasses.replace(TINY_MLA_DETAILS, gguf_arch="mistral4", fused_gate_up=True, dense_layers=0)
+    r = GGUFReader(modelgen.write_gguf(TINY_MLA, tmp_path / "m4.gguf", "F16", mla=mla))
+    names = {x.name: x for x in r.tensors}
+    assert _field(r, "general.architecture") == "mistral4"
+    assert list(names["blk.0.ffn_gate_up_exps.weight"].shape) == [256, 128, 8]
+    assert "blk.0.ffn_gate_exps.weight" not in names and "general.description" not in r.fields
+
+
+def test_make_model_writes_mla_moe_at_the_default_reduced_depth(tmp_path, monkeypatch):
+    calls = []
+    monkeypatch.setattr(modelgen, "write_gguf", lambda _arch, out, *_a, **kw: calls.append((out, kw)) or out)
+    path = modelgen.make_model("mistral-large-3", "Q4_0", cache=tmp_path)
+    assert path.name.startswith("mistral-large-3-2of61layers-Q4_0-")
+    assert calls[0][1]["layers"] == modelgen.DEFAULT_REDUCED_LAYERS == 2
+    assert calls[0][1]["mla"] == modelgen.mla_moe_details(LARGE3)
+    deeper = modelgen.make_model("mistral-large-3", "Q4_0", cache=tmp_path, layers=3)
+    assert deeper.name.startswith("mistral-large-3-3of61layers-Q4_0-") and deeper != path
+    assert modelgen.make_model("tiny-random", "Q8_0", cache=tmp_path).name.startswith("tiny-random-Q8_0-")
+
+
+def test_scale_to_full_depth_recovers_a_linear_cost():
+    fixed, per_layer = 0.010, 0.002
+    measured = [(n, 1 / (fixed + per_layer * n)) for n in (1, 2, 4)]
+    s = modelgen.scale_to_full_depth(measured, 36)
+    assert s.fixed_s == pytest.approx(fixed) and s.per_layer_s == pytest.approx(per_layer)
+    assert s.tokens_per_s == pytest.approx(1 / (fixed + per_layer * 36)) and not s.lower_bound
+    assert "36 layers" in s.formula
+
+
+def test_scale_to_full_depth_with_one_depth_is_a_lower_bound():
+    s = modelgen.scale_to_full_depth([(2, 10.0)], 36)  # 0.1 s for 2 layers, all of it taken as per-layer
+    assert s.lower_bound and s.fixed_s == 0 and s.tokens_per_s == pytest.approx(10.0 * 2 / 36)
+    true_rate = 1 / (0.06 + 0.02 * 36)  # any split of 0.1 s with a fixed part is faster at full depth
+    assert s.tokens_per_s < true_rate
+
+
+def test_scale_to_full_depth_refuses_noise_and_nonsense():
+    with pytest.raises(ValueError, match="does not grow with depth"):
+        modelgen.scale_to_full_depth([(1, 10.0), (2, 11.0)], 36)
+    with pytest.raises(ValueError):
+        modelgen.scale_to_full_depth([(0, 10.0)], 36)
+    # Noise that puts the intercept below zero: the line goes through the origin instead.
+    s = modelgen.scale_to_full_depth([(1, 1 / 0.009), (2, 1 / 0.020)], 10)
+    assert s.fixed_s == 0 and s.per_layer_s == pytest.approx((0.009 + 2 * 0.020) / 5)
+
+
+def _generate(bin_dir, gguf_path, log) -> tuple[dict, dict, dict]:
+    """Load the GGUF in llama-server and generate 4 tokens: the completion, /v1/models' meta, print_info."""
+    port = free_port()
+    # No repacking: the CPU backend would otherwise copy Q4_0 weights into a second layout, doubling memory.
+    argv = [str(bin_dir / "llama-server"), "-m", str(gguf_path), "--host", "127.0.0.1", "--port", str(port),
+            "-c", "256", "-np", "1", "-t", "2", "--no-repack", "-lv", "4"]  # fmt: skip
+    with log.open("wb") as out:
+        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + LLAMACPP_MOE_TIMEOUT_S
+        while True:
+            assert proc.poll() is None, f"llama-server exited {proc.returncode}:\n{log.read_text()[-3000:]}"
+            try:
+                if httpx.get(f"{base}/health", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline, f"llama-server not up:\n{log.read_text()[-3000:]}"
+            time.sleep(0.5)
+        body = {"prompt": "The weather in Paris", "n_predict": 4, "ignore_eos": True, "temperature": 0}
+        done = httpx.post(f"{base}/completion", json=body, timeout=LLAMACPP_MOE_TIMEOUT_S).json()
+        meta = httpx.get(f"{base}/v1/models", timeout=10).json()["data"][0]["meta"]
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    info = dict(re.findall(r"print_info: (\w+)\s+= (\S+)", log.read_text()))
+    return done, meta, info
+
+
+def test_tiny_mla_moe_runs_in_llamacpp(llamacpp_bin, tmp_path):
+    path = modelgen.write_gguf(TINY_MLA, tmp_path / "mla.gguf", "Q8_0", mla=TINY_MLA_DETAILS, name="tiny-mla")
+    done, meta, info = _generate(llamacpp_bin, path, tmp_path / "server.log")
+    assert done["tokens_predicted"] == 4 and done["content"]
+    assert meta["n_params"] == modelgen.param_count(TINY_MLA, mla=TINY_MLA_DETAILS)
+    got = (info["arch"], info["n_expert"], info["n_layer_dense_lead"], info["n_lora_q"])
+    assert got == ("deepseek2", "8", "1", "64")
+
+
+@pytest.mark.parametrize(
+    ("model_id", "layers"),
+    [
+        ("mistral-small-4", 1),  # 2.45 GB at Q4_0, written in ~15 s here
+        # 7.9 GB at Q4_0: one MoE layer of Large 3 holds 11.3 G expert weights (6.3 GB at 4.5 bits), and the
+        # smallest real-shaped file needs it plus a dense layer; slow for its size, ~1 min here all told.
+        pytest.param("mistral-large-3", 2, marks=pytest.mark.slow),
+    ],
+)
+def test_reduced_depth_mla_moe_runs_in_llamacpp_with_the_catalog_shapes(
+    llamacpp_bin, tmp_path, model_id, layers
+):
+    model = get_model(model_id)
+    arch, mla = model.architecture, modelgen.mla_moe_details(model.architecture)
+    depth = modelgen.plan_depth(arch, layers)
+    path = modelgen.make_model(model_id, "Q4_0", tmp_path / f"{model_id}.gguf", layers=layers)
+    try:
+        r = GGUFReader(path)
+        a = mla.gguf_arch
+        assert _field(r, "general.architecture") == a
+        assert f"reduced depth {layers} of {arch.layers} layers" in _field(r, "general.name")
+        assert (_field(r, f"{a}.block_count"), _field(r, f"{a}.leading_dense_block_count")) == (
+            layers, depth.dense_layers
+        )
+        assert (_field(r, f"{a}.expert_count"), _field(r, f"{a}.expert_used_count")) == (
+            arch.experts, arch.experts_per_token
+        )
+        assert _field(r, f"{a}.expert_shared_count") == arch.shared_experts
+        assert _field(r, f"{a}.expert_feed_forward_length") == arch.intermediate_size
+        assert _field(r, f"{a}.attention.kv_lora_rank") == arch.kv_lora_rank
+        assert _field(r, f"{a}.rope.dimension_count") == arch.qk_rope_head_dim
+        assert (_field(r, f"{a}.embedding_length"), _field(r, f"{a}.attention.head_count")) == (
+            arch.hidden_size, arch.heads
+        )
+        tensors = {t.name: t for t in r.tensors}
+        specs = modelgen.tensor_specs(arch, layers)
+        written = {n: list(t.shape) for n, t in tensors.items()}
+        assert written == {s.gguf_name: _ggml_shape(s.shape) for s in specs}
+        down = tensors[f"blk.{depth.dense_layers}.ffn_down_exps.weight"]
+        assert list(down.shape) == [arch.intermediate_size, arch.hidden_size, arch.experts]
+        assert down.tensor_type == GGMLQuantizationType.Q4_0
+        del r, tensors, down  # the reader maps the whole file
+
+        done, meta, info = _generate(llamacpp_bin, path, tmp_path / "server.log")
+        assert done["tokens_predicted"] == 4 and done["content"]
+        assert meta["n_params"] == modelgen.param_count(arch, layers) and meta["ftype"] == "Q4_0"
+        assert (info["arch"], info["n_layer"]) == (a, str(layers))
+        assert info["n_layer_dense_lead"] == str(depth.dense_layers)
+        assert (info["n_expert"], info["n_expert_used"], info["n_expert_shared"]) == (
+            str(arch.experts), str(arch.experts_per_token), str(arch.shared_experts)
+        )
+        assert (info["n_lora_q"], info["n_lora_kv"], info["n_ff_exp"]) == (
+            str(mla.q_lora_rank), str(arch.kv_lora_rank), str(arch.intermediate_size)
+        )
+    finally:
+        path.unlink(missing_ok=True)  # pytest keeps the last runs' tmp folders: not gigabytes of them

@@ -15,6 +15,15 @@ What is real and what is not:
   schema output work.
 - Vision encoders are not generated: the models are text-only.
 
+MLA + MoE models (Mistral Small 4, Mistral Large 3) are written as llama.cpp's converter writes them:
+`mistral4` (Small 4) or `deepseek2` (Large 3) GGUFs with MLA attention (query/KV LoRA, k_b/v_b split), the
+real expert count, routed and shared experts and leading dense layers (src/models/deepseek2.cpp,
+conversion/mistral.py, conversion/mistral3.py). At full depth they are 67 GB (Small 4) and 380 GB (Large 3)
+at Q4_0, so `make_model` writes them at a reduced depth (`layers`, default 2) with every layer real-shaped,
+says so in general.name and general.description, and `scale_to_full_depth` turns decode speeds measured at
+reduced depths into a full-depth estimate. They are GGUF-only (no Hugging Face folder); the chat template is
+the Ministral 3 one above.
+
 Quantization: F32, F16, BF16, Q8_0 (and Q4_0/Q4_1/Q5_0/Q5_1) are written directly with the `gguf` package,
 whose Python quantizers stop there; K-quants such as Q4_K_M are made by writing F16 and running the built
 `llama-quantize` (our llama.cpp build script builds it next to llama-server).
@@ -25,6 +34,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import tempfile
@@ -32,7 +42,7 @@ import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -268,35 +278,193 @@ def build_vocab(vocab_size: int) -> Vocab:
 
 @dataclass(frozen=True)
 class TensorSpec:
-    hf_name: str
+    hf_name: str  # also seeds the tensor's numbers: the GGUF and HF files of one model hold the same weights
     gguf_name: str
-    shape: tuple[int, ...]  # numpy order: (out_features, in_features) for matrices
-    kind: str  # "norm" (ones) | "weight" (seeded noise) | "q" / "k" (noise, RoPE-permuted for GGUF)
+    shape: tuple[int, ...]  # numpy order: (out, in) for matrices, (experts, out, in) for experts
+    # "norm" (ones) | "weight" (seeded noise) | "q" / "k" (noise, RoPE-permuted for GGUF) | "router" (noise
+    # kept F32, as llama.cpp keeps expert gating) | "bulk" (noise; at Q4_0/Q8_0 drawn as codes: _random_codes)
+    kind: str
+
+
+@dataclass(frozen=True)
+class MlaMoe:
+    """What an MLA + MoE model's GGUF needs beyond the catalog's Architecture, as llama.cpp's converter
+    writes it.
+
+    The catalog carries hidden size, heads, kv_lora_rank, qk_rope_head_dim, the expert counts and the
+    per-expert FFN width (intermediate_size); the query LoRA rank, the head split, the leading dense layers
+    and the routing constants are kept here, per model, until the catalog schema carries them. Fields the
+    catalog does have (rope_theta, YaRN) are left None here and taken from the catalog.
+    """
+
+    gguf_arch: str  # llama.cpp's name: "mistral4" (Small 4, HF config) or "deepseek2" (Large 3, params.json)
+    q_lora_rank: int  # 0: one query projection, no LoRA (DeepSeek-V2-Lite style)
+    qk_nope_head_dim: int
+    v_head_dim: int
+    dense_layers: int  # leading layers with a dense FFN (first_k_dense_replace)
+    dense_ffn: int  # their FFN width; the converter writes it as feed_forward_length even when there are none
+    rms_eps: float
+    routed_scale: float  # routed_scaling_factor
+    norm_topk: bool  # norm_topk_prob: the top-k routing weights are renormalised
+    expert_groups: tuple[int, int] | None  # (n_group, topk_group) where the converter writes them
+    fused_gate_up: bool  # experts' gate and up as one tensor (HF Mistral4 stacks them, params.json does not)
+    source: str
+    rope_theta: float | None = None
+    yarn_factor: float | None = None
+    yarn_original_context: int | None = None
+    yarn_beta_fast: float = 32.0
+    yarn_beta_slow: float = 1.0
+    # The deepseek2 key holds 0.1 x mscale_all_dim: https://github.com/ggml-org/llama.cpp/pull/17945
+    yarn_log_mul: float = 0.1
+    attn_temperature_scale: float | None = None  # Large 3's llama_4_scaling beta
+    attn_temperature_length: int | None = None
+
+
+# Keyed by the catalog fields that tell the two apart; see mla_moe_details.
+MLA_MOE: dict[tuple[int, int, int, int], MlaMoe] = {
+    # mistral-small-4
+    (4096, 36, 256, 128): MlaMoe(
+        gguf_arch="mistral4", q_lora_rank=1024, qk_nope_head_dim=64, v_head_dim=128, dense_layers=0,
+        dense_ffn=12288, rms_eps=1e-6, routed_scale=1.0, norm_topk=True, expert_groups=None,
+        fused_gate_up=True,
+        source="Mistral4Config defaults documented for mistralai/Mistral-Small-4-119B-2603, "
+        "https://docs.nvidia.com/nemo/automodel/latest/apidocs/nemo_automodel/"
+        "nemo_automodel.components.models.mistral4.configuration.html (read 2026-12-07): q_lora_rank 1024, "
+        "qk_nope_head_dim 64, v_head_dim 128, first_k_dense_replace 0, intermediate_size 12288, "
+        "routed_scaling_factor 1.0, norm_topk_prob true, rms_norm_eps 1e-6; its n_group 8 / topk_group 1 "
+        "defaults are not written (unverified against the checkpoint's config.json). YaRN mscale_all_dim 1.0 "
+        "(yarn_log_mul 0.1). Layout: llama.cpp 0c1e57098 conversion/mistral3.py (Mistral4Model: arch "
+        "mistral4, stacked gate_up experts kept fused) and conversion/deepseek.py (DeepseekV2Model keys, "
+        "kv_b split)",
+    ),
+    # mistral-large-3
+    (7168, 61, 512, 128): MlaMoe(
+        gguf_arch="deepseek2", q_lora_rank=1536, qk_nope_head_dim=128, v_head_dim=128, dense_layers=3,
+        dense_ffn=16384, rms_eps=1e-6, routed_scale=1.0, norm_topk=True, expert_groups=(1, 1),
+        fused_gate_up=False, rope_theta=10000.0, yarn_factor=36.0, yarn_original_context=8192,
+        attn_temperature_scale=0.1, attn_temperature_length=8192,
+        source="params.json of mistralai/Mistral-Large-3-675B-Instruct-2512 as quoted in vLLM's tests, "
+        "https://github.com/vllm-project/vllm/blob/main/tests/transformers_utils/test_config.py (read "
+        "2026-12-07), and unsloth's (https://github.com/unslothai/unsloth, norm_eps 1e-6): hidden_dim "
+        "16384, q_lora_rank 1536, qk_nope_head_dim 128, v_head_dim 128, moe first_k_dense_replace 3, "
+        "routed_scale 1.0, num_expert_groups 1 / per_tok 1, rope_theta 1e4, yarn factor 36 from 8192 beta "
+        "32 alpha 1 apply_scale false, llama_4_scaling beta 0.1 from 8192. Layout: llama.cpp 0c1e57098 "
+        "conversion/mistral.py (MistralMoeModel -> deepseek2, softmax routing, top-k renormalised, "
+        "yarn_log_mul 0.1)",
+    ),
+}  # fmt: skip
+
+# llama.cpp 0c1e57098 (src/models/deepseek2.cpp) takes a 26- or 27-layer deepseek2 model for a "Lite" one
+# without query LoRA and would look for attn_q instead of attn_q_a.
+_LITE_DEPTHS = (26, 27)
+DEFAULT_REDUCED_LAYERS = 2
+
+
+@dataclass(frozen=True)
+class Depth:
+    """How many of the real model's layers a file holds, and how many of those have a dense FFN (MoE)."""
+
+    layers: int
+    full: int
+    dense_layers: int = 0
+
+    @property
+    def reduced(self) -> bool:
+        return self.layers < self.full
+
+    @property
+    def label(self) -> str:
+        return f"reduced depth {self.layers} of {self.full} layers" if self.reduced else f"{self.full} layers"
 
 
 def _check_supported(arch: Architecture) -> None:
-    if arch.kind != "dense" or arch.attention != "gqa":
+    if arch.kind == "dense" and arch.attention == "gqa":
+        if not (arch.intermediate_size and arch.kv_heads and arch.head_dim):
+            raise BadInput(
+                "architecture lacks intermediate_size, kv_heads or head_dim",
+                field="architecture",
+                fix="fill them in models.yaml",
+            )
+        return
+    if arch.kind == "moe" and arch.attention == "mla":
+        if not (arch.intermediate_size and arch.shared_experts):
+            # llama.cpp's deepseek2 loader requires the shared-expert tensors, sized by the expert FFN width
+            raise BadInput(
+                "MLA + MoE architecture lacks intermediate_size (per expert) or shared_experts",
+                field="architecture",
+                fix="fill them in models.yaml",
+            )
+        return
+    raise BadInput(
+        f"modelgen writes dense GQA models (GGUF arch mistral3) and MLA + MoE ones (mistral4 / deepseek2); "
+        f"this one is {arch.kind}/{arch.attention}",
+        field="model",
+        fix="pick a dense model (tiny-random, ministral-*, mistral-small-3.*, mistral-medium-3.5) "
+        "or an MLA + MoE one (mistral-small-4, mistral-large-3)",
+    )
+
+
+def mla_moe_details(arch: Architecture) -> MlaMoe:
+    """The MLA + MoE numbers the catalog lacks for this architecture, matched on hidden size, layers, KV rank
+    and experts."""
+    found = MLA_MOE.get((arch.hidden_size, arch.layers, arch.kv_lora_rank or 0, arch.experts or 0))
+    if found is None:
         raise BadInput(
-            f"modelgen writes dense GQA models (GGUF arch mistral3); this one is {arch.kind}/{arch.attention}",
-            field="model",
-            fix="pick a dense model (tiny-random, ministral-*, mistral-small-3.*, mistral-medium-3.5)",
-        )
-    if not (arch.intermediate_size and arch.kv_heads and arch.head_dim):
-        raise BadInput(
-            "architecture lacks intermediate_size, kv_heads or head_dim",
+            "no q_lora_rank / qk_nope_head_dim / v_head_dim / dense-layer numbers known for this MLA + MoE "
+            "architecture (the catalog does not carry them)",
             field="architecture",
-            fix="fill them in models.yaml",
+            fix="pass mla=MlaMoe(...) or add the model to modelgen.MLA_MOE",
         )
+    return found
 
 
-def tensor_specs(arch: Architecture) -> list[TensorSpec]:
-    """Every tensor of the text model, in the order llama.cpp's converter writes them."""
+def _mla_for(arch: Architecture, mla: MlaMoe | None) -> MlaMoe | None:
     _check_supported(arch)
+    if arch.attention != "mla":
+        return None
+    return mla or mla_moe_details(arch)
+
+
+def plan_depth(arch: Architecture, layers: int | None = None, mla: MlaMoe | None = None) -> Depth:
+    """The first `layers` of the model's layers (all by default). Leading dense-FFN layers keep their share of
+    the depth, but a model that has both kinds keeps at least one dense and one MoE layer."""
+    n = arch.layers if layers is None else layers
+    if not 1 <= n <= arch.layers:
+        raise BadInput(f"layers must be 1..{arch.layers} for this model, not {n}", field="layers",
+                       fix=f"pick a depth between 1 and {arch.layers}")
+    mla = _mla_for(arch, mla)
+    if mla is None:
+        return Depth(n, arch.layers)
+    lead = mla.dense_layers
+    if lead and n < arch.layers:
+        if n < 2:
+            raise BadInput(f"this model has {lead} dense and {arch.layers - lead} MoE layers; one layer "
+                           "cannot hold both kinds", field="layers", fix="use layers=2 or more")
+        lead = min(n - 1, max(1, round(mla.dense_layers * n / arch.layers)))
+    if mla.q_lora_rank and n in _LITE_DEPTHS:
+        raise BadInput(f"llama.cpp reads a {n}-layer {mla.gguf_arch} model as a Lite one without query LoRA "
+                       "and would not load this file", field="layers",
+                       fix=f"use {min(_LITE_DEPTHS) - 1} or {max(_LITE_DEPTHS) + 1} layers")
+    return Depth(n, arch.layers, lead)
+
+
+def tensor_specs(
+    arch: Architecture, layers: int | None = None, mla: MlaMoe | None = None
+) -> list[TensorSpec]:
+    """Every tensor of the text model's first `layers` layers (all by default), as llama.cpp's converter
+    writes them."""
+    mla = _mla_for(arch, mla)
+    if mla is not None:
+        return _mla_moe_specs(arch, mla, plan_depth(arch, layers, mla))
+    return _dense_specs(arch, plan_depth(arch, layers).layers)
+
+
+def _dense_specs(arch: Architecture, layers: int) -> list[TensorSpec]:
     assert arch.kv_heads and arch.head_dim and arch.intermediate_size
     h, v, ff = arch.hidden_size, arch.vocab_size, arch.intermediate_size
     q_out, kv_out = arch.heads * arch.head_dim, arch.kv_heads * arch.head_dim
     specs = [TensorSpec("model.embed_tokens.weight", "token_embd.weight", (v, h), "weight")]
-    for i in range(arch.layers):
+    for i in range(layers):
         hf, gg = f"model.layers.{i}", f"blk.{i}"
         specs += [
             TensorSpec(f"{hf}.input_layernorm.weight", f"{gg}.attn_norm.weight", (h,), "norm"),
@@ -315,20 +483,99 @@ def tensor_specs(arch: Architecture) -> list[TensorSpec]:
     return specs
 
 
-def param_count(arch: Architecture) -> int:
-    return sum(int(np.prod(s.shape)) for s in tensor_specs(arch))
+def _mla_moe_specs(arch: Architecture, mla: MlaMoe, depth: Depth) -> list[TensorSpec]:
+    # Shapes are llama.cpp's load_arch_tensors ones (src/models/deepseek2.cpp), reversed into numpy order.
+    from gguf import MODEL_TENSOR as T
+    from gguf import TENSOR_NAMES
+
+    assert arch.kv_lora_rank and arch.qk_rope_head_dim and arch.intermediate_size and arch.experts
+    h, v, heads = arch.hidden_size, arch.vocab_size, arch.heads
+    kv, rope = arch.kv_lora_rank, arch.qk_rope_head_dim
+    ff, n_exp = arch.intermediate_size, arch.experts
+    shared_ff = ff * (arch.shared_experts or 0)
+    q_out = heads * (mla.qk_nope_head_dim + rope)
+
+    def spec(t: T, hf: str, shape: tuple[int, ...], kind: str = "bulk", bid: int | None = None) -> TensorSpec:
+        return TensorSpec(hf, f"{TENSOR_NAMES[t].format(bid=bid)}.weight", shape, kind)
+
+    specs = [spec(T.TOKEN_EMBD, "model.embed_tokens.weight", (v, h))]
+    for i in range(depth.layers):
+        p = f"model.layers.{i}"
+        specs.append(spec(T.ATTN_NORM, f"{p}.input_layernorm.weight", (h,), "norm", i))
+        if mla.q_lora_rank:
+            specs += [
+                spec(T.ATTN_Q_A_NORM, f"{p}.self_attn.q_a_layernorm.weight", (mla.q_lora_rank,), "norm", i),
+                spec(T.ATTN_Q_A, f"{p}.self_attn.q_a_proj.weight", (mla.q_lora_rank, h), bid=i),
+                spec(T.ATTN_Q_B, f"{p}.self_attn.q_b_proj.weight", (q_out, mla.q_lora_rank), bid=i),
+            ]
+        else:
+            specs.append(spec(T.ATTN_Q, f"{p}.self_attn.q_proj.weight", (q_out, h), bid=i))
+        specs += [
+            spec(T.ATTN_KV_A_NORM, f"{p}.self_attn.kv_a_layernorm.weight", (kv,), "norm", i),
+            spec(T.ATTN_KV_A_MQA, f"{p}.self_attn.kv_a_proj_with_mqa.weight", (kv + rope, h), bid=i),
+            # The converter splits kv_b_proj per head into k_b (transposed, for MLA's absorbed attention)
+            # and v_b.
+            spec(T.ATTN_K_B, f"{p}.self_attn.k_b_proj.weight", (heads, kv, mla.qk_nope_head_dim), bid=i),
+            spec(T.ATTN_V_B, f"{p}.self_attn.v_b_proj.weight", (heads, mla.v_head_dim, kv), bid=i),
+            spec(T.ATTN_OUT, f"{p}.self_attn.o_proj.weight", (h, heads * mla.v_head_dim), bid=i),
+            spec(T.FFN_NORM, f"{p}.post_attention_layernorm.weight", (h,), "norm", i),
+        ]
+        if i < depth.dense_layers:
+            d = mla.dense_ffn
+            specs += [
+                spec(T.FFN_GATE, f"{p}.mlp.gate_proj.weight", (d, h), bid=i),
+                spec(T.FFN_UP, f"{p}.mlp.up_proj.weight", (d, h), bid=i),
+                spec(T.FFN_DOWN, f"{p}.mlp.down_proj.weight", (h, d), bid=i),
+            ]
+            continue
+        specs.append(spec(T.FFN_GATE_INP, f"{p}.mlp.gate.weight", (n_exp, h), "router", i))
+        if mla.fused_gate_up:
+            specs.append(spec(T.FFN_GATE_UP_EXP, f"{p}.mlp.experts.gate_up_proj", (n_exp, 2 * ff, h), bid=i))
+        else:
+            specs += [
+                spec(T.FFN_GATE_EXP, f"{p}.mlp.experts.gate_proj.weight", (n_exp, ff, h), bid=i),
+                spec(T.FFN_UP_EXP, f"{p}.mlp.experts.up_proj.weight", (n_exp, ff, h), bid=i),
+            ]
+        specs += [
+            spec(T.FFN_DOWN_EXP, f"{p}.mlp.experts.down_proj", (n_exp, h, ff), bid=i),
+            spec(T.FFN_GATE_SHEXP, f"{p}.mlp.shared_experts.gate_proj.weight", (shared_ff, h), bid=i),
+            spec(T.FFN_UP_SHEXP, f"{p}.mlp.shared_experts.up_proj.weight", (shared_ff, h), bid=i),
+            spec(T.FFN_DOWN_SHEXP, f"{p}.mlp.shared_experts.down_proj.weight", (h, shared_ff), bid=i),
+        ]
+    specs.append(spec(T.OUTPUT_NORM, "model.norm.weight", (h,), "norm"))
+    if not arch.tie_embeddings:
+        specs.append(spec(T.OUTPUT, "lm_head.weight", (v, h)))
+    return specs
+
+
+def param_count(arch: Architecture, layers: int | None = None, mla: MlaMoe | None = None) -> int:
+    return sum(int(np.prod(s.shape)) for s in tensor_specs(arch, layers, mla))
+
+
+def active_param_count(arch: Architecture, layers: int | None = None, mla: MlaMoe | None = None) -> int:
+    """Weights read per decoded token: the routed experts' share (experts_per_token of experts) and everything
+    else, but of an untied token embedding one row only."""
+    share = (arch.experts_per_token or 0) / (arch.experts or 1)
+    total = 0
+    for s in tensor_specs(arch, layers, mla):
+        if s.gguf_name.startswith("token_embd") and not arch.tie_embeddings:
+            continue
+        n = int(np.prod(s.shape))
+        total += round(n * share) if "_exps." in s.gguf_name else n
+    return total
 
 
 _CHUNK_ELEMENTS = 16 * 1024 * 1024  # 64 MB of float32 at a time, whatever the tensor's size
 
 
 def _values(spec: TensorSpec, seed: int) -> Iterator[np.ndarray]:
-    """The tensor as float32 row blocks; the same (spec, seed) gives the same numbers in GGUF and HF files."""
+    """The tensor as float32 row blocks (leading dimensions flattened into rows); the same (spec, seed) gives
+    the same numbers in GGUF and HF files."""
     if spec.kind == "norm":
         yield np.ones(spec.shape, dtype=np.float32)
         return
     rng = np.random.default_rng([seed, zlib.crc32(spec.hf_name.encode())])
-    rows, cols = spec.shape
+    rows, cols = int(np.prod(spec.shape[:-1])), spec.shape[-1]
     step = max(1, _CHUNK_ELEMENTS // cols)
     for start in range(0, rows, step):
         n = min(step, rows - start)
@@ -339,8 +586,8 @@ def _values(spec: TensorSpec, seed: int) -> Iterator[np.ndarray]:
 
 def _hf_tensor(spec: TensorSpec, seed: int) -> np.ndarray:
     return (
-        np.concatenate(list(_values(spec, seed)), axis=0)
-        if len(spec.shape) == 2
+        np.concatenate(list(_values(spec, seed)), axis=0).reshape(spec.shape)
+        if len(spec.shape) >= 2
         else next(_values(spec, seed))
     )
 
@@ -349,6 +596,38 @@ def _rope_permute(w: np.ndarray, n_head: int) -> np.ndarray:
     # What llama.cpp's converter does to HF q/k weights (rotary halves -> interleaved pairs), so the GGUF
     # computes what the HF folder computes.
     return w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
+
+# Standard deviation of a uniform random code, in units of the block scale: Q4_0 stores q in 0..15 for
+# (q - 8) x d, Q8_0 an int8 for q x d.
+_CODE_STD = {"Q4_0": float(np.sqrt((16**2 - 1) / 12)), "Q8_0": float(np.sqrt((256**2 - 1) / 12))}
+
+
+def _random_codes(spec: TensorSpec, quant: str, seed: int) -> np.ndarray:
+    """The tensor as Q4_0/Q8_0 blocks of uniform random codes under one scale: noise of std WEIGHT_STD.
+
+    Quantizing normal noise runs at ~40 M weights/s here; a Large 3 MoE layer holds 11 G expert weights,
+    minutes each, while random bytes come at disk speed. The numbers differ from an F16 file's; shapes, types,
+    bytes read per token and so speed do not."""
+    from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
+
+    block, size = GGML_QUANT_SIZES[GGMLQuantizationType[quant]]
+    rows, cols = int(np.prod(spec.shape[:-1])), spec.shape[-1]
+    if cols % block:
+        raise BadInput(f"{spec.gguf_name}: rows of {cols} are not whole {quant} blocks of {block}",
+                       field="quant", fix="use F16, BF16 or a K-quant")
+    # Uniform codes average half a step below zero (-8..7, -128..127); a random sign on each block's scale
+    # cancels that over the tensor.
+    d = WEIGHT_STD / _CODE_STD[quant]
+    scales = np.array([d, -d], dtype=np.float16).view(np.uint8).reshape(2, 2)
+    rng = np.random.default_rng([seed, zlib.crc32(spec.hf_name.encode()), size])
+    out = np.empty((rows * cols // block, size), dtype=np.uint8)
+    step = max(1, _CHUNK_ELEMENTS * 4 // size)
+    for start in range(0, len(out), step):
+        part = out[start : start + step]
+        part[:, 2:] = rng.integers(0, 256, size=(len(part), size - 2), dtype=np.uint8)
+        part[:, :2] = scales[rng.integers(0, 2, size=len(part))]
+    return out.reshape(rows, -1)
 
 
 # ---- GGUF ----------------------------------------------------------------------------------------------------
@@ -394,12 +673,17 @@ def write_gguf(
     name: str = "random-mistral",
     llama_quantize: str | os.PathLike[str] | None = None,
     threads: int | None = None,
+    layers: int | None = None,
+    mla: MlaMoe | None = None,
 ) -> Path:
-    """Write a random-weight `mistral3` GGUF. Holds at most one tensor in memory (the embedding is the largest).
+    """Write a random-weight GGUF: `mistral3` for dense models, `mistral4` / `deepseek2` for MLA + MoE ones
+    (their `mla` numbers looked up when not given). Holds at most one tensor in memory (for dense models the
+    embedding is the largest; for MoE ones an expert tensor, 2 GB at Q4_0 for Large 3).
 
-    `quant` F32/F16/BF16/Q8_0/Q4_0/Q4_1/Q5_0/Q5_1 is written directly; anything else llama-quantize knows
-    (Q4_K_M, Q5_K_M, Q6_K, IQ4_XS, ...) is written as F16 and converted with `llama_quantize` (a path, or found
-    in the llama.cpp build cache / on PATH).
+    `layers` writes the first that many layers only (see plan_depth), labelled in general.name and
+    general.description. `quant` F32/F16/BF16/Q8_0/Q4_0/Q4_1/Q5_0/Q5_1 is written directly; anything else
+    llama-quantize knows (Q4_K_M, Q5_K_M, Q6_K, IQ4_XS, ...) is written as F16 and converted with
+    `llama_quantize` (a path, or found in the llama.cpp build cache / on PATH).
     """
     quant = quant.upper()
     out = Path(path)
@@ -408,7 +692,8 @@ def write_gguf(
         tool = Path(llama_quantize) if llama_quantize else find_llama_quantize()
         with tempfile.TemporaryDirectory(dir=out.parent, prefix=".modelgen-") as tmp:
             f16 = write_gguf(
-                arch, Path(tmp) / "f16.gguf", "F16", seed, context_length=context_length, name=name
+                arch, Path(tmp) / "f16.gguf", "F16", seed, context_length=context_length, name=name,
+                layers=layers, mla=mla,
             )
             part = out.with_name(f".{out.name}.{os.getpid()}.part")
             argv = [str(tool), str(f16), str(part), quant, str(threads or os.cpu_count() or 1)]
@@ -425,32 +710,23 @@ def write_gguf(
 
     import gguf
 
+    mla = _mla_for(arch, mla)
+    depth = plan_depth(arch, layers, mla)
     vocab = build_vocab(arch.vocab_size)
-    specs = tensor_specs(arch)
-    assert arch.kv_heads and arch.head_dim and arch.intermediate_size
+    specs = tensor_specs(arch, layers, mla)
     # A unique partial name, renamed at the end: concurrent writers of one cached file never see half a file.
     part = out.with_name(f".{out.name}.{os.getpid()}.part")
-    w = gguf.GGUFWriter(part, "mistral3")
+    w = gguf.GGUFWriter(part, mla.gguf_arch if mla else "mistral3")
     w.add_type(gguf.GGUFType.MODEL)
-    w.add_name(f"{name} (random weights, mistral-lab modelgen {GENERATOR_VERSION}, seed {seed})")
+    reduced = f", {depth.label}" if depth.reduced else ""
+    w.add_name(f"{name} (random weights, mistral-lab modelgen {GENERATOR_VERSION}, seed {seed}{reduced})")
+    if depth.reduced:
+        w.add_description(describe_depth(depth))
     w.add_context_length(context_length)
-    w.add_embedding_length(arch.hidden_size)
-    w.add_block_count(arch.layers)
-    w.add_feed_forward_length(arch.intermediate_size)
-    w.add_head_count(arch.heads)
-    w.add_head_count_kv(arch.kv_heads)
-    w.add_key_length(arch.head_dim)
-    w.add_value_length(arch.head_dim)
-    w.add_rope_dimension_count(arch.head_dim)
-    w.add_rope_freq_base(arch.rope_theta or 1_000_000.0)
-    w.add_layer_norm_rms_eps(RMS_EPS)
-    w.add_vocab_size(arch.vocab_size)
-    if arch.yarn_factor and arch.yarn_original_context:
-        w.add_rope_scaling_type(gguf.RopeScalingType.YARN)
-        w.add_rope_scaling_factor(arch.yarn_factor)
-        w.add_rope_scaling_orig_ctx_len(arch.yarn_original_context)
-        w.add_rope_scaling_yarn_beta_fast(32.0)
-        w.add_rope_scaling_yarn_beta_slow(1.0)
+    if mla:
+        _add_mla_moe_keys(w, arch, mla, depth)
+    else:
+        _add_dense_keys(w, arch, depth.layers)
     w.add_file_type(_file_type(quant))
     if quant not in {"F32", "F16", "BF16"}:
         w.add_quantization_version(gguf.GGML_QUANT_VERSION)
@@ -483,23 +759,103 @@ def write_gguf(
     return out
 
 
+def describe_depth(depth: Depth) -> str:
+    dense = f", the first {depth.dense_layers} with a dense FFN" if depth.dense_layers else ""
+    return (f"{depth.label}{dense}: every tensor, expert count and key is the real model's, only the layer "
+            "count is cut; decode speed scales per layer (mistral_lab.modelgen.scale_to_full_depth)")
+
+
+def _add_dense_keys(w: GGUFWriter, arch: Architecture, layers: int) -> None:
+    import gguf
+
+    assert arch.kv_heads and arch.head_dim and arch.intermediate_size
+    w.add_embedding_length(arch.hidden_size)
+    w.add_block_count(layers)
+    w.add_feed_forward_length(arch.intermediate_size)
+    w.add_head_count(arch.heads)
+    w.add_head_count_kv(arch.kv_heads)
+    w.add_key_length(arch.head_dim)
+    w.add_value_length(arch.head_dim)
+    w.add_rope_dimension_count(arch.head_dim)
+    w.add_rope_freq_base(arch.rope_theta or 1_000_000.0)
+    w.add_layer_norm_rms_eps(RMS_EPS)
+    w.add_vocab_size(arch.vocab_size)
+    if arch.yarn_factor and arch.yarn_original_context:
+        w.add_rope_scaling_type(gguf.RopeScalingType.YARN)
+        w.add_rope_scaling_factor(arch.yarn_factor)
+        w.add_rope_scaling_orig_ctx_len(arch.yarn_original_context)
+        w.add_rope_scaling_yarn_beta_fast(32.0)
+        w.add_rope_scaling_yarn_beta_slow(1.0)
+
+
+def _add_mla_moe_keys(w: GGUFWriter, arch: Architecture, mla: MlaMoe, depth: Depth) -> None:
+    # The keys llama.cpp's DeepseekV2Model converter writes and llama_model_deepseek2's hparams loader reads.
+    import gguf
+
+    assert arch.kv_lora_rank and arch.qk_rope_head_dim and arch.intermediate_size
+    assert arch.experts and arch.experts_per_token
+    w.add_embedding_length(arch.hidden_size)
+    w.add_block_count(depth.layers)
+    w.add_feed_forward_length(mla.dense_ffn)
+    w.add_head_count(arch.heads)
+    w.add_head_count_kv(1)  # MLA runs as MQA over the one compressed KV head
+    w.add_rope_freq_base(arch.rope_theta or mla.rope_theta or 10_000.0)
+    w.add_layer_norm_rms_eps(mla.rms_eps)
+    w.add_expert_count(arch.experts)
+    w.add_expert_used_count(arch.experts_per_token)
+    if mla.expert_groups:
+        w.add_expert_group_count(mla.expert_groups[0])
+        w.add_expert_group_used_count(mla.expert_groups[1])
+    w.add_expert_gating_func(gguf.ExpertGatingFuncType.SOFTMAX)
+    w.add_leading_dense_block_count(depth.dense_layers)
+    w.add_vocab_size(arch.vocab_size)
+    if mla.q_lora_rank:
+        w.add_q_lora_rank(mla.q_lora_rank)
+    w.add_kv_lora_rank(arch.kv_lora_rank)
+    w.add_key_length(arch.kv_lora_rank + arch.qk_rope_head_dim)
+    w.add_value_length(arch.kv_lora_rank)
+    w.add_key_length_mla(mla.qk_nope_head_dim + arch.qk_rope_head_dim)
+    w.add_value_length_mla(mla.v_head_dim)
+    w.add_expert_feed_forward_length(arch.intermediate_size)
+    w.add_expert_shared_count(arch.shared_experts or 0)
+    w.add_expert_weights_scale(mla.routed_scale)
+    if mla.norm_topk:
+        w.add_expert_weights_norm(True)
+    w.add_rope_dimension_count(arch.qk_rope_head_dim)
+    factor = arch.yarn_factor or mla.yarn_factor
+    original = arch.yarn_original_context or mla.yarn_original_context
+    if factor and original:
+        w.add_rope_scaling_type(gguf.RopeScalingType.YARN)
+        w.add_rope_scaling_factor(factor)
+        w.add_rope_scaling_orig_ctx_len(original)
+        w.add_rope_scaling_yarn_beta_fast(mla.yarn_beta_fast)
+        w.add_rope_scaling_yarn_beta_slow(mla.yarn_beta_slow)
+        w.add_rope_scaling_yarn_log_mul(mla.yarn_log_mul)
+    if mla.attn_temperature_scale and mla.attn_temperature_length:
+        w.add_attn_temperature_scale(mla.attn_temperature_scale)
+        w.add_attn_temperature_length(mla.attn_temperature_length)
+
+
 def _tensor_quant(spec: TensorSpec, quant: str) -> str:
-    # Norms stay F32 as llama.cpp's converter leaves them; matrices take the requested type.
-    return "F32" if spec.kind == "norm" else quant
+    # Norms and expert routers stay F32 as llama.cpp's converter and llama-quantize leave them; matrices take
+    # the requested type.
+    return "F32" if spec.kind in ("norm", "router") else quant
 
 
 def _write_tensors(w: GGUFWriter, specs: list[TensorSpec], arch: Architecture, quant: str, seed: int) -> None:
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_ti_data_to_file()
-    assert arch.kv_heads
     for spec in specs:
         q = _tensor_quant(spec, quant)
         if spec.kind in ("q", "k"):
+            assert arch.kv_heads
             full = _rope_permute(_hf_tensor(spec, seed), arch.heads if spec.kind == "q" else arch.kv_heads)
             data = _encode(full, q)
         elif len(spec.shape) == 1:
             data = _encode(next(_values(spec, seed)), q)
+        elif spec.kind == "bulk" and q in _CODE_STD:
+            data = _random_codes(spec, q, seed)
         else:
             # Encode block by block into one preallocated array: peak memory is the encoded tensor.
             data = None
@@ -507,7 +863,7 @@ def _write_tensors(w: GGUFWriter, specs: list[TensorSpec], arch: Architecture, q
             for block in _values(spec, seed):
                 enc = _encode(block, q)
                 if data is None:
-                    data = np.empty((spec.shape[0], *enc.shape[1:]), dtype=enc.dtype)
+                    data = np.empty((int(np.prod(spec.shape[:-1])), *enc.shape[1:]), dtype=enc.dtype)
                 data[row : row + enc.shape[0]] = enc
                 row += enc.shape[0]
             assert data is not None
@@ -518,8 +874,16 @@ def _write_tensors(w: GGUFWriter, specs: list[TensorSpec], arch: Architecture, q
 # ---- Hugging Face folder -------------------------------------------------------------------------------------
 
 
-def hf_config(arch: Architecture, context_length: int) -> dict:
+def _check_hf(arch: Architecture) -> None:
     _check_supported(arch)
+    if arch.attention != "gqa":
+        raise BadInput("Hugging Face folders are written for dense GQA models only (MistralForCausalLM)",
+                       field="quant",
+                       fix="write a GGUF instead (e.g. --quant Q4_0) and serve it with llama.cpp")
+
+
+def hf_config(arch: Architecture, context_length: int) -> dict:
+    _check_hf(arch)
     config: dict = {
         "architectures": ["MistralForCausalLM"],
         "model_type": "mistral",
@@ -571,6 +935,7 @@ def write_hf(
     import ml_dtypes
     from safetensors.numpy import save_file
 
+    _check_hf(arch)
     final = Path(directory)
     final.parent.mkdir(parents=True, exist_ok=True)
     vocab = build_vocab(arch.vocab_size)
@@ -676,13 +1041,23 @@ def find_llama_quantize(cache: Path | None = None) -> Path:
     raise MistralLabError(
         "llama-quantize not found (needed for K-quants such as Q4_K_M)",
         field="quant",
-        fix="build llama.cpp with lib/mistral_lab/infra/llamacpp-build.sh (it builds llama-quantize), "
+        fix="build llama.cpp with infra/llamacpp-build.sh (it builds llama-quantize), "
         "or pick F16, BF16 or Q8_0",
     )
 
 
-def model_fingerprint(arch: Architecture, quant: str, seed: int, context_length: int) -> str:
+def model_fingerprint(
+    arch: Architecture,
+    quant: str,
+    seed: int,
+    context_length: int,
+    *,
+    layers: int | None = None,
+    mla: MlaMoe | None = None,
+) -> str:
     """Short hash of everything that shapes the generated bytes; names cached files."""
+    import dataclasses
+
     import gguf
 
     doc = {
@@ -693,6 +1068,11 @@ def model_fingerprint(arch: Architecture, quant: str, seed: int, context_length:
         "seed": seed,
         "context": context_length,
     }
+    # Only when set, so that the full-depth dense models keep the names they were cached under.
+    if layers is not None:
+        doc["layers"] = layers
+    if mla is not None:
+        doc["mla"] = dataclasses.asdict(mla) | {"source": None}
     return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()[:12]
 
 
@@ -712,10 +1092,14 @@ def make_model(
     *,
     seed: int = 0,
     cache: str | os.PathLike[str] | None = None,
+    layers: int | None = None,
 ) -> Path:
     """Generate `model_id`'s architecture with random weights; the CLI's `make-model --like MODEL`.
 
-    `quant` is a GGUF type (F16, BF16, Q8_0, Q4_K_M, ...) or "hf" for a Hugging Face folder (BF16 safetensors).
+    `quant` is a GGUF type (F16, BF16, Q8_0, Q4_K_M, ...) or "hf" for a Hugging Face folder (BF16 safetensors,
+    dense models only). `layers` cuts the depth (see plan_depth): dense models are written whole by default,
+    MLA + MoE ones at DEFAULT_REDUCED_LAYERS, labelled "reduced depth N of M layers" in the GGUF's
+    general.name and general.description and in the cached file's name (`model_depth(path)` reads it back).
     Without `out` the result goes to <cache>/models/ (default ~/.cache/mistral-lab), named by a hash of the
     generator version and inputs, and a file already there is reused.
     """
@@ -723,16 +1107,26 @@ def make_model(
 
     model = get_model(model_id)
     arch = model.architecture
-    _check_supported(arch)
+    mla = _mla_for(arch, None)
+    if layers is None and mla is not None:
+        layers = min(DEFAULT_REDUCED_LAYERS, arch.layers)
+    depth = plan_depth(arch, layers, mla)
     quant = (quant or "F16").strip()
     context = model.capabilities.max_context
     is_hf = quant.lower() == "hf"
-    if not is_hf:
+    if is_hf:
+        _check_hf(arch)
+        if depth.reduced:
+            raise BadInput("Hugging Face folders are written at full depth only", field="layers",
+                           fix="leave layers out, or write a GGUF")
+    else:
         quant = check_quant(quant)
     if out is None:
-        fingerprint = model_fingerprint(arch, "hf" if is_hf else quant, seed, context)
+        fingerprint = model_fingerprint(arch, "hf" if is_hf else quant, seed, context,
+                                        layers=depth.layers if depth.reduced else None, mla=mla)
         base = Path(cache or DEFAULT_CACHE) / "models"
-        name = f"{model_id}-hf-{fingerprint}" if is_hf else f"{model_id}-{quant}-{fingerprint}.gguf"
+        cut = f"-{depth.layers}of{depth.full}layers" if depth.reduced else ""
+        name = f"{model_id}{cut}-hf-{fingerprint}" if is_hf else f"{model_id}{cut}-{quant}-{fingerprint}.gguf"
         target = base / name
         if (target / "config.json").exists() if is_hf else target.exists():
             return target
@@ -740,4 +1134,85 @@ def make_model(
         target = Path(out)
     if is_hf:
         return write_hf(arch, target, seed, context_length=context)
-    return write_gguf(arch, target, quant, seed, context_length=context, name=model_id)
+    return write_gguf(arch, target, quant, seed, context_length=context, name=model_id, layers=depth.layers,
+                      mla=mla)
+
+
+def model_depth(path: str | os.PathLike[str]) -> Depth:
+    """A generated GGUF's depth read back: its block_count and leading dense layers, and the full model's
+    layer count from general.description ("reduced depth N of M layers"; a file without it is full depth)."""
+    from gguf import GGUFReader
+
+    reader = GGUFReader(path)
+
+    def value(key: str, default: Any = None) -> Any:
+        field = reader.get_field(key)
+        return field.contents() if field is not None else default
+
+    arch = value("general.architecture")
+    layers = int(value(f"{arch}.block_count"))
+    found = re.match(r"reduced depth (\d+) of (\d+) layers", value("general.description", ""))
+    dense = int(value(f"{arch}.leading_dense_block_count", 0))
+    return Depth(layers, int(found.group(2)) if found else layers, dense)
+
+
+# ---- speed at full depth -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DepthScaling:
+    """Decode speed at full depth, from decode speeds measured on reduced-depth files of one model."""
+
+    fixed_s: float  # seconds per token that do not grow with depth
+    per_layer_s: float  # seconds per token per layer
+    full_layers: int
+    measured: tuple[tuple[int, float], ...]  # (layers, tokens/s) as measured
+    lower_bound: bool  # one depth only: the fixed part was taken as zero
+
+    @property
+    def seconds_per_token(self) -> float:
+        return self.fixed_s + self.per_layer_s * self.full_layers
+
+    @property
+    def tokens_per_s(self) -> float:
+        return 1.0 / self.seconds_per_token
+
+    @property
+    def formula(self) -> str:
+        return (f"1 / ({self.fixed_s * 1e3:.2f} ms + {self.per_layer_s * 1e3:.3f} ms/layer x "
+                f"{self.full_layers} layers) = {self.tokens_per_s:.3g} tok/s")
+
+
+def scale_to_full_depth(measured: list[tuple[int, float]], full_layers: int) -> DepthScaling:
+    """Full-depth decode tokens/s from (layers, tokens/s) pairs measured at reduced depths.
+
+    Model: seconds per token = fixed + per_layer x layers. At batch 1 decode runs the layers one after another
+    and each reads its own weights (for a MoE layer: its router, the experts it picks and the shared one) and
+    its own KV cache, so time grows linearly with depth; the fixed part is what every depth pays once (the
+    embedding row, the final norm, the output matrix over the vocabulary, sampling, per-token overhead).
+    Assumption: all layers cost the same. For Large 3 that counts its 3 dense-FFN layers (0.35 G FFN weights
+    read) like MoE layers (4 routed + 1 shared expert, 0.44 G): under 1 % of the full-depth time; for prompt
+    processing the model does not hold (a batch of tokens touches more experts than one token).
+
+    Two or more depths: a least-squares line through (layers, 1 / tokens_per_s). A negative intercept (noise
+    larger than the fixed part) is taken as zero, with the line then fitted through the origin. One depth:
+    the fixed part cannot be told from the layers and is taken as zero, so all of the time scales with depth
+    and the estimate is a lower bound on tokens/s (`lower_bound`).
+    """
+    if not measured or any(n < 1 or tps <= 0 for n, tps in measured) or full_layers < 1:
+        raise ValueError(f"need (layers >= 1, tokens/s > 0) pairs and full_layers >= 1, got {measured}, "
+                         f"{full_layers}")
+    depths = np.array([n for n, _ in measured], dtype=float)
+    seconds = np.array([1.0 / tps for _, tps in measured])
+    one_depth = len(set(depths.tolist())) == 1
+    if one_depth:
+        fixed, per_layer = 0.0, float(np.mean(seconds / depths))
+    else:
+        per_layer, fixed = (float(x) for x in np.polyfit(depths, seconds, 1))
+        if fixed < 0:
+            fixed, per_layer = 0.0, float(depths @ seconds / (depths @ depths))
+        if per_layer <= 0:
+            raise ValueError(f"time per token does not grow with depth in {measured}: the noise is larger "
+                             "than a layer's cost; measure more tokens or depths further apart")
+    return DepthScaling(fixed_s=fixed, per_layer_s=per_layer, full_layers=full_layers,
+                        measured=tuple((int(n), float(t)) for n, t in measured), lower_bound=one_depth)
