@@ -1,6 +1,7 @@
 """The benchmark against a real llama-server on the tiny model: a sweep and its records, agreement with the server's
-own timings, Poisson arrivals, a server that dies mid-run, the on-host mode through a deployment with llama-bench,
-saved runs, comparisons, the CLI, and random-weight models made with --like."""
+own timings and counters (and a miscounted run caught), repeats with their spread, the chunk/token rule, Poisson
+arrivals, a server that dies mid-run, the on-host mode through a deployment with llama-bench and the plan's
+prediction, saved runs, comparisons, the CLI, and random-weight models made with --like."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ import pytest
 import mistral_lab as ml
 from llamacpp_fixtures import free_port
 from mistral_lab import bench, state
-from mistral_lab.bench import results
+from mistral_lab.bench import metrics, results
 from mistral_lab.cli import main
 from mistral_lab.planning import PlanRequest
 
@@ -27,6 +28,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(3600)]
 
 def _run(server, tmp_path: Path, **kw):
     lines: list[str] = []
+    kw = {"repeats": 1, "stop_at_knee": False, **kw}
     run = bench.run(base_url=server.v1, api_key=server.api_key, where="client", results_dir=tmp_path,
                     progress=False, say=lines.append, **kw)
     return run, lines
@@ -82,8 +84,9 @@ def test_a_sweep_completes_and_its_records_are_consistent(llama_server, tmp_path
         mine = [r for r in records if r["point"] == p.index]
         assert p.requests == 6 and p.errors == 0 and p.stopped_by == "count" and p.forced_output_ok == 1.0
         assert p.output_tokens_per_s == pytest.approx(sum(r["completion_tokens"] for r in mine) / p.duration_s)
-        for d in (p.ttft_s, p.itl_s, p.tpot_s, p.e2e_s):
+        for d in (p.ttft_s, p.tpot_s, p.e2e_s):
             assert d.min <= d.p50 <= d.p90 <= d.p99 <= d.max
+        assert p.itl_s is not None or p.itl_note  # ITL only from a stream of tokens, else said why
         assert p.goodput == pytest.approx(p.request_per_s)  # no SLO: every completed request counts
     # Saved, and it reloads with no server involved.
     again = bench.load(run.folder)
@@ -101,7 +104,8 @@ def test_single_stream_decode_speed_agrees_with_llama_servers_own_timings(llamac
     proc, base = _start_server(llamacpp_bin, tiny_gguf, tmp_path / "server.log", key, threads=1)
     try:
         run = bench.run(base_url=base + "/v1", api_key=key, where="client", workload="64/768", concurrency=[1],
-                        requests=4, duration_s=120, results_dir=tmp_path, progress=False, say=lambda _line: None)
+                        requests=4, duration_s=120, repeats=1, results_dir=tmp_path, progress=False,
+                        say=lambda _line: None)
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait()
@@ -109,6 +113,43 @@ def test_single_stream_decode_speed_agrees_with_llama_servers_own_timings(llamac
     assert p.errors == 0 and p.decode_tokens_per_s and p.server_decode_tokens_per_s
     assert p.decode_tokens_per_s == pytest.approx(p.server_decode_tokens_per_s, rel=0.10), (
         f"ours {p.decode_tokens_per_s:.0f} tok/s, llama-server's timings {p.server_decode_tokens_per_s:.0f} tok/s")
+    # Its /metrics, read around the point, count exactly our requests' tokens.
+    checks = {c.quantity: c for c in p.witness.checks}
+    assert checks["output tokens"].gap == 0 and checks["prompt tokens"].gap == 0
+
+
+def test_repeats_give_a_spread_and_the_server_catches_a_miscounted_run(llama_server, tmp_path):
+    # Time bounds, not counts, end these points: 1.5 s each, three repeats of one level.
+    run, _ = _run(llama_server, tmp_path, workload="32/64", concurrency=[2], duration_s=1.5, repeats=3,
+                  requests=100000)
+    assert [p.repeat for p in run.points] == [0, 1, 2] and all(p.stopped_by == "duration" for p in run.points)
+    (level,) = run.levels
+    assert level.repeats == 3 and level.requests == sum(p.requests for p in run.points)
+    s = level.spread["output_tokens_per_s"]
+    assert s.n == 3 and s.min <= s.mean <= s.max and s.stdev >= 0
+    assert s.mean == pytest.approx(sum(p.output_tokens_per_s for p in run.points) / 3)
+    # The server's own counters saw exactly our requests, point by point.
+    for p in run.points:
+        checks = {c.quantity: c for c in p.witness.checks}
+        assert checks["output tokens"].gap == 0 and checks["prompt tokens"].gap == 0, p.witness.summary()
+    # The chunk/token rule on llama.cpp's real stream: a multi-byte character goes out as one chunk of two tokens.
+    records = run.records()
+    ratio = sum(r["chunks"] for r in records) / sum(r["completion_tokens"] for r in records)
+    assert level.chunks_per_token == pytest.approx(ratio) and ratio < 1
+    if ratio < 0.9:
+        assert level.itl_s is None and "chunk per output token" in level.itl_note
+    # Deliberately miscounted, twice. A client that counts streamed chunks as tokens (the bug behind ITL from
+    # chunks): the server's count shows the gap exactly. A client that lost every fourth record: flagged.
+    docs = results.read_jsonl(run.folder / results.RECORDS)
+    as_chunks = [{**d, "completion_tokens": d["chunks"]} if d.get("type") == "request" else d for d in docs]
+    for p in metrics.summarize_all(as_chunks):
+        mine = [r for r in records if r["point"] == p.index]
+        gap = next(c for c in p.witness.checks if c.quantity == "output tokens").gap
+        assert gap == pytest.approx(sum(r["chunks"] for r in mine) / sum(r["completion_tokens"] for r in mine) - 1)
+    lost = [d for d in docs if not (d.get("type") == "request" and not d["warmup"] and d["i"] % 4 == 3)]
+    for p in metrics.summarize_all(lost):
+        flagged = {c.quantity: c.gap for c in p.witness.flagged}
+        assert flagged["output tokens"] == pytest.approx(-0.25, abs=0.1), p.witness.summary()
 
 
 def test_poisson_arrivals_stop_by_count_or_by_time(llama_server, tmp_path):
@@ -149,17 +190,18 @@ def test_a_server_stopped_mid_run_is_counted_and_the_run_ends_with_a_clear_repor
     try:
         lines: list[str] = []
         run = bench.run(base_url=base + "/v1", api_key=key, where="client", workload="16/384", concurrency=[2, 1],
-                        requests=500, duration_s=600, results_dir=tmp_path, progress=False, say=lines.append)
+                        requests=500, duration_s=600, repeats=1, stop_at_knee=False, results_dir=tmp_path,
+                        progress=False, say=lines.append)
     finally:
         stop.set()
         killer.join()
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
-    first, second = run.points
+    (first,) = run.points  # the level after it was never started
     assert first.requests > first.errors > 0 and first.stopped_by is None
     assert "consecutive errors" in first.aborted and "Connect" in first.aborted
-    assert second.requests == 0 and second.aborted.startswith("skipped:")
+    assert any("c=1: not run" in n for n in run.meta.notes)
     assert run.meta.aborted == first.aborted
     assert any(line.startswith("✘ the run ended early") for line in lines)
     assert bench.load(run.folder).meta.aborted == first.aborted  # the partial run is saved like any other
@@ -179,20 +221,23 @@ def bench_deployment(llamacpp_bin):
 def test_on_the_host_with_llama_bench_then_from_the_client_then_compared(bench_deployment, capsys, tmp_path):
     name = bench_deployment.name
     # A CPU host is not in the GPU table: the roofline runs on a bandwidth given by hand.
-    code = main(["bench", name, "--requests", "4", "--concurrency", "1,2", "--slo-ttft", "10", "--bandwidth-gbs", "50",
-                 "--json"])
+    code = main(["bench", name, "--requests", "4", "--repeats", "2", "--concurrency", "1,2", "--slo-ttft", "10",
+                 "--bandwidth-gbs", "50", "--json"])
     assert code is None or code == 0
     doc = json.loads(capsys.readouterr().out)
     # The shape issue 7 gives, plus the workload a point belongs to (a run may sweep several).
     assert set(doc) == {"points", "run"}
     assert [p["concurrency"] for p in doc["points"]] == [1, 2]
     for p in doc["points"]:
-        assert set(p) == {"concurrency", "workload", "requests", "errors", "output_tokens_per_s", "ttft_s", "itl_s",
-                          "e2e_s", "goodput", "usd_per_mtok"}
-        for key in ("ttft_s", "itl_s", "e2e_s"):
+        assert set(p) >= {"concurrency", "workload", "requests", "errors", "output_tokens_per_s", "ttft_s", "itl_s",
+                          "e2e_s", "goodput", "usd_per_mtok", "repeats", "spread", "server_check", "tpot_s"}
+        for key in ("ttft_s", "tpot_s", "e2e_s"):
             assert set(p[key]) == {"p50", "p90", "p99"} and 0 < p[key]["p50"] <= p[key]["p90"] <= p[key]["p99"]
+        assert p["itl_s"] is not None or p["itl_note"]
         assert p["workload"] == "128/128" and p["output_tokens_per_s"] > 0 and p["goodput"] > 0
-        assert p["requests"] == 4 and p["errors"] == 0 and p["usd_per_mtok"] == 0.0  # the local target is free
+        assert p["repeats"] == 2 and p["spread"]["output_tokens_per_s"]["min"] <= p["spread"]["output_tokens_per_s"]["max"]
+        assert p["requests"] == 8 and p["errors"] == 0 and p["usd_per_mtok"] == 0.0  # the local target is free
+        assert p["server_check"]["engine"] == "llamacpp" and "output tokens" not in p["server_check"]["flagged"]
     run_doc = doc["run"]
     api_key = state.load(name).api_key()
     saved = "".join(f.read_text() for f in Path(run_doc["folder"]).glob("*.json*"))
@@ -205,14 +250,20 @@ def test_on_the_host_with_llama_bench_then_from_the_client_then_compared(bench_d
     assert roof["concurrency"] == 1 and roof["roofline"]["bandwidth_gbs"] == 50
     assert roof["roofline"]["context_tokens"] > 128  # prompt plus half the output, on average
     assert roof["achieved_pct"] == pytest.approx(100 * roof["achieved_tokens_per_s"] / roof["roofline"]["max_tokens_per_s"])
+    # The plan's prediction at the run's context, beside the measurement, with the error.
+    (pred,) = run_doc["predictions"]
+    assert pred["prediction"]["engine"] == "llamacpp" and pred["prediction"]["hw_class"] == "cpu"
+    assert pred["prediction"]["bandwidth_gbs"] == 50 and pred["measured_decode_tokens_per_s"] > 0
+    assert pred["decode_error"] == pytest.approx(pred["prediction"]["decode_tokens_per_s"]
+                                                 / pred["measured_decode_tokens_per_s"] - 1)
     (lb,) = run_doc["native"]
     assert lb["tool"] == "llama-bench" and [f["test"] for f in lb["figures"]] == ["pp512", "tg128"]
     assert all(f["tokens_per_s"] > 0 for f in lb["figures"])
     # Nothing left behind in the deployment's folder on the host.
     assert not list(Path(state.load(name).service.root).glob("bench/*"))
 
-    client = bench.run(name, where="client", concurrency=[1], requests=4, native_bench=False, progress=False,
-                       say=lambda _line: None)
+    client = bench.run(name, where="client", concurrency=[1], requests=4, repeats=1, native_bench=False,
+                       progress=False, say=lambda _line: None)
     assert client.meta.where == "client" and "no tunnel" in client.meta.where_detail
 
     host_ref = run_doc["ref"]
@@ -303,11 +354,13 @@ def test_prompts_are_sized_to_the_context_the_server_reports_serving(bench_deplo
     # deploy records the context vLLM fitted (max_model_len auto) next to the plan's; the run must use it.
     dep = state.load(bench_deployment.name)
     assert dep.served_context is None  # llama.cpp serves the planned context
-    planned = bench.run(bench_deployment.name, workload="32/16", concurrency=[1], requests=2, where="client",
-                        results_dir=tmp_path, progress=False, plots=False, native_bench=False, say=lambda _l: None)
+    planned = bench.run(bench_deployment.name, workload="32/16", concurrency=[1], requests=2, repeats=1,
+                        where="client", results_dir=tmp_path, progress=False, plots=False, native_bench=False,
+                        say=lambda _l: None)
     assert planned.meta.context == dep.plan.context
     dep.served_context = dep.plan.context // 2
     state.save(dep)
-    served = bench.run(bench_deployment.name, workload="32/16", concurrency=[1], requests=2, where="client",
-                       results_dir=tmp_path, progress=False, plots=False, native_bench=False, say=lambda _l: None)
+    served = bench.run(bench_deployment.name, workload="32/16", concurrency=[1], requests=2, repeats=1,
+                       where="client", results_dir=tmp_path, progress=False, plots=False, native_bench=False,
+                       say=lambda _l: None)
     assert served.meta.context == dep.plan.context // 2

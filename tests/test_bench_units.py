@@ -1,5 +1,6 @@
-"""Benchmark pieces that need no server: workloads, metrics, roofline arithmetic, parsers, the load generator's
-portability and its SSE accounting."""
+"""Benchmark pieces that need no server: workloads, metrics (the chunk/token rule, repeats and their spread), the
+server as witness (a miscounted run caught), the knee of a sweep, roofline and prediction arithmetic, parsers, the
+load generator's portability, its SSE accounting, its worker processes and its time bound."""
 
 from __future__ import annotations
 
@@ -13,10 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from mistral_lab.bench import loadgen, metrics, native, roofline, workloads
+from mistral_lab.bench import loadgen, metrics, native, peers, roofline, saturation, witness, workloads
 from mistral_lab.bench.runner import sweep_levels
 from mistral_lab.errors import BadInput
-from mistral_lab.planning import PlanRequest, resolve
+from mistral_lab.planning import PlanRequest, predict, resolve
 
 LOADGEN = Path(loadgen.__file__)
 
@@ -34,15 +35,77 @@ def test_the_load_generator_is_python_3_8_and_standard_library_only():
 
 
 def test_ttft_counts_the_first_chunk_with_text_not_the_role_delta():
-    rec = {"content_times": [], "chars": 0, "usage": None, "timings": None, "finish_reason": None, "error": None}
+    rec = {"content_times": [], "usage": None, "timings": None, "finish_reason": None, "error": None}
     loadgen._event({"choices": [{"delta": {"role": "assistant", "content": None}}]}, 1.0, rec)
     loadgen._event({"choices": [{"delta": {"content": ""}}]}, 1.5, rec)
     assert rec["content_times"] == []
     loadgen._event({"choices": [{"delta": {"reasoning_content": "hm"}}]}, 2.0, rec)
     loadgen._event({"choices": [{"delta": {"content": "Hi"}, "finish_reason": "length"}]}, 2.5, rec)
     loadgen._event({"choices": [], "usage": {"prompt_tokens": 5, "completion_tokens": 2}}, 2.6, rec)
-    assert rec["content_times"] == [2.0, 2.5] and rec["chars"] == 4
+    assert rec["content_times"] == [2.0, 2.5]
     assert rec["finish_reason"] == "length" and rec["usage"]["completion_tokens"] == 2
+
+
+@pytest.mark.parametrize("event", [
+    {"choices": [{"finish_reason": None, "index": 0, "delta": {"content": " dan"}}], "object": "chunk"},  # llama.cpp
+    {"id": "x", "choices": [{"index": 0, "delta": {"content": "\"q\""}, "finish_reason": None}]},  # escaped quote
+    {"choices": [{"delta": {"reasoning_content": "hm"}}]},
+    {"choices": [{"delta": {"role": "assistant", "content": None}}]},
+    {"choices": [{"delta": {"content": ""}}]},
+    {"choices": [{"delta": {"content": "end"}, "finish_reason": "length"}]},  # vLLM: last token with its reason
+    {"choices": [], "usage": {"prompt_tokens": 5, "completion_tokens": 2}},
+    {"choices": [{"delta": {"tool_calls": [{"index": 0, "function": {"arguments": "{"}}]}}]},
+])
+@pytest.mark.parametrize("separators", [(",", ":"), (", ", ": ")])
+def test_the_byte_level_fast_path_agrees_with_the_full_parse(event, separators):
+    # The fast path may only take events the full parse would count as text and nothing more; anything else
+    # (a finish reason, usage, a server that writes spaces) must fall through to the full parse.
+    payload = json.dumps(event, separators=separators).encode()
+    full = {"content_times": [], "usage": None, "timings": None, "finish_reason": None, "error": None}
+    loadgen._event(event, 1.0, full)
+    if loadgen._text_only(payload):
+        assert full["content_times"] == [1.0] and full["finish_reason"] is None and full["usage"] is None
+    # Through the response parser, a chunked body of that event alone gives the same record either way.
+    rec = loadgen._record()
+    done = _Future()
+    r = loadgen.Response(rec, done)
+    body = b"data: " + payload + b"\n\ndata: [DONE]\n\n"
+    r.feed(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n", 0.5)
+    r.feed(b"%x\r\n%s\r\n0\r\n\r\n" % (len(body), body), 1.0)
+    assert done.value is True and rec["content_times"] == full["content_times"]
+    assert rec["finish_reason"] == full["finish_reason"] and rec["usage"] == full["usage"]
+
+
+class _Future:
+    """Stands in for the asyncio future a Response resolves (no event loop needed to parse bytes)."""
+
+    value = None
+
+    def done(self) -> bool:
+        return self.value is not None
+
+    def set_result(self, value: bool) -> None:
+        self.value = value
+
+    def set_exception(self, e: BaseException) -> None:
+        raise e
+
+
+def test_a_response_split_at_every_byte_parses_the_same():
+    # Chunk framing, event lines and headers cut anywhere by the network: the parser keeps what it has not used.
+    events = [{"choices": [{"delta": {"content": w}}]} for w in ("a", "b", "c")]
+    events.append({"choices": [], "usage": {"prompt_tokens": 4, "completion_tokens": 3}})
+    body = b"".join(b"data: " + json.dumps(e).encode() + b"\n\n" for e in events) + b"data: [DONE]\n\n"
+    raw = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+    for k in range(0, len(body), 7):  # several chunks of 7 bytes each, cutting events apart
+        piece = body[k:k + 7]
+        raw += b"%x\r\n%s\r\n" % (len(piece), piece)
+    raw += b"0\r\n\r\n"
+    rec, done = loadgen._record(), _Future()
+    r = loadgen.Response(rec, done)
+    for i in range(len(raw)):
+        r.feed(raw[i:i + 1], float(i))
+    assert done.value is True and len(rec["content_times"]) == 3 and rec["usage"]["completion_tokens"] == 3
 
 
 def test_synthetic_prompts_differ_per_request_but_keep_their_words():
@@ -234,6 +297,8 @@ def test_a_kept_alive_connection_closed_under_us_is_retried_on_a_new_one(tmp_pat
     (["bench", "some-name", "--concurrency", "1", "--rate", "1"], "rate", "drop --concurrency or --rate"),
     (["bench", "some-name", "--duration", "0"], "duration_s", "duration_s=60"),
     (["bench", "some-name", "--where", "moon"], "where", "host"),
+    (["bench", "some-name", "--repeats", "0"], "repeats", "3 gives a spread"),
+    (["bench", "some-name", "--peers", "locust"], "peers", "vllm, guidellm"),
     (["bench", "compare"], "RUN", "bench compare RUN"),
     (["bench", "compare", "no-such-run"], "run", "DEPLOYMENT/RUN-ID"),
 ])
@@ -288,3 +353,345 @@ def test_points_order_by_their_load_level():
         return metrics.summarize({"point": 0, "workload": "w", "duration_s": 1.0, **load}, [])
 
     assert [p.level for p in (at(concurrency=4), at(rate=0.5), at())] == [4, 0.5, 0.0]
+
+
+# ---- the chunk/token rule --------------------------------------------------------------------------------------
+
+
+def _stream(i: int, tokens: int, chunks: int, gap: float = 0.01, point: int = 0) -> dict:
+    """A completed request of `tokens` output tokens streamed in `chunks` chunks `gap` seconds apart."""
+    return {"type": "request", "point": point, "i": i, "warmup": False, "error": None, "ttft_s": 0.1,
+            "e2e_s": 0.1 + gap * (chunks - 1), "completion_tokens": tokens, "prompt_tokens": 100,
+            "max_tokens": tokens, "itl_s": [gap] * (chunks - 1), "chunks": chunks}
+
+
+def test_itl_comes_from_streams_with_a_chunk_per_token_and_tpot_otherwise():
+    head = {"type": "point", "point": 0, "workload": "w", "concurrency": 1, "duration_s": 10.0}
+    # llama.cpp: ~113 chunks per 128 tokens (multi-byte characters merged): 0.88 < 0.9, not per-token gaps.
+    merged = metrics.summarize(head, [_stream(i, 128, 113) for i in range(4)])
+    assert merged.chunks_per_token == pytest.approx(113 / 128)
+    assert merged.itl_s is None and "not measurable" in merged.itl_note and "TPOT" in merged.itl_note
+    assert merged.tpot_s is not None and merged.tpot_s.p50 == pytest.approx(0.01 * 112 / 127)
+    # One chunk per token: the gaps are token gaps.
+    exact = metrics.summarize(head, [_stream(i, 128, 128) for i in range(4)])
+    assert exact.chunks_per_token == 1.0 and exact.itl_note is None and exact.itl_s.p50 == pytest.approx(0.01)
+    # 0.9 exactly still counts as a token stream.
+    edge = metrics.summarize(head, [_stream(i, 100, 90) for i in range(4)])
+    assert edge.itl_s is not None
+    # Chunks read in bursts (gaps of zero): their gaps time our reads, not the server's tokens.
+    bursty = [_stream(i, 64, 64) for i in range(4)]
+    for r in bursty:
+        r["itl_s"] = [0.0, 0.0, 0.02] * 21
+    b = metrics.summarize(head, bursty)
+    assert b.itl_s is None and "together" in b.itl_note
+    # A client reading every 2 ms cannot resolve 1 ms gaps.
+    coarse = metrics.summarize({**head, "read_window_s": 0.002}, [_stream(i, 64, 64, gap=0.001) for i in range(4)])
+    assert coarse.itl_s is not None and "read window" in coarse.itl_note
+
+
+# ---- repeats and their spread ----------------------------------------------------------------------------------
+
+
+def test_a_level_pools_its_repeats_and_reports_their_spread():
+    heads, recs = [], []
+    rates = [100.0, 110.0, 90.0]  # output tokens/s of three repeats of one level
+    for k, rate in enumerate(rates):
+        heads.append({"type": "point", "point": k, "workload": "w", "concurrency": 2, "repeat": k,
+                      "duration_s": 100 / rate, "cpu_s": 0.1 * (k + 1)})
+        recs += [_stream(10 * k + i, 10, 10, point=k) for i in range(10)]  # 100 tokens per repeat
+    heads.append({"type": "point", "point": 3, "workload": "w", "concurrency": 4, "repeat": 0, "duration_s": 1.0})
+    recs.append(_stream(99, 10, 10, point=3))
+    pts = metrics.summarize_all(heads + recs)
+    (two, four) = metrics.levels(pts, recs, heads=heads)
+    assert (two.concurrency, two.repeats, two.requests) == (2, 3, 30) and (four.repeats, four.requests) == (1, 1)
+    s = two.spread["output_tokens_per_s"]
+    assert s.n == 3 and s.mean == pytest.approx(100.0) and s.stdev == pytest.approx(10.0)
+    assert (s.min, s.max) == (pytest.approx(90.0), pytest.approx(110.0)) and s.rel == pytest.approx(0.1)
+    # The level's own figures pool the requests: 300 tokens over the three spans added up.
+    assert two.output_tokens_per_s == pytest.approx(300 / sum(h["duration_s"] for h in heads[:3]))
+    assert two.client_cpu_ms_per_1k_tokens == pytest.approx(0.6 / 300 * 1e6)
+    assert four.spread["output_tokens_per_s"].stdev == 0.0
+
+
+# ---- the server as witness -------------------------------------------------------------------------------------
+
+LLAMACPP_METRICS = """# HELP llamacpp:prompt_tokens_total Number of prompt tokens processed, excluding cached tokens
+# TYPE llamacpp:prompt_tokens_total counter
+llamacpp:prompt_tokens_total {prompt}
+llamacpp:prompt_tokens_cached_total {cached}
+llamacpp:tokens_predicted_total {predicted}
+llamacpp:tokens_predicted_seconds_total {seconds}
+llamacpp:requests_processing 0
+"""
+
+VLLM_METRICS = """# TYPE vllm:generation_tokens_total counter
+vllm:generation_tokens_total{{engine="0",model_name="m"}} {gen}
+vllm:prompt_tokens_total{{engine="0",model_name="m"}} {prompt}
+vllm:request_success_total{{engine="0",finished_reason="length",model_name="m"}} {done}
+vllm:request_success_total{{engine="0",finished_reason="stop",model_name="m"}} 0.0
+vllm:time_to_first_token_seconds_bucket{{engine="0",le="0.1",model_name="m"}} {done}
+vllm:time_to_first_token_seconds_sum{{engine="0",model_name="m"}} {ttft_sum}
+vllm:time_to_first_token_seconds_count{{engine="0",model_name="m"}} {done}
+vllm:request_time_per_output_token_seconds_sum{{engine="0",model_name="m"}} {tpot_sum}
+vllm:request_time_per_output_token_seconds_count{{engine="0",model_name="m"}} {done}
+vllm:num_requests_running{{engine="0",model_name="m"}} 0.0
+"""
+
+
+def test_prometheus_text_is_read_into_summed_series():
+    doc = loadgen.parse_metrics(VLLM_METRICS.format(gen=1000, prompt=500, done=8, ttft_sum=0.8, tpot_sum=0.08))
+    assert doc["vllm:generation_tokens_total"] == 1000 and doc["vllm:request_success_total"] == 8  # labels summed
+    assert doc["vllm:time_to_first_token_seconds_bucket{le=0.1}"] == 8
+    assert "vllm:num_requests_running" not in doc  # not a series the witness reads
+    llama = loadgen.parse_metrics(LLAMACPP_METRICS.format(prompt=1, cached=2, predicted=3, seconds=0.5))
+    assert llama["llamacpp:tokens_predicted_seconds_total"] == 0.5 and llama["llamacpp:prompt_tokens_cached_total"] == 2
+
+
+def _llama_point(recs: list[dict], predicted: float, prompt: float, seconds: float, cached: float = 0.0) -> dict:
+    before = loadgen.parse_metrics(LLAMACPP_METRICS.format(prompt=1000, cached=0, predicted=5000, seconds=10.0))
+    after = loadgen.parse_metrics(LLAMACPP_METRICS.format(prompt=1000 + prompt, cached=cached, predicted=5000 + predicted,
+                                                          seconds=10.0 + seconds))
+    return {"type": "point", "point": 0, "workload": "w", "concurrency": 1, "duration_s": 10.0,
+            "server_before": before, "server_after": after}
+
+
+def test_the_server_cross_check_agrees_with_an_honest_run_and_catches_a_miscounted_one():
+    recs = [_stream(i, 128, 128) for i in range(8)]  # 8 x 128 tokens, 127 steps of 10 ms each
+    honest = metrics.summarize(_llama_point(recs, predicted=1024, prompt=800, seconds=8 * 1.27), recs)
+    w = honest.witness
+    assert w is not None and w.engine == "llamacpp" and not w.flagged, w.summary()
+    assert {c.quantity: c.gap for c in w.checks} == {"output tokens": 0.0, "prompt tokens": 0.0,
+                                                     "decode tok/s per stream": pytest.approx(0.0)}
+    # Deliberately miscounted: the server generated tokens for 10 requests, our records hold 8 (a worker's records
+    # lost, or warm-up requests inside the window): the witness names the gap.
+    short = metrics.summarize(_llama_point(recs, predicted=1280, prompt=1000, seconds=10 * 1.27), recs)
+    flagged = {c.quantity for c in short.witness.flagged}
+    assert flagged == {"output tokens", "prompt tokens"}
+    assert short.witness.checks[0].gap == pytest.approx(-0.2) and "-20.0%" in short.witness.summary()
+    # Prompts served from the prefix cache are counted, and said.
+    cached = metrics.summarize(_llama_point(recs, predicted=1024, prompt=400, cached=400, seconds=8 * 1.27), recs)
+    assert not cached.witness.flagged and "prefix cache" in cached.witness.notes[0]
+    # A server without /metrics: no witness, nothing invented.
+    assert metrics.summarize({"point": 0, "workload": "w", "duration_s": 1.0}, recs).witness is None
+
+
+def test_vllm_counters_check_requests_tokens_and_mean_latencies():
+    recs = [_stream(i, 32, 32) for i in range(4)]  # TTFT 0.1 s, TPOT 10 ms
+    before = loadgen.parse_metrics(VLLM_METRICS.format(gen=0, prompt=0, done=0, ttft_sum=0, tpot_sum=0))
+    after = loadgen.parse_metrics(VLLM_METRICS.format(gen=128, prompt=400, done=4, ttft_sum=0.38, tpot_sum=0.04))
+    w = witness.check({"server_before": before, "server_after": after}, recs)
+    gaps = {c.quantity: c.gap for c in w.checks}
+    assert gaps["requests"] == 0 and gaps["output tokens"] == 0 and gaps["prompt tokens"] == 0
+    assert gaps["TPOT mean (s)"] == pytest.approx(0.0) and gaps["TTFT mean (s)"] == pytest.approx(0.1 / 0.095 - 1)
+    assert [c.quantity for c in w.flagged] == ["TTFT mean (s)"]  # 5.3% longer: ours includes the HTTP round trip
+    merged = witness.merge([w, w])
+    assert merged.checks[1].ours == 256 and merged.checks[3].ours == pytest.approx(0.1)  # counts add, means average
+
+
+# ---- the knee of a sweep ---------------------------------------------------------------------------------------
+
+
+def _level(c: float, tps: float, *, rate: bool = False, good: float = 1.0, rel: float = 0.0,
+           served: float | None = None) -> metrics.Level:
+    p = metrics.summarize({"point": 0, "workload": "w", **({"rate": c} if rate else {"concurrency": int(c)}),
+                           "duration_s": 1.0}, [_stream(0, 10, 10)])
+    sp = metrics.Spread(n=3, mean=tps, stdev=tps * rel, min=tps, max=tps)
+    return metrics.Level(**{**p.model_dump(exclude={"witness"}), "output_tokens_per_s": tps, "goodput_share": good,
+                            "request_per_s": served if served is not None else c, "spread": {"output_tokens_per_s": sp}})
+
+
+def test_a_sweep_stops_at_the_knee_and_names_it():
+    rising = [_level(1, 100), _level(2, 190), _level(4, 350)]
+    assert saturation.knee(rising) is None
+    k = saturation.knee([*rising, _level(8, 360)])
+    assert (k.load, k.value, k.past) == ("c=4", 4, "c=8") and "no longer rising" in k.reason
+    # Noisy repeats raise the bar: a 15% gain inside a 10% repeat-to-repeat noise is not a rise.
+    noisy = saturation.knee([_level(1, 100, rel=0.1), _level(2, 115, rel=0.1)])
+    assert noisy is not None and noisy.load == "c=1" and "under 20%" in noisy.reason
+    # Latency past the SLO: the level before is the knee.
+    slo = metrics.SLO(ttft_s=0.5)
+    k = saturation.knee([_level(1, 100), _level(2, 190, good=0.7)], slo)
+    assert k.load == "c=1" and "missed the SLO" in k.reason
+    first = saturation.knee([_level(1, 100, good=0.5)], slo)
+    assert first.load is None and "already at c=1" in first.reason
+    # A rate the server cannot keep up with.
+    k = saturation.knee([_level(1.0, 100, rate=True), _level(4.0, 200, rate=True, served=3.0)])
+    assert k.load == "1 req/s" and "served 3.00 of 4 req/s" in k.reason
+
+
+# ---- prediction beside measurement ------------------------------------------------------------------------------
+
+
+def test_the_plan_predicts_decode_throughput_and_cost_from_the_roofline_and_an_efficiency_factor():
+    from mistral_lab.catalog import get_model
+
+    plan = resolve(PlanRequest(model="ministral-8b", engine="llamacpp", quant="Q4_K_M", gpu="h100",
+                               target="digitalocean", context=32768, concurrency=8))
+    model = get_model("ministral-8b")
+    p = predict.predict(model, plan, context_tokens=0)
+    line = roofline.decode_roofline(model, plan, 0)
+    factor = predict.factor_for("llamacpp", "nvidia")
+    assert p.hw_class == "nvidia" and p.efficiency == factor.factor and "llama.cpp" in p.efficiency_source
+    assert p.roofline_tokens_per_s == pytest.approx(line.max_tokens_per_s)
+    assert p.decode_tokens_per_s == pytest.approx(line.max_tokens_per_s * factor.factor)
+    # No KV at context 0: eight streams read the weights once per step, eight times the tokens.
+    assert p.throughput_tokens_per_s == pytest.approx(8 * p.decode_tokens_per_s) and not p.compute_bound
+    assert p.usd_per_mtok == pytest.approx(plan.hourly_usd / 3600 / p.throughput_tokens_per_s * 1e6)
+    deep = predict.predict(model, plan, context_tokens=32768)
+    assert deep.kv_gb_per_sequence > 4 and deep.throughput_tokens_per_s < 8 * deep.decode_tokens_per_s
+    # A CPU plan has no bandwidth on record: no prediction unless one is given.
+    cpu = plan.model_copy(update={"gpu": "cpu", "gpu_name": "CPU (25 GB RAM)", "gpu_vendor": "cpu"})
+    assert predict.predict(model, cpu) is None
+    given = predict.predict(model, cpu, bandwidth_gbs=20.0, concurrency=1)
+    assert given.hw_class == "cpu" and given.decode_tokens_per_s == pytest.approx(given.throughput_tokens_per_s)
+    # Fitted factors replace the built-in ones.
+    mine = [predict.Efficiency("llamacpp", "nvidia", 0.5, "fitted", 3)]
+    assert predict.predict(model, plan, factors=mine).efficiency == 0.5
+    assert predict.factor_for("vllm", "tpu").factor == 1.0  # unknown: the roofline itself, said so
+
+
+def test_efficiency_factors_are_refitted_from_saved_runs(tmp_path, monkeypatch):
+    from mistral_lab.bench import efficiency, results
+
+    monkeypatch.setenv("MISTRAL_LAB_HOME", str(tmp_path))
+    plan = resolve(PlanRequest(model="ministral-8b", engine="llamacpp", quant="Q4_K_M", gpu="h100",
+                               target="digitalocean"))
+    from mistral_lab.catalog import get_model
+
+    line = roofline.decode_roofline(get_model("ministral-8b"), plan, 100)
+    for i, share in enumerate((0.5, 0.6, 0.7)):
+        run = _saved_run("gpu", f"2026010{i + 1}-000000-host", [])
+        run.meta.plan = plan.model_dump(mode="json")
+        run.roofline = [results.RooflineRow(workload="long", concurrency=1, roofline=line,
+                                            achieved_tokens_per_s=share * line.max_tokens_per_s, achieved_pct=None)]
+        results.save(run, results.root() / "gpu" / run.meta.run_id)
+    (fit,) = efficiency.fit([results.load(p) for p in results.list_runs()])
+    assert (fit.engine, fit.hw_class, fit.runs) == ("llamacpp", "nvidia", 3) and fit.factor == pytest.approx(0.6)
+    now = efficiency.current()
+    assert predict.factor_for("llamacpp", "nvidia", now).factor == pytest.approx(0.6)
+    assert predict.factor_for("vllm", "nvidia", now) == predict.factor_for("vllm", "nvidia")  # built-in kept
+
+
+# ---- the spec, peers ------------------------------------------------------------------------------------------
+
+
+def test_the_spec_fills_time_bounded_repeated_defaults():
+    from mistral_lab.bench.spec import DEFAULT_DURATION_S, DEFAULT_REPEATS, MAX_REQUESTS_PER_POINT, BenchSpec
+
+    base = {"where": None, "api_key": None, "key_env": None, "workload": "128/128", "concurrency": None, "rate": None,
+            "requests": None, "duration_s": DEFAULT_DURATION_S, "repeats": DEFAULT_REPEATS, "slo": None,
+            "peers": None, "peer_tools": None, "results_dir": None, "read_window_s": 0.0, "workers": None}
+    spec = BenchSpec.build("dep", **base)
+    assert 20 <= spec.duration_s <= 30 and spec.repeats >= 3 and spec.request_cap == MAX_REQUESTS_PER_POINT
+    assert spec.where == "host" and spec.stop_at_knee and spec.loads(6) == [1, 2, 4, 6]
+    url = BenchSpec.build(None, **{**base, "base_url": "http://x/v1", "rate": [0.5, 1]})
+    assert url.where == "client" and url.mode == "rate" and url.loads(4) == [0.5, 1.0]
+    with pytest.raises(BadInput) as e:
+        BenchSpec.build(None, **base)
+    assert e.value.field == "deployment"
+    with pytest.raises(BadInput) as e:
+        BenchSpec.build("dep", **{**base, "read_window_s": -1})
+    assert e.value.field == "read_window_s"
+
+
+def test_peers_run_with_our_prompts_duration_and_warm_up():
+    argv = peers.vllm_peer_argv("/v/bin/python", base_url="http://127.0.0.1:8000", model="m", tokenizer="/models/m",
+                           dataset="/r/p.jsonl", num_prompts=40, output_tokens=128, concurrency=4, rate=None,
+                           warmups=4, seed=0, result_dir="/r", result_file="v.json")
+    joined = " ".join(argv[3:])
+    for flag in ("--dataset-name custom", "--dataset-path /r/p.jsonl", "--skip-chat-template", "--num-prompts 40",
+                 "--custom-output-len 128", "--num-warmups 4", "--ignore-eos", "--max-concurrency 4",
+                 "--request-rate inf", "--backend openai-chat"):
+        assert flag in joined
+    assert argv[:2] == ["/v/bin/python", "-c"] and "vllm.benchmarks.serve" in argv[2]
+    rate = " ".join(peers.vllm_peer_argv("p", base_url="u", model="m", tokenizer="t", dataset="d", num_prompts=8,
+                                    output_tokens=8, concurrency=None, rate=2.0, warmups=1, seed=0, result_dir="r",
+                                    result_file="f"))
+    assert "--request-rate 2" in rate and "--max-concurrency" not in rate
+    g = peers.guidellm_argv("/g/bin/guidellm", base_url="http://h:1", api_key="sk-secret", model="m", tokenizer="/t",
+                            dataset="/d.jsonl", duration_s=25, concurrency=4, rate=None, warmup_s=1.5, out_path="/o.json")
+    joined = " ".join(g)
+    assert "kind=max_duration,seconds=25" in joined and "kind=concurrent,streams=4,warmup=1.5" in joined
+    assert "kind=json_file,path=/d.jsonl" in joined and "api_key=sk-secret" in joined
+    saved = peers.redacted(g, "sk-secret")  # what the run keeps: no key
+    assert "sk-secret" not in saved and "api_key=***" in saved
+    assert "<vllm bench serve script>" in peers.redacted(argv, None)
+    lines = peers.prompts_jsonl(["a b", "b a"], 16).splitlines()
+    assert [json.loads(x) for x in lines] == [{"prompt": "a b", "output_tokens": 16}, {"prompt": "b a", "output_tokens": 16}]
+    fig = peers.parse_vllm({"completed": 10, "duration": 5.0, "total_output_tokens": 1280, "output_throughput": 256.0,
+                            "request_throughput": 2.0, "median_ttft_ms": 40.0, "median_tpot_ms": 5.0})
+    assert fig["ttft_p50_s"] == 0.04 and fig["output_tokens"] == 1280 and fig["itl_p50_s"] is None
+
+
+# ---- the load generator: time-bounded points, worker processes, coarse reads -------------------------------------
+
+
+class _SlowStream(socketserver.BaseRequestHandler):
+    """Answers every request on a kept-alive connection with 8 tokens, 5 ms apart, and llama-style metrics."""
+
+    served = 0
+
+    def handle(self) -> None:
+        import time as _t
+
+        f = self.request.makefile("rb")
+        while True:
+            line = f.readline()
+            if not line:
+                return
+            path = line.split()[1] if len(line.split()) > 1 else b""
+            length = 0
+            while (h := f.readline()) not in (b"\r\n", b""):
+                if h.lower().startswith(b"content-length:"):
+                    length = int(h.split(b":")[1])
+            f.read(length)
+            if path.endswith(b"/metrics"):
+                text = LLAMACPP_METRICS.format(prompt=0, cached=0, predicted=_SlowStream.served * 8, seconds=0).encode()
+                self.request.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(text), text))
+                continue
+            self.request.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n")
+            for w in range(8):
+                e = b"data: " + json.dumps({"choices": [{"delta": {"content": f"t{w}"}}]}).encode() + b"\n\n"
+                self.request.sendall(b"%x\r\n%s\r\n" % (len(e), e))
+                _t.sleep(0.005)
+            _SlowStream.served += 1
+            e = b"data: " + json.dumps({"choices": [], "usage": {"prompt_tokens": 4, "completion_tokens": 8}}).encode()
+            e += b"\n\ndata: [DONE]\n\n"
+            self.request.sendall(b"%x\r\n%s\r\n0\r\n\r\n" % (len(e), e))
+
+
+@pytest.mark.parametrize(("workers", "window"), [(1, 0.0), (2, 0.0), (2, 0.004)])
+def test_points_are_bounded_by_time_and_split_over_workers(tmp_path, workers, window):
+    server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), _SlowStream)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        spec = {"model": "m", "base_url": url + "/v1", "metrics_url": url + "/metrics", "workers": workers,
+                "read_window_s": window, "workloads": {"w": {"kind": "chat", "prompts": ["hi"], "max_tokens": 8}},
+                "points": [{"index": 0, "workload": "w", "concurrency": 4, "max_requests": 100000,
+                            "max_duration_s": 1.0, "warmup": 4},
+                           {"index": 1, "workload": "w", "concurrency": 2, "max_requests": 3,
+                            "max_duration_s": 30.0, "warmup": 0}], "max_total_s": 120}
+        out = tmp_path / "records.jsonl"
+        assert loadgen.run(spec, str(out), None) is None
+    finally:
+        server.shutdown()
+        server.server_close()
+    docs = [json.loads(line) for line in out.read_text().splitlines()]
+    timed, capped = (d for d in docs if d["type"] == "point")
+    recs = [d for d in docs if d["type"] == "request" and not d["warmup"] and d["point"] == 0]
+    # The clock, not a count, ended the first point; every request started inside it, none was lost.
+    assert timed["stopped_by"] == "duration" and timed["workers"] == workers and len(timed["worker_cpu_s"]) == workers
+    assert recs and all(r["error"] is None and r["chunks"] == 8 for r in recs)
+    assert max(r["t_start_s"] for r in recs) < 1.0 and timed["requests"] == len(recs)
+    ids = [r["i"] for r in recs]
+    assert len(set(ids)) == len(ids)  # each request index (so each prompt) once, over all workers
+    # Warm-up requests came before the clock: none of them is inside the point's window.
+    assert len([d for d in docs if d["type"] == "request" and d["warmup"] and d["point"] == 0]) == 4
+    assert timed["cpu_s"] == pytest.approx(sum(timed["worker_cpu_s"]) + timed["coordinator_cpu_s"], abs=1e-5)
+    # The server's counters were read around the point: exactly our requests' tokens in between.
+    served = timed["server_after"]["llamacpp:tokens_predicted_total"] - timed["server_before"]["llamacpp:tokens_predicted_total"]
+    assert served == 8 * len(recs)
+    # The cap still stops a point when it comes first.
+    assert capped["stopped_by"] == "count" and capped["requests"] == 3

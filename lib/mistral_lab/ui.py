@@ -422,25 +422,35 @@ class ChatPanel:
 
 
 def merged_run(runs: list[Any]) -> Any:
-    """One Run holding the points of several one-level runs (a sweep run level by level), for one plot."""
-    points = [p.model_copy(update={"index": i}) for i, p in enumerate(pt for r in runs for pt in r.points)]
+    """One Run holding the levels of several one-level runs (a sweep run level by level), for one plot: its
+    `points` are the levels too, one per load level, each pooled over its repeats."""
+    levels = [lv.model_copy(update={"index": i}) for i, lv in enumerate(lv for r in runs for lv in r.levels)]
     loads = [x for r in runs for x in r.meta.loads]
-    return runs[0].model_copy(update={"points": points, "meta": runs[0].meta.model_copy(update={"loads": loads})})
+    return runs[0].model_copy(update={"points": levels, "levels": levels,
+                                      "meta": runs[0].meta.model_copy(update={"loads": loads})})
 
 
-def points_table_html(points: list[Any]) -> str:
-    """The sweep's summary: one row per load level, as the bench report's table reads."""
+def points_table_html(levels: list[Any]) -> str:
+    """The sweep's summary: one row per load level, as the bench report's table reads (± the standard deviation
+    over repeats; the server column says whether its own counters agree with ours)."""
     def ms(d: Any, q: str = "p50") -> str:
         return f"{getattr(d, q) * 1000:.0f}" if d is not None else "–"
 
-    head = ("load", "requests", "errors", "output tok/s", "req/s", "TTFT p50 ms", "TTFT p90 ms", "TPOT p50 ms",
-            "e2e p90 s")
+    def pm(lv: Any, key: str, scale: float = 1.0) -> str:
+        sp = getattr(lv, "spread", {}).get(key)
+        return f" ±{sp.stdev * scale:.1f}" if sp is not None and sp.n > 1 else ""
+
+    head = ("load", "repeats", "requests", "errors", "output tok/s", "req/s", "TTFT p50 ms", "TTFT p90 ms",
+            "TPOT p50 ms", "e2e p90 s", "server")
     rows = []
-    for p in points:
+    for p in levels:
         load = f"c={p.concurrency}" if p.concurrency is not None else f"{p.rate:g}/s"
         e2e = f"{p.e2e_s.p90:.2f}" if p.e2e_s is not None else "–"
-        cells = (f"{html.escape(p.workload)} {load}", str(p.requests), str(p.errors), f"{p.output_tokens_per_s:.1f}",
-                 f"{p.request_per_s:.2f}", ms(p.ttft_s), ms(p.ttft_s, "p90"), ms(p.tpot_s), e2e)
+        w = p.witness
+        server = "–" if w is None else ("agrees" if not w.flagged else html.escape(w.summary()))
+        cells = (f"{html.escape(p.workload)} {load}", str(getattr(p, "repeats", 1)), str(p.requests), str(p.errors),
+                 f"{p.output_tokens_per_s:.1f}{pm(p, 'output_tokens_per_s')}", f"{p.request_per_s:.2f}",
+                 ms(p.ttft_s) + pm(p, "ttft_p50_s", 1000), ms(p.ttft_s, "p90"), ms(p.tpot_s), e2e, server)
         rows.append("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
     return ('<table class="ml-bench-table"><tr>' + "".join(f"<th>{h}</th>" for h in head) + "</tr>"
             + "".join(rows) + "</table>")
@@ -455,20 +465,23 @@ def figure_png(fig: Any) -> bytes:
 
 
 class BenchmarkPanel:
-    """Start a concurrency sweep; the throughput/latency plot and the table fill in after each level.
+    """Start a concurrency sweep; the throughput/latency plot and the table fill in after each level, and the sweep
+    stops at its knee (throughput no longer rising, or latency past the SLO).
 
-    `bench.run` reports once a run ends, so the sweep is run one level at a time (each saved as its own run);
-    `target` is passed to it as is (e.g. base_url=..., api_key=..., where="client" for an endpoint of no deployment).
+    `bench.run` reports once a run ends, so the sweep is run one level at a time (each saved as its own run, with
+    its repeats); `target` is passed to it as is (e.g. base_url=..., api_key=..., where="client" for an endpoint of
+    no deployment).
     """
 
     def __init__(self, deployment: str | None = None, *, workload: str = "128/128", max_concurrency: int = 4,
-                 duration_s: float = 20.0, **target: Any):
+                 duration_s: float = 25.0, repeats: int = 3, **target: Any):
         import ipywidgets as w
 
         self.deployment, self.target = deployment, target
         self.workload = w.Text(value=workload, description="workload")
         self.max_concurrency = w.BoundedIntText(value=max_concurrency, min=1, max=1024, description="up to c=")
-        self.duration = w.BoundedFloatText(value=duration_s, min=1, max=3600, description="s per level")
+        self.duration = w.BoundedFloatText(value=duration_s, min=1, max=3600, description="s per point")
+        self.repeats = w.BoundedIntText(value=repeats, min=1, max=20, description="repeats")
         self.start = w.Button(description="Start sweep", button_style="primary", icon="play")
         self.start.add_class("ml-bench-start")
         self.status = w.HTML()
@@ -477,9 +490,10 @@ class BenchmarkPanel:
         self.table.add_class("ml-bench-summary")
         self.log = w.Textarea(layout=w.Layout(width="100%", height="120px"), disabled=True)
         self.runs: list[Any] = []
+        self.knee: Any = None
         self.done = threading.Event()
         self.start.on_click(lambda _b: self._begin())
-        self.widget = w.VBox([w.HBox([self.workload, self.max_concurrency, self.duration]),
+        self.widget = w.VBox([w.HBox([self.workload, self.max_concurrency, self.duration, self.repeats]),
                               w.HBox([self.start, self.status]), self.plot, self.table, self.log])
         self.widget.add_class("ml-bench-panel")
 
@@ -490,24 +504,31 @@ class BenchmarkPanel:
         self.start.disabled = True
         self.done.clear()
         self.runs = []
+        self.knee = None
         threading.Thread(target=self._sweep, daemon=True).start()
 
     def _sweep(self) -> None:
         from mistral_lab import bench
-        from mistral_lab.bench import plots
+        from mistral_lab.bench import plots, saturation
 
         try:
             levels = bench.sweep_levels(self.max_concurrency.value)
             for i, c in enumerate(levels, 1):
                 self.status.value = f"level {i}/{len(levels)}: c={c}…"
                 run = bench.run(self.deployment, workload=self.workload.value, concurrency=[c],
-                                duration_s=self.duration.value, native_bench=False, plots=False, progress=False,
-                                say=self._say, **self.target)
+                                duration_s=self.duration.value, repeats=self.repeats.value, native_bench=False,
+                                plots=False, progress=False, say=self._say, **self.target)
                 self.runs.append(run)
                 merged = merged_run(self.runs)
                 self.plot.value = figure_png(plots.throughput_latency(merged))
-                self.table.value = points_table_html(merged.points)
-            self.status.value = f"done: {len(levels)} levels, saved as {', '.join(r.ref for r in self.runs)}"
+                self.table.value = points_table_html(merged.levels)
+                self.knee = saturation.knee(merged.levels, bench.SLO(**run.meta.slo)) if len(self.runs) > 1 else None
+                if self.knee is not None:
+                    break
+            knee = (f"; knee at {html.escape(self.knee.load or 'the lowest level')} ({html.escape(self.knee.reason)})"
+                    if self.knee is not None else "")
+            self.status.value = (f"done: {len(self.runs)} levels, saved as {', '.join(r.ref for r in self.runs)}"
+                                 + knee)
         except Exception as e:  # noqa: BLE001  (shown to the user in the panel)
             self._say(f"✘ {e}")
             self.status.value = error_html(e)

@@ -2,12 +2,19 @@
 
 Definitions (those of `vllm bench serve`, so figures compare with it):
 - TTFT: from sending the request to the first chunk carrying generated text (not the empty role delta).
-- ITL: gaps between consecutive chunks carrying text, pooled over all requests of the point.
+- ITL: gaps between consecutive chunks carrying text, pooled over all requests of the point, and only where the
+  stream has at least 0.9 chunk per output token: a server that merges tokens into chunks (vLLM under load, a
+  multi-byte character in llama.cpp) makes a chunk gap span several tokens, and its "ITL" is then not a per-token
+  latency at all. Below that the point reports TPOT and says ITL is not measurable from the stream; likewise when
+  over 20% of the chunks arrived in the same read as the one before (a busy client or server sending in bursts).
 - TPOT: (end-to-end latency - TTFT) / (output tokens - 1), per request; output tokens from the server's usage.
 - Throughput: completed requests, output tokens and all tokens (prompt + output) per second of the point's span
   (first request sent to last request done). Warm-up requests are not counted.
 - Goodput: completed requests per second that met every SLO given (TTFT and/or TPOT limits).
 - Cost per million output tokens: the hourly price / (output tokens per second x 3600) x 1e6.
+
+A load level is measured several times (repeats); its figures pool the repeats' requests, and its `spread` gives
+the repeat-to-repeat mean, standard deviation and range of the headline figures.
 """
 
 from __future__ import annotations
@@ -17,6 +24,19 @@ from dataclasses import dataclass
 
 import numpy as np
 from pydantic import BaseModel, Field
+
+from mistral_lab.bench import witness as _witness
+from mistral_lab.bench.streams import decode_rate, server_decode_rate, tpot_of
+from mistral_lab.bench.witness import Witness
+
+__all__ = ["SLO", "Dist", "Level", "Point", "Spread", "decode_rate", "dist", "levels", "server_decode_rate",
+           "spread", "summarize", "summarize_all", "tpot_of", "usd_per_mtok"]
+
+# Fewer chunks than this per output token: a chunk gap is not a token gap (see the module docstring).
+MIN_CHUNKS_PER_TOKEN = 0.9
+# Chunks read together (gaps under this) came in one burst; when many do, the gaps time the client's reads.
+BURST_GAP_S = 50e-6
+MAX_BURST_SHARE = 0.2
 
 
 @dataclass(frozen=True)
@@ -59,40 +79,6 @@ def dist(values: Iterable[float | None]) -> Dist | None:
                 min=float(v.min()), max=float(v.max()))
 
 
-def tpot_of(rec: dict) -> float | None:
-    out = rec.get("completion_tokens")
-    if rec.get("error") or rec.get("ttft_s") is None or rec.get("e2e_s") is None or not out or out < 2:
-        return None
-    return (rec["e2e_s"] - rec["ttft_s"]) / (out - 1)
-
-
-def decode_rate(recs: list[dict]) -> float | None:
-    """Generation tokens/s of a stream after its first token, pooled over requests: sum(tokens - 1) / sum(time
-    after the first token). Pooling keeps a request whose tokens arrived in one burst (a client that was briefly
-    descheduled) from counting as an absurdly fast one."""
-    n = t = 0.0
-    for r in recs:
-        if tpot_of(r) is not None:
-            n += r["completion_tokens"] - 1
-            t += r["e2e_s"] - r["ttft_s"]
-    return n / t if t > 0 else None
-
-
-def server_decode_rate(recs: list[dict]) -> float | None:
-    """llama-server's own generation speed for the same requests (its `timings`), pooled the same way.
-
-    Its `predicted_ms` runs from the first generated token to the last, and its `predicted_per_second` divides
-    `predicted_n - 1` steps by it (the first token comes free with the prompt; tools/server/server-common.h in
-    llama.cpp 0c1e57098): the same quantity as `decode_rate`, measured on the server's clock."""
-    n = ms = 0.0
-    for r in recs:
-        t = r.get("timings") or {}
-        if not r.get("error") and (t.get("predicted_n") or 0) > 1 and t.get("predicted_ms"):
-            n += t["predicted_n"] - 1
-            ms += t["predicted_ms"]
-    return n / (ms / 1000.0) if ms > 0 else None
-
-
 class Point(BaseModel):
     """One load level of one workload: a concurrency or a request rate."""
 
@@ -122,14 +108,26 @@ class Point(BaseModel):
     aborted: str | None = None
     stopped_by: str | None = None
     error_samples: list[str] = Field(default_factory=list)
-    client_cpu_ms_per_1k_tokens: float | None = Field(default=None,
-                                                      description="the load generator's own CPU time")
+    client_cpu_ms_per_1k_tokens: float | None = Field(default=None, description="the load generator's CPU time, "
+                                                      "all its processes, per 1,000 output tokens")
     client_cpu_share: float | None = Field(default=None, description="load generator CPU time / the point's span: "
-                                           "near 1, one core of client was the limit, not the server")
+                                           "near 1 per worker, the client was the limit, not the server")
+    client_workers: int | None = None
+    client_worker_share_max: float | None = Field(default=None, description="the busiest worker's share of a core")
+    repeat: int = 0
+    chunks_per_token: float | None = Field(default=None, description="text chunks streamed per output token")
+    itl_note: str | None = Field(default=None, description="why ITL is not given (a stream that merges tokens)")
+    read_window_s: float | None = Field(default=None, description="the client's timing resolution (0: exact)")
+    witness: Witness | None = Field(default=None, description="the server's own counters beside ours")
 
     @property
     def load(self) -> str:
         return f"c={self.concurrency}" if self.concurrency is not None else f"{self.rate:g} req/s"
+
+    @property
+    def key(self) -> tuple[str, int | None, float | None]:
+        """What repeats of one load level share."""
+        return (self.workload, self.concurrency, self.rate)
 
     @property
     def level(self) -> float:
@@ -163,8 +161,24 @@ def summarize(point_doc: dict, records: list[dict], *, slo: SLO = SLO(), hourly_
         if r.get("error") and r["error"] not in samples and len(samples) < 3:
             samples.append(r["error"])
     cpu = point_doc.get("cpu_s")
-    streamed = sum(r.get("completion_tokens") or r.get("chunks") or 0 for r in recs)
     out_rate = per_s(out_tokens)
+    chunks = sum(r.get("chunks") or 0 for r in ok)
+    ratio = chunks / out_tokens if out_tokens and any("chunks" in r for r in ok) else None
+    itl = dist(x for r in ok for x in (r.get("itl_s") or []))
+    itl_note = None
+    if ratio is not None and ratio < MIN_CHUNKS_PER_TOKEN:
+        itl, itl_note = None, (f"ITL not measurable from this stream: {ratio:.2f} chunk per output token (the server "
+                               "merges tokens into chunks); read TPOT")
+    gaps = [x for r in ok for x in (r.get("itl_s") or [])]
+    burst = sum(1 for x in gaps if x < BURST_GAP_S) / len(gaps) if gaps else 0.0
+    if itl is not None and burst > MAX_BURST_SHARE:
+        itl, itl_note = None, (f"ITL not measurable from this stream: {burst:.0%} of the chunks arrived together with "
+                               "the one before (read in one go), so their gaps time the client's reads; read TPOT")
+    window = point_doc.get("read_window_s")
+    if itl is not None and window and itl.p50 < 2 * window:
+        itl_note = (f"ITL p50 {itl.p50 * 1000:.2f} ms is under twice the client's read window "
+                    f"({window * 1000:g} ms): token gaps are not resolved")
+    workers = point_doc.get("worker_cpu_s") or []
     return Point(
         index=int(point_doc.get("point", 0)),
         workload=str(point_doc.get("workload", "")),
@@ -182,7 +196,7 @@ def summarize(point_doc: dict, records: list[dict], *, slo: SLO = SLO(), hourly_
         forced_output_ok=(sum(1 for r in forced if r["completion_tokens"] == r["max_tokens"]) / len(forced)
                           if forced else None),
         ttft_s=dist(r.get("ttft_s") for r in ok),
-        itl_s=dist(x for r in ok for x in (r.get("itl_s") or [])),
+        itl_s=itl,
         tpot_s=dist(tpot_of(r) for r in ok),
         e2e_s=dist(r.get("e2e_s") for r in ok),
         decode_tokens_per_s=decode_rate(ok),
@@ -193,8 +207,15 @@ def summarize(point_doc: dict, records: list[dict], *, slo: SLO = SLO(), hourly_
         aborted=point_doc.get("aborted"),
         stopped_by=point_doc.get("stopped_by"),
         error_samples=samples,
-        client_cpu_ms_per_1k_tokens=(cpu * 1000.0 / streamed * 1000.0) if cpu is not None and streamed else None,
+        client_cpu_ms_per_1k_tokens=(cpu * 1000.0 / out_tokens * 1000.0) if cpu is not None and out_tokens else None,
         client_cpu_share=cpu / span if cpu is not None and span > 0 else None,
+        client_workers=point_doc.get("workers"),
+        client_worker_share_max=max(workers) / span if workers and span > 0 else None,
+        repeat=int(point_doc.get("repeat") or 0),
+        chunks_per_token=ratio,
+        itl_note=itl_note,
+        read_window_s=window,
+        witness=_witness.check(point_doc, recs),
     )
 
 
@@ -208,3 +229,83 @@ def summarize_all(docs: list[dict], *, slo: SLO = SLO(), hourly_usd: float | Non
         elif d.get("type") == "point" and int(d.get("point", -1)) >= 0:
             heads.append(d)
     return [summarize(h, by_point.get(int(h["point"]), []), slo=slo, hourly_usd=hourly_usd) for h in heads]
+
+
+# ---- repeats of one level -------------------------------------------------------------------------------------
+
+
+class Spread(BaseModel):
+    """One figure over the repeats of a level."""
+
+    n: int
+    mean: float
+    stdev: float
+    min: float
+    max: float
+
+    @property
+    def rel(self) -> float | None:
+        """Standard deviation over mean: the repeat-to-repeat noise."""
+        return self.stdev / abs(self.mean) if self.mean else None
+
+
+def spread(values: Iterable[float | None]) -> Spread | None:
+    v = np.asarray([x for x in values if x is not None], dtype=float)
+    if v.size == 0:
+        return None
+    return Spread(n=int(v.size), mean=float(v.mean()), stdev=float(v.std(ddof=1)) if v.size > 1 else 0.0,
+                  min=float(v.min()), max=float(v.max()))
+
+
+# The figures whose repeat-to-repeat spread a level reports, and how to read each from a point.
+SPREAD_FIGURES = {
+    "output_tokens_per_s": lambda p: p.output_tokens_per_s,
+    "request_per_s": lambda p: p.request_per_s,
+    "ttft_p50_s": lambda p: p.ttft_s.p50 if p.ttft_s else None,
+    "tpot_p50_s": lambda p: p.tpot_s.p50 if p.tpot_s else None,
+    "itl_p50_s": lambda p: p.itl_s.p50 if p.itl_s else None,
+    "e2e_p50_s": lambda p: p.e2e_s.p50 if p.e2e_s else None,
+    "decode_tokens_per_s": lambda p: p.decode_tokens_per_s,
+    "client_cpu_ms_per_1k_tokens": lambda p: p.client_cpu_ms_per_1k_tokens,
+}
+
+
+class Level(Point):
+    """A load level over its repeats: figures from the pooled requests, and each headline figure's spread."""
+
+    repeats: int = 1
+    spread: dict[str, Spread] = Field(default_factory=dict)
+
+
+def levels(points: list[Point], records: list[dict], *, slo: SLO = SLO(), hourly_usd: float | None = None,
+           heads: list[dict] | None = None) -> list[Level]:
+    """Pool the repeats of each load level (in the order levels were first measured)."""
+    by_point: dict[int, list[dict]] = {}
+    for r in records:
+        by_point.setdefault(int(r["point"]), []).append(r)
+    groups: dict[tuple, list[Point]] = {}
+    for p in points:
+        groups.setdefault(p.key, []).append(p)
+    heads_by = {int(h["point"]): h for h in heads or []}
+    out = []
+    for pts in groups.values():
+        done = [p for p in pts if p.requests > 0]
+        pooled_head = {"point": pts[0].index, "workload": pts[0].workload, "concurrency": pts[0].concurrency,
+                       "rate": pts[0].rate, "duration_s": sum(p.duration_s for p in pts),
+                       "aborted": next((p.aborted for p in pts if p.aborted), None),
+                       "stopped_by": pts[-1].stopped_by, "read_window_s": pts[0].read_window_s,
+                       "workers": max((p.client_workers or 0) for p in pts) or None}
+        cpus = [heads_by.get(p.index, {}).get("cpu_s") for p in pts]
+        if all(c is not None for c in cpus) and heads_by:
+            pooled_head["cpu_s"] = sum(cpus)
+        recs = [r for p in pts for r in by_point.get(p.index, [])]
+        base = summarize(pooled_head, recs, slo=slo, hourly_usd=hourly_usd)
+        fields = base.model_dump(exclude={"witness"})
+        fields.update(
+            witness=_witness.merge([p.witness for p in pts]),
+            client_worker_share_max=max((p.client_worker_share_max or 0.0) for p in pts) or None,
+            repeats=len(pts),
+            spread={k: s for k, f in SPREAD_FIGURES.items() if (s := spread(f(p) for p in done)) is not None},
+        )
+        out.append(Level(**fields))
+    return out

@@ -38,8 +38,8 @@ _show_inline()
 def _curves(runs: list[Run]) -> list[tuple[str, list[Point]]]:
     out = []
     for run in runs:
-        for wl in dict.fromkeys(p.workload for p in run.points):
-            pts = sorted((p for p in run.points if p.workload == wl and p.requests > p.errors), key=lambda p: p.level)
+        for wl in dict.fromkeys(p.workload for p in run.levels):
+            pts = sorted((p for p in run.levels if p.workload == wl and p.requests > p.errors), key=lambda p: p.level)
             if pts:
                 name = run.workload_label(wl) if len(runs) == 1 else f"{label(run)} · {run.workload_label(wl)}"
                 out.append((name, pts))
@@ -84,8 +84,9 @@ def distributions(run: Run) -> Figure:
     fig = Figure(figsize=(12, 4.5), layout="constrained")
     ax_ttft, ax_itl = fig.subplots(1, 2)
     recs = run.records()
-    for p in run.points:
-        mine = [r for r in recs if r["point"] == p.index and not r.get("error")]
+    for p in run.levels:
+        indices = {q.index for q in run.points if q.key == p.key}
+        mine = [r for r in recs if r["point"] in indices and not r.get("error")]
         name = f"{run.workload_label(p.workload)} {p.load}"
         _cdf(ax_ttft, [r["ttft_s"] * 1000 for r in mine if r.get("ttft_s") is not None], name)
         _cdf(ax_itl, [x * 1000 for r in mine for x in (r.get("itl_s") or [])], name)

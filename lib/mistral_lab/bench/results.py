@@ -18,13 +18,16 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, Field, PrivateAttr
+from pydantic import BaseModel, Field, PrivateAttr, model_validator
 
 from mistral_lab import state
-from mistral_lab.bench.metrics import Point
+from mistral_lab.bench.metrics import Level, Point
 from mistral_lab.bench.native import NativeResult
+from mistral_lab.bench.peers import PeerRun
 from mistral_lab.bench.roofline import Roofline
+from mistral_lab.bench.saturation import Knee
 from mistral_lab.errors import BadInput
+from mistral_lab.planning.predict import Prediction
 
 SUMMARY = "summary.json"
 RECORDS = "requests.jsonl"
@@ -65,9 +68,15 @@ class RunMeta(BaseModel):
     mode: str = Field(description="concurrency | rate")
     loads: list[float]
     workloads: list[WorkloadInfo]
-    requests_per_point: int | None
+    requests_per_point: int | None = Field(description="the safety cap on requests per point")
     duration_s_per_point: float
     warmup: int | None
+    repeats: int = 1
+    stop_at_knee: bool = False
+    read_window_s: float = 0.0
+    client_cpu: dict[str, float] = Field(default_factory=dict, description="CPU seconds of the load generator's "
+                                         "processes over the measured points, of this process over the load, "
+                                         "and the output tokens they streamed")
     slo: dict[str, float | None]
     forced_output: bool
     hourly_usd: float | None
@@ -88,12 +97,46 @@ class RooflineRow(BaseModel):
     server_tokens_per_s: float | None = None
 
 
+class PredictionRow(BaseModel):
+    """The plan's prediction beside what the run measured, and the error: (predicted - measured) / measured."""
+
+    workload: str
+    prediction: Prediction
+    measured_decode_tokens_per_s: float | None
+    measured_throughput_tokens_per_s: float | None
+    measured_at: str | None = Field(default=None, description="the load level the throughput is read at")
+    measured_usd_per_mtok: float | None = None
+
+    @staticmethod
+    def _err(predicted: float | None, measured: float | None) -> float | None:
+        return (predicted - measured) / measured if predicted is not None and measured else None
+
+    @property
+    def decode_error(self) -> float | None:
+        return self._err(self.prediction.decode_tokens_per_s, self.measured_decode_tokens_per_s)
+
+    @property
+    def throughput_error(self) -> float | None:
+        return self._err(self.prediction.throughput_tokens_per_s, self.measured_throughput_tokens_per_s)
+
+
 class Run(BaseModel):
     meta: RunMeta
-    points: list[Point]
+    points: list[Point] = Field(description="every measured point, each repeat its own")
+    levels: list[Level] = Field(default_factory=list, description="each load level over its repeats")
     roofline: list[RooflineRow] = Field(default_factory=list)
     native: list[NativeResult] = Field(default_factory=list)
+    peers: list[PeerRun] = Field(default_factory=list)
+    knees: list[Knee] = Field(default_factory=list)
+    predictions: list[PredictionRow] = Field(default_factory=list)
     _folder: Path | None = PrivateAttr(default=None)
+
+    @model_validator(mode="after")
+    def _levels_of_old_runs(self) -> Run:
+        """Runs saved before repeats existed have points only: each is a level of one repeat."""
+        if not self.levels and self.points:
+            self.levels = [Level(**p.model_dump()) for p in self.points]
+        return self
 
     @property
     def folder(self) -> Path:

@@ -17,8 +17,11 @@ from __future__ import annotations
 from pydantic import BaseModel, Field
 
 from mistral_lab import hardware, sizing
-from mistral_lab.catalog.schema import Model, Weights
+from mistral_lab.catalog.schema import Model
 from mistral_lab.planning import Plan
+from mistral_lab.planning.predict import active_weights_gb, bandwidth_of, plan_weights, roofline_tokens_per_s
+
+__all__ = ["Roofline", "active_weights_gb", "bandwidth_of", "decode_roofline", "max_tokens_per_s", "plan_weights"]
 
 
 class Roofline(BaseModel):
@@ -43,53 +46,7 @@ class Roofline(BaseModel):
 
 
 def max_tokens_per_s(bandwidth_gbs: float, weights_gb: float, kv_gb: float) -> float:
-    return bandwidth_gbs / (weights_gb + kv_gb)
-
-
-def plan_weights(model: Model, plan: Plan) -> Weights:
-    variant = model.variant(plan.variant)
-    for w in variant.weights:
-        if w.repo == plan.repo and w.precision == plan.precision:
-            return w
-    return next(w for w in variant.weights if w.precision == plan.precision)
-
-
-def active_weights_gb(model: Model, plan: Plan) -> tuple[float, list[str]]:
-    """Weight bytes one decode step reads, in GB, and how they were counted."""
-    arch = model.architecture
-    weights = plan_weights(model, plan)
-    total = sizing.weights_gb(model, weights, plan.quant, vision=False)
-    text_params_b = arch.total_params_b - arch.vision_params_b
-    notes = [f"weights: {plan.precision}{' ' + plan.quant if plan.quant else ''}, {total:.3g} GB without vision"]
-    per_param = total / text_params_b  # GB per billion parameters, i.e. bytes per parameter
-    if arch.kind == "moe":
-        share = arch.active_params_b / arch.total_params_b
-        total *= share
-        notes.append(f"MoE: {share:.1%} of the weights are active per token")
-    if not arch.tie_embeddings:
-        emb = arch.vocab_size * arch.hidden_size / 1e9 * per_param
-        total -= emb
-        notes.append(f"untied input embedding ({emb:.3g} GB) not counted: a token reads one row of it")
-    return total, notes
-
-
-def bandwidth_of(plan: Plan) -> tuple[float, str] | None:
-    """Peak memory bandwidth the decode of this plan can use, GB/s; None for CPUs and unknown GPUs."""
-    gpu = None
-    size = hardware.DO_SIZES.get(plan.gpu)
-    if size is not None:
-        gpu = size.gpu
-    else:
-        for g in hardware.GPUS.values():
-            if plan.gpu_name == g.name or plan.gpu_name.endswith("x " + g.name):
-                gpu = g
-    if gpu is None or gpu.bandwidth_gbs is None:
-        return None
-    # Tensor parallelism splits every layer over the GPUs, so their bandwidths add up; llama.cpp's layer split
-    # runs the GPUs one after another, so a token still sees one GPU's bandwidth at a time.
-    n = plan.tensor_parallel if plan.engine == "vllm" else 1
-    src = f"{gpu.name} peak {gpu.bandwidth_gbs:g} GB/s ({gpu.source})"
-    return gpu.bandwidth_gbs * n, (f"{n} x " + src) if n > 1 else src
+    return roofline_tokens_per_s(bandwidth_gbs, weights_gb, kv_gb)
 
 
 def decode_roofline(

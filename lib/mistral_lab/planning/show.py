@@ -12,6 +12,7 @@ from rich.table import Table
 from rich.text import Text
 
 from mistral_lab import engines
+from mistral_lab.planning.predict import predict_plan
 from mistral_lab.planning.resolve import Plan
 
 __all__ = ["plan_json", "plan_table", "serve_preview", "show_plan"]
@@ -43,10 +44,21 @@ def plan_table(plan: Plan, options: dict[str, Any] | None = None) -> Table:
     if plan.hourly_usd:
         t.add_row("price", f"${plan.hourly_usd:.2f}/hour ({plan.price_source})")
     t.add_row("sampling", f"temperature {plan.temperature:g}" + (f", top_p {plan.top_p:g}" if plan.top_p else ""))
+    t.add_row("predicted", _prediction(plan))
     t.add_row("serve", serve_preview(plan, options))
     for n in plan.notes:
         t.add_row("note", n)
     return t
+
+
+def _prediction(plan: Plan) -> str:
+    p = predict_plan(plan)
+    if p is None:
+        return "no forecast: no memory bandwidth known for this hardware (a benchmark with bandwidth_gbs= gives one)"
+    cost = f", ${p.usd_per_mtok:.2f}/Mtok" if p.usd_per_mtok is not None else ""
+    return (f"{p.decode_tokens_per_s:.0f} tok/s single stream at {p.context_tokens:,} tokens of context "
+            f"(roofline {p.roofline_tokens_per_s:.0f} x {p.efficiency:.2g} for {p.engine} on {p.hw_class}), "
+            f"{p.throughput_tokens_per_s:.0f} tok/s at {p.concurrency} sequences{cost}")
 
 
 def show_plan(plan: Plan, options: dict[str, Any] | None = None, console: Console | None = None) -> None:
