@@ -12,7 +12,7 @@ demo: setup
 	./scripts/demo.sh
 
 lint: setup
-	$(VENV)/ruff check lib tests benchmarks scripts
+	$(VENV)/ruff check lib tests benchmarks scripts infra
 	shellcheck infra/*.sh scripts/*.sh
 
 test: lint

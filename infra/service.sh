@@ -25,8 +25,10 @@ case "$ACTION:$MODE" in
       echo "already running (pid $(cat "$PID_FILE"))"
       exit 0
     fi
-    # setsid: its own process group, so stop can take the server and every child with it.
-    setsid nohup "$ROOT/serve.sh" >>"$LOG" 2>&1 </dev/null &
+    # setsid: its own process group, so stop can take the server and every child with it. env -i: the server gets
+    # a clean environment (what its 0600 env file sets, plus these), never the caller's tokens.
+    setsid nohup env -i PATH="$PATH" HOME="$HOME" USER="$(id -un)" LANG="${LANG:-C.UTF-8}" TMPDIR="${TMPDIR:-/tmp}" \
+      "$ROOT/serve.sh" >>"$LOG" 2>&1 </dev/null &
     echo $! >"$PID_FILE"
     echo "started pid $(cat "$PID_FILE")"
     ;;

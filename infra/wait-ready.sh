@@ -49,7 +49,8 @@ start=$(date +%s)
 last=""
 while :; do
   elapsed=$(( $(date +%s) - start ))
-  health=$(fetch "$BASE/health")
+  # With the key: a server may guard /health too (vLLM does, through infra/vllm_guard.py).
+  health=$(fetch "$BASE/health" auth)
   if [ "$health" = 200 ]; then
     models=$(fetch "$BASE/v1/models" auth)
     if [ "$models" = 200 ]; then

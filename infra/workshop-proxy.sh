@@ -11,6 +11,16 @@ if [ "$(id -u)" != 0 ]; then SUDO="sudo -n"; fi
 RUN_AS_MASTER=""
 if [ "$MODE" = systemd ]; then RUN_AS_MASTER=$SUDO; fi
 
+lua_modules() {  # the folder holding nginx's Lua module, empty when it is not installed
+  for d in /usr/lib/nginx/modules /usr/lib64/nginx/modules /usr/share/nginx/modules; do
+    if [ -e "$d/ngx_http_lua_module.so" ] && [ -e "$d/ndk_http_module.so" ]; then echo "$d"; return; fi
+  done
+}
+
+has_cjson() {
+  ls /usr/lib/*/lua/5.1/cjson.so /usr/lib/lua/5.1/cjson.so /usr/local/lib/lua/5.1/cjson.so >/dev/null 2>&1
+}
+
 find_nginx() {
   # Not on a non-root user's PATH on Debian and Ubuntu.
   command -v nginx 2>/dev/null || { [ -x /usr/sbin/nginx ] && echo /usr/sbin/nginx; } || true
@@ -27,14 +37,17 @@ workers() {  # the worker pids of the running master, one per line
 
 case "$ACTION" in
   install)
-    if [ -z "$(find_nginx)" ]; then
+    # nginx and its Lua module (which checks each learner's request), from the distribution's packages.
+    if [ -z "$(find_nginx)" ] || [ -z "$(lua_modules)" ] || ! has_cjson; then
       if ! command -v apt-get >/dev/null; then
-        echo "workshop-proxy: nginx is not installed and there is no apt-get to install it" >&2
+        echo "workshop-proxy: nginx with its Lua module is not installed and there is no apt-get to install it" >&2
         exit 1
       fi
-      echo "installing nginx from the distribution's packages"
-      $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx >/dev/null \
-        || { $SUDO apt-get update -qq && $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx >/dev/null; }
+      echo "installing nginx and its Lua module from the distribution's packages"
+      pkgs=(nginx libnginx-mod-http-lua lua-cjson)
+      $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${pkgs[@]}" >/dev/null \
+        || { $SUDO apt-get update -qq \
+             && $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${pkgs[@]}" >/dev/null; }
       # The package starts the distribution's own site on port 80; we run our own instance, not that one.
       if [ -d /run/systemd/system ]; then
         $SUDO systemctl disable --now nginx.service >/dev/null 2>&1 || true
@@ -43,6 +56,7 @@ case "$ACTION" in
     mkdir -p "$ROOT/tmp"
     chmod 700 "$ROOT"
     "$(find_nginx)" -v 2>&1
+    lua_modules
     find_nginx
     ;;
   check)

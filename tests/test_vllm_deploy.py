@@ -11,6 +11,7 @@ torn down by the teardown test) and the ssh test runs after it: never two vLLM s
 from __future__ import annotations
 
 import json
+import re
 import shlex
 import socket
 import stat
@@ -142,6 +143,26 @@ def test_the_endpoint_needs_its_key_and_answers_a_chat(local_deployment):
     with ml.connect(local_deployment) as conn:
         assert conn.engine == "vllm" and conn.served_model == "tiny-random"
         _check_key_and_chat(conn)
+
+
+def test_every_route_the_installed_vllm_serves_needs_the_key(local_deployment):
+    """vLLM's --api-key guards /v1 and a few prefixes only; with the route guard every route refuses a request
+    without the key (and a wrong key), from any local user who can reach 127.0.0.1."""
+    with ml.connect(local_deployment) as conn:
+        root = conn.base_url.removesuffix("/v1")
+        key = {"Authorization": f"Bearer {conn.api_key}"}
+        spec = httpx.get(f"{root}/openapi.json", headers=key, timeout=30)
+        assert spec.status_code == 200, spec.text
+        routes = [(method.upper(), re.sub(r"\{[^}]+\}", "x", path))
+                  for path, ops in spec.json()["paths"].items() for method in ops]
+        assert len(routes) > 10 and ("POST", "/invocations") in routes and ("POST", "/tokenize") in routes
+        routes += [("GET", "/openapi.json"), ("GET", "/docs"), ("GET", "/metrics")]
+        for method, path in routes:
+            for headers in ({}, {"Authorization": "Bearer wrong"}):
+                r = httpx.request(method, root + path, headers=headers, json={} if method == "POST" else None,
+                                  timeout=30)
+                assert r.status_code == 401, (method, path, r.status_code, r.text[:200])
+        assert httpx.get(f"{root}/health", headers=key, timeout=30).status_code == 200
 
 
 def _whitespace_token_ids(model_dir: Path) -> list[int]:

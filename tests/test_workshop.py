@@ -199,6 +199,9 @@ def test_cards_html_and_csv_carry_url_key_fingerprint_and_a_three_line_snippet()
 
 
 
+ROOM_MAX_TOKENS = 3600  # above what the in-flight reply of the revoke test asks for
+
+
 @pytest.fixture(scope="module")
 def room(llamacpp_bin, tmp_path_factory):
     """A workshop of 5 learners on the tiny model: l01 asks, l02 is rate-limited, l03 is revoked, l04 and l05 are
@@ -208,7 +211,7 @@ def room(llamacpp_bin, tmp_path_factory):
     lines: list[str] = []
     port = free_port()
     req = ws_mod.RoomRequest.of(name="wsroom", learners=5, model="tiny-random", hours=1, rate_per_min=60, burst=5,
-                                https_port=port)
+                                https_port=port, max_tokens=ROOM_MAX_TOKENS)
     ws, files = ws_mod.up(req, say=lines.append)
     yield ws, files, lines
     if ws_mod.exists("wsroom"):
@@ -229,7 +232,7 @@ def _chat(c: httpx.Client, **over) -> httpx.Response:
 @pytest.mark.slow
 def test_up_shows_the_cost_first_and_writes_private_cards(room):
     ws, files, lines = room
-    assert lines[0].startswith("workshop wsroom: 3 learners on tiny-random") and "planned cost $0.00" in lines[0]
+    assert lines[0].startswith("workshop wsroom: 5 learners on tiny-random") and "planned cost $0.00" in lines[0]
     assert ws.status == "up" and ws.base_url == f"https://127.0.0.1:{ws.https_port}/v1"
     keys = ws_mod.load_keys("wsroom")
     folder = state.deployment_dir("wsroom")
@@ -241,7 +244,7 @@ def test_up_shows_the_cost_first_and_writes_private_cards(room):
     r = subprocess.run([str(Path(sys.executable).with_name("mistral-lab")), "workshop", "cards", "wsroom", "--json"],
                        capture_output=True, text=True, timeout=60)
     cards = json.loads(r.stdout)["cards"]
-    assert [set(c) >= {"base_url", "api_key", "fingerprint"} for c in cards] == [True] * 3
+    assert [set(c) >= {"base_url", "api_key", "fingerprint"} for c in cards] == [True] * len(keys) == [True] * 5
     assert {c["api_key"] for c in cards} == set(keys.values())
 
 
@@ -379,7 +382,7 @@ def test_revoking_a_key_takes_effect_at_once_without_a_restart(room):
     with _client(ws, keys["l01"]) as c:
         assert c.get("/models").status_code == 200
     again = ws_mod.load("wsroom")
-    assert [learner.id for learner in again.active] == ["l01", "l02"]
+    assert "l03" not in [learner.id for learner in again.active] and {"l01", "l02"} <= {x.id for x in again.active}
     assert keys["l03"] not in Path(again.proxy_root, "keys.map").read_text()
     assert keys["l03"] not in Path(state.deployment_dir("wsroom") / ws_mod.CARDS_HTML).read_text()
     with pytest.raises(BadInput, match="no learner") as e:
@@ -539,3 +542,41 @@ def test_two_revokes_at_the_same_moment_both_stick(room):
     for who in ("l04", "l05"):
         with _client(ws, keys[who]) as c:
             assert c.get("/models").status_code == 401
+
+
+@pytest.mark.slow
+def test_the_network_is_checked_before_the_key_and_the_rate_limit(room):
+    """From outside the allowed networks a valid key and a wrong one get the same 403, and neither spends the
+    learner's rate limit."""
+    ws, _, _ = room
+    keys = ws_mod.load_keys("wsroom")
+    ctx = ws_mod.pinned_context("127.0.0.1", ws.https_port, ws.fingerprint)
+    outside = httpx.Client(base_url=ws.base_url, verify=ctx, timeout=60,
+                           transport=httpx.HTTPTransport(verify=ctx, local_address="127.0.0.2"))
+    with outside:
+        answers = {who: outside.get("/models", headers={"Authorization": f"Bearer {key}"})
+                   for who, key in (("valid", keys["l01"]), ("wrong", "mlw-not-a-key"))}
+        assert {a.status_code for a in answers.values()} == {403}
+        assert answers["valid"].content == answers["wrong"].content  # nothing tells a valid key from a wrong one
+        for _ in range(ws.rate_per_min + ws.burst + 5):  # more than the key's whole minute, from outside
+            assert outside.get("/models", headers={"Authorization": f"Bearer {keys['l01']}"}).status_code == 403
+    with _client(ws, keys["l01"]) as c:
+        assert c.get("/models").status_code == 200  # its limit is untouched
+
+
+@pytest.mark.slow
+def test_a_learner_request_is_capped_in_tokens_and_to_one_reply(room):
+    ws, _, _ = room
+    keys = ws_mod.load_keys("wsroom")
+    with _client(ws, keys["l01"]) as c:
+        big = _chat(c, max_tokens=ROOM_MAX_TOKENS + 500, ignore_eos=True)
+        assert big.status_code == 200, big.text
+        assert big.json()["usage"]["completion_tokens"] == ROOM_MAX_TOKENS
+        unset = c.post("/chat/completions", json={"model": "tiny-random", "ignore_eos": True,
+                                                  "messages": [{"role": "user", "content": "hi"}]})
+        assert unset.status_code == 200 and unset.json()["usage"]["completion_tokens"] == ROOM_MAX_TOKENS
+        several = _chat(c, n=3)
+        assert several.status_code == 400 and "n must be 1" in several.json()["error"]["message"]
+        assert _chat(c, max_tokens="lots").status_code == 400
+        small = _chat(c, max_tokens=4, tools=[])  # within the cap: passed on as sent (an empty array stays one)
+        assert small.status_code == 200 and small.json()["usage"]["completion_tokens"] <= 4

@@ -8,9 +8,12 @@ keys come from the environment (`Secrets`), and `planning.parameters` refuses th
 
 from __future__ import annotations
 
+import ipaddress
 import os
+import re
 from dataclasses import dataclass, field
 from typing import Any, Literal, Self
+from urllib.parse import urlparse
 
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -19,7 +22,7 @@ from mistral_lab.hosts import do_resources as res
 
 __all__ = ["ALL", "ENGINE_OPTIONS", "SECRET_NAMES", "TARGET_OPTIONS", "DigitalOceanOptions", "EngineOptions",
            "HostOptions", "LlamaCppOptions", "LocalOptions", "Options", "SSHOptions", "Secrets", "VllmOptions",
-           "declared", "refuse_secrets"]
+           "TOKEN_HOSTS_ENV", "check_token_host", "declared", "is_loopback", "refuse_secrets"]
 
 SECRET_NAMES = {"token", "do_token", "digitalocean_token", "hf_token", "api_key", "password"}
 
@@ -61,6 +64,35 @@ class Options(BaseModel):
 # ---------------------------------------------------------------------------------------------- hosts
 
 
+# A path that goes into a systemd unit, a shell line and nginx's config as it is: plain characters only.
+_PLAIN_PATH = re.compile(r"^/[A-Za-z0-9._+/-]*$")
+# Hosts a token may be sent to beyond the defaults (DigitalOcean's API, Hugging Face): named in the environment by
+# the person who runs it, never in a parameter file, which anyone may have written.
+TOKEN_HOSTS_ENV = "MISTRAL_LAB_TOKEN_HOSTS"
+
+
+def check_token_host(url: str, *, field: str, default_host: str, token: str) -> None:
+    """Refuse to send `token` (the name of the secret) to `url` unless it is the default host, this machine, or a
+    host the environment allows: a preset that sets api_url or hf_endpoint must not be able to harvest tokens."""
+    host = (urlparse(url).hostname or "").lower()
+    allowed = {h.strip().lower() for h in os.environ.get(TOKEN_HOSTS_ENV, "").split(",") if h.strip()}
+    if host == default_host or host in allowed or is_loopback(host):
+        return
+    raise BadInput(f"{field} {url!r} would receive {token}, and {host} is not {default_host}", field=field,
+                   fix=f"if you trust {host} with {token}, allow it in your environment: "
+                       f"export {TOKEN_HOSTS_ENV}={host}")
+
+
+def is_loopback(host: str) -> bool:
+    """127.0.0.0/8, ::1 or localhost: this machine."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 class HostOptions(Options):
     """Where a deployment lives on any host, and how its server runs there."""
 
@@ -69,6 +101,13 @@ class HostOptions(Options):
                                                               "(default ~/.cache/mistral-lab)")
     service: Literal["auto", "systemd", "process"] = Field(
         default="auto", description="auto: a systemd unit where systemd runs, else a supervised process")
+
+    @field_validator("host_root", "host_cache")
+    @classmethod
+    def _plain_path(cls, v: str | None) -> str | None:
+        if v is not None and (not _PLAIN_PATH.match(v) or "/../" in f"{v}/"):
+            raise ValueError("must be a plain absolute path (letters, digits, . _ + - /), e.g. /srv/mistral-lab")
+        return v
 
 
 class LocalOptions(HostOptions):

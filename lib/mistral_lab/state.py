@@ -64,6 +64,7 @@ class Service(BaseModel):
     pid_file: str | None = None
     log_file: str
     root: str = Field(description="the deployment's folder on the host")
+    user: str | None = Field(default=None, description="the user the server runs as on the host")
 
 
 class Companion(BaseModel):

@@ -62,6 +62,7 @@ MAX_SLOTS = 64
 CONNS_PER_LEARNER = 2
 DEFAULT_RATE_PER_MIN = 20
 DEFAULT_BURST = 5
+DEFAULT_MAX_TOKENS = 1024  # the rate limit counts requests; this caps what one request may cost
 DEFAULT_PORT = {"digitalocean": 443, "ssh": 8443, "local": 8443}
 READ_TIMEOUT_S = 600
 MAX_BODY_MB = 20  # a few images for vision models
@@ -101,6 +102,7 @@ class RoomRequest(BaseModel):
     public_host: str | None = None
     rate_per_min: int = Field(default=DEFAULT_RATE_PER_MIN, ge=1, le=6000)
     burst: int = Field(default=DEFAULT_BURST, ge=0, le=1000)
+    max_tokens: int = Field(default=DEFAULT_MAX_TOKENS, ge=16, le=131072)
 
     @classmethod
     def of(cls, **fields: Any) -> RoomRequest:
@@ -110,7 +112,8 @@ class RoomRequest(BaseModel):
                  "budget_usd": "give --budget in US dollars, above 0",
                  "https_port": "give a port between 1 and 65535",
                  "rate_per_min": "give --rate in requests per minute per learner, at least 1",
-                 "burst": "give --burst of 0 or more"}
+                 "burst": "give --burst of 0 or more",
+                 "max_tokens": "give --max-tokens between 16 and 131072 (tokens one reply may have)"}
         try:
             req = cls(**{k: v for k, v in fields.items() if v is not None})
         except ValidationError as e:
@@ -222,6 +225,7 @@ class Workshop(BaseModel):
     https_port: int | None = None
     rate_per_min: int
     burst: int
+    max_tokens: int = DEFAULT_MAX_TOKENS  # per request: the proxy caps what a learner asks (and sets it when absent)
     conns_per_learner: int = CONNS_PER_LEARNER
     fingerprint: str | None = Field(default=None, description="SHA-256 of the proxy's certificate, AB:CD:... form")
     proxy_root: str | None = None
@@ -416,11 +420,13 @@ def render_keys_map(name: str, active: dict[str, str]) -> str:
                               learners=[{"id": i, "key": k} for i, k in sorted(active.items())])
 
 
-def render_nginx_conf(ws: Workshop, *, root: str, backend_port: int, worker_user: str | None) -> str:
+def render_nginx_conf(ws: Workshop, *, root: str, backend_port: int, worker_user: str | None,
+                      modules: str = "/usr/lib/nginx/modules") -> str:
     return infra_files.render(
         "nginx-workshop.conf.j2", name=ws.name, model=ws.model, learners=len(ws.learners), root=root,
         worker_user=worker_user, workers=1, listen=ws.listen, port=ws.https_port, allow=ws.allow,
         rate_per_min=ws.rate_per_min, burst=ws.burst, conns_per_learner=ws.conns_per_learner,
+        max_tokens=ws.max_tokens, modules=modules,
         backend_port=backend_port, read_timeout_s=READ_TIMEOUT_S, max_body_mb=MAX_BODY_MB,
         retry_after_s=max(1, -(-60 // ws.rate_per_min)),
     )
@@ -488,8 +494,11 @@ def install_proxy(host: Host, ws: Workshop, dep: state.Deployment, keys: dict[st
         ws.https_port = free_port(host, DEFAULT_PORT[ws.target])
         say(f"  the proxy listens on port {ws.https_port}")
     out = _proxy_script(host, ws, "install").strip().splitlines()
-    nginx = out[-1]
-    say(f"  {out[-2] if len(out) > 1 else 'nginx'} at {nginx}")
+    nginx, modules = out[-1], out[-2]
+    if not modules.startswith("/"):
+        raise EngineError("nginx's Lua module is not installed on the host", field="proxy",
+                          fix="install it: apt-get install libnginx-mod-http-lua lua-cjson")
+    say(f"  {out[-3] if len(out) > 2 else 'nginx'} at {nginx}, Lua module in {modules}")
     login, uid = _host_user(host)
     # A root master would run workers as `nobody`, which cannot write the proxy's temp folder.
     worker_user = login if (ws.proxy_mode == "systemd" or uid == 0) else None
@@ -498,8 +507,9 @@ def install_proxy(host: Host, ws: Workshop, dep: state.Deployment, keys: dict[st
     host.put_text(infra_files.render("nginx-upstream-auth.conf.j2", server_key=server_key),
                   f"{root}/upstream-auth.conf", mode=0o600)
     _put_keys_map(host, ws, keys)
-    host.put_text(render_nginx_conf(ws, root=root, backend_port=dep.endpoint.remote_port, worker_user=worker_user),
-                  f"{root}/nginx.conf", mode=0o644)
+    host.put_text(infra_files.read("workshop-learner.lua"), f"{root}/learner.lua", mode=0o644)
+    host.put_text(render_nginx_conf(ws, root=root, backend_port=dep.endpoint.remote_port, worker_user=worker_user,
+                                    modules=modules), f"{root}/nginx.conf", mode=0o644)
     spec = _proxy_spec(ws, nginx)
     service.install(host, spec)
     services.add_companion(dep.name, spec)  # a plain `mistral-lab teardown` stops the proxy too
@@ -553,7 +563,7 @@ def up(req: RoomRequest | RoomPlan, *, options: dict[str, Any] | None = None, sa
                   learners=[Learner(id=i) for i in ids], hours=req.hours, expires_at=expires_at,
                   hourly_usd=room.hourly_usd, planned_cost_usd=room.planned_cost_usd, budget_usd=req.budget_usd,
                   allow=room.allow, listen=room.listen, public_host=req.public_host, https_port=room.port,
-                  rate_per_min=req.rate_per_min, burst=req.burst)
+                  rate_per_min=req.rate_per_min, burst=req.burst, max_tokens=req.max_tokens)
     save(ws)
     state.write_secret(req.name, KEYS_FILE, json.dumps(keys, indent=2))
     opts = dict(options or {})

@@ -77,8 +77,9 @@ def status_cmd(
             print(json.dumps(info, indent=2))
             return
         t = Table(show_header=False, box=None)
-        for k in ("name", "status", "healthy", "hours_up", "cost_usd"):
-            t.add_row(k, str(info[k]))
+        for k in ("name", "status", "healthy", "hours_up", "cost_usd", "runs_as"):
+            if k in info:
+                t.add_row(k.replace("_", " "), str(info[k]))
         t.add_row("model", f"{info['plan']['model']} on {info['plan']['engine']} ({info['plan']['gpu_name']})")
         if info.get("endpoint"):
             t.add_row("endpoint", info["endpoint"]["base_url"])

@@ -51,6 +51,8 @@ def up_cmd(
     public_host: Annotated[str | None, Opt(help="the address on the cards (default: the host's)")] = None,
     rate: Annotated[int, Opt(help="requests per minute per learner key; more get 429")] = ws_mod.DEFAULT_RATE_PER_MIN,
     burst: Annotated[int, Opt(help="requests a learner may send at once above the rate")] = ws_mod.DEFAULT_BURST,
+    max_tokens: Annotated[int, Opt(help="the most tokens one reply may have: the proxy caps each learner's "
+                                        "request (and n to 1)")] = ws_mod.DEFAULT_MAX_TOKENS,
     engine: Annotated[str, Opt(help="auto | vllm | llamacpp")] = "auto",
     gpu: Annotated[str, Opt(help="size slug, GPU name or auto")] = "auto",
     region: Annotated[str | None, Opt(help="digitalocean region")] = None,
@@ -77,7 +79,7 @@ def up_cmd(
     req = ws_mod.RoomRequest.of(name=name, learners=learners, model=model, target=target, hours=hours,
                                 budget_usd=budget, allow=_split(allow), ssh_from=_split(ssh_from),
                                 https_port=https_port, public_host=public_host, rate_per_min=rate, burst=burst,
-                                engine=engine, gpu=gpu, region=region, context=context)
+                                max_tokens=max_tokens, engine=engine, gpu=gpu, region=region, context=context)
     room = ws_mod.plan_room(req)
     if room.hourly_usd and not yes and sys.stdin.isatty():
         say(room.summary())

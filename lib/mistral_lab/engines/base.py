@@ -44,6 +44,7 @@ class Layout:
     home: str
     cache: str  # e.g. /home/llm/.cache/mistral-lab
     root: str  # this deployment's folder
+    user: str = ""  # the login user on the host
 
     @property
     def models(self) -> str:

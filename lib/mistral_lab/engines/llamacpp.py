@@ -64,6 +64,10 @@ class LlamaCppEngine:
     def install(self, host: Host, plan: Plan, facts: HostFacts, layout: Layout,
                 on_line: LineSink | None) -> Installed:
         key = self.build_key(facts)
+        o = self.options
+        if on_line and (key.source != "pypi" or o.pypi_url):  # parameter files are code: say what gets built
+            on_line(f"note: building llama.cpp from {o.llamacpp_tarball or o.pypi_url or key.source}, as the options "
+                    "ask (not the pinned PyPI sdist)")
         tarball = None
         if key.source == "tarball":
             local = self.options.llamacpp_tarball

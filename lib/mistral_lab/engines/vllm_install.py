@@ -309,6 +309,16 @@ def venv_python(key: InstallKey, cache: str) -> str:
     return f"{key_dir(key, cache)}/venv/bin/python"
 
 
+GUARD_FILE = "vllm_guard.py"  # infra/: every route behind the key (--middleware), see engines/vllm.py
+GUARD_MIDDLEWARE = "vllm_guard.RequireKey"
+GUARD_IN_CONTAINER = "/opt/mistral-lab-guard"
+
+
+def guard_dir(cache: str) -> str:
+    """Where the route guard lies on the host, for the server's PYTHONPATH (a bind mount in docker mode)."""
+    return f"{cache.rstrip('/')}/vllm/guard"
+
+
 def hub_python(cache: str) -> str:
     """The small downloader venv the docker mode sets up next to the images."""
     return f"{cache.rstrip('/')}/vllm/hub/venv/bin/python"

@@ -17,7 +17,6 @@ logged, or put into an exception message.
 
 from __future__ import annotations
 
-import ipaddress
 import os
 import random
 import time
@@ -27,6 +26,7 @@ from typing import Any
 from urllib.parse import parse_qs, urlparse
 
 from mistral_lab.errors import BadInput, TargetError
+from mistral_lab.options import check_token_host, is_loopback
 
 TOKEN_ENVS = ("DIGITALOCEAN_TOKEN", "DIGITALOCEAN_ACCESS_TOKEN")
 
@@ -104,24 +104,21 @@ def read_token() -> str:
 
 
 def api_url(override: str | None = None) -> str:
+    """The API base URL: the `api_url` option, else DIGITALOCEAN_API_URL, else DigitalOcean's. An option (a preset
+    or a flag, which someone else may have written) may only send the token elsewhere with the environment's
+    consent (`MISTRAL_LAB_TOKEN_HOSTS`)."""
     url = (override or os.environ.get(API_URL_ENV) or DEFAULT_API_URL).rstrip("/")
+    if override:
+        check_token_host(url, field="api_url", default_host=urlparse(DEFAULT_API_URL).hostname or "",
+                         token="DIGITALOCEAN_TOKEN")
     parsed = urlparse(url)
     if parsed.scheme not in ("http", "https") or not parsed.hostname:
         raise BadInput(f"not an http(s) URL: {url!r}", field="api_url",
                        fix=f"pass a base URL like {DEFAULT_API_URL} (or set {API_URL_ENV})")
-    if parsed.scheme == "http" and not _is_loopback(parsed.hostname):
+    if parsed.scheme == "http" and not is_loopback(parsed.hostname):
         raise BadInput(f"refusing to send the DigitalOcean token over plain http to {parsed.hostname}",
                        field="api_url", fix="use an https:// URL; plain http is allowed only for 127.0.0.1/localhost")
     return url
-
-
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def _bearer_policy(token: str) -> Any:

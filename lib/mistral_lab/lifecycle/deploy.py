@@ -23,7 +23,7 @@ from mistral_lab.hosts.ports import free_port
 from mistral_lab.lifecycle import services
 from mistral_lab.lifecycle.steps import Steps, print_line
 from mistral_lab.lifecycle.teardown import teardown
-from mistral_lab.options import HostOptions, Secrets, refuse_secrets
+from mistral_lab.options import EngineOptions, HostOptions, Secrets, check_token_host, refuse_secrets
 from mistral_lab.planning import Plan, PlanRequest, make_plan, require_fit, resolve
 
 __all__ = ["deploy"]
@@ -46,6 +46,9 @@ def deploy(
     refuse_secrets(options or {})
     options = dict(options or {})
     secrets = secrets or Secrets.from_env()
+    endpoint = EngineOptions.of(options).hf_endpoint
+    if secrets.hf_token and endpoint:  # the token goes wherever hf_endpoint points
+        check_token_host(endpoint, field="hf_endpoint", default_host="huggingface.co", token="HF_TOKEN")
     plan = make_plan(req, api_url=options.get("api_url"))
     name = state.check_name(plan.name)
     if plan.target == "digitalocean":
@@ -152,10 +155,10 @@ def _existing(name: str, plan: Plan, say: LineSink) -> state.Deployment | None:
 
 
 def _layout(host: Host, dep: state.Deployment, options: HostOptions) -> Layout:
-    home = host.run('printf %s "$HOME"').stdout.strip()
+    home, user = host.run('printf "%s\\n%s\\n" "$HOME" "$(id -un)"').stdout.strip().splitlines()[-2:]
     base = options.host_root or f"{home}/mistral-lab"
     cache = options.host_cache or f"{home}/.cache/mistral-lab"
-    return Layout(home=home, cache=cache, root=f"{base}/deployments/{dep.instance}")
+    return Layout(home=home, cache=cache, root=f"{base}/deployments/{dep.instance}", user=user)
 
 
 def _start(host: Host, dep: state.Deployment, engine: Engine, installed: Installed, files: ModelFiles,
@@ -166,7 +169,7 @@ def _start(host: Host, dep: state.Deployment, engine: Engine, installed: Install
     key_file = "api_key"
     api_key = state.read_secret(name, key_file) if (dep.folder / key_file).is_file() else state.new_api_key()
     state.write_secret(name, key_file, api_key)
-    mode = services.mode_for(facts.systemd, HostOptions.of(options).service)
+    mode = services.mode_for(facts.systemd, HostOptions.of(options).service, local=dep.plan.target == "local")
     service.stop(host, services.bare(dep, layout.root, mode))  # what an earlier attempt may have left
     recipe = getattr(get_model(plan.model).engines, plan.engine)
     # The free port is checked, then bound a moment later: something else may take it in between (another
@@ -180,12 +183,12 @@ def _start(host: Host, dep: state.Deployment, engine: Engine, installed: Install
         argv = engine.serve_argv(plan, files, installed)
         spec = service.ServiceSpec(
             name=name, model=plan.model, engine=plan.engine, root=layout.root, argv=argv, port=port,
-            key_var=engine.key_var, mode=mode, user=dep.host.user, secret_env={**env, engine.key_var: api_key},
+            key_var=engine.key_var, mode=mode, user=layout.user, secret_env={**env, engine.key_var: api_key},
             hints=dict(recipe.hints) if recipe else {}, instance=dep.instance)
         service.install(host, spec)
         dep.service = state.Service(kind=mode, unit=spec.unit if mode == "systemd" else None,
                                     pid_file=f"{layout.root}/serve.pid" if mode == "process" else None,
-                                    log_file=spec.log_file, root=layout.root)
+                                    log_file=spec.log_file, root=layout.root, user=layout.user)
         dep.serve_command = shlex.join(argv)
         state.save(dep)
         try:

@@ -9,9 +9,13 @@ from mistral_lab.engines.service import Mode, ServiceSpec
 __all__ = ["add_companion", "bare", "companions", "mode_for", "server"]
 
 
-def mode_for(systemd: bool, service: str) -> Mode:
-    """systemd where it runs, unless the `service` option asks for a supervised process."""
-    return "systemd" if systemd and service != "process" else "process"
+def mode_for(systemd: bool, service: str, *, local: bool = False) -> Mode:
+    """systemd where it runs, unless the `service` option asks for a supervised process. On this machine a
+    supervised process, running as the invoking user, unless systemd is asked for: a system unit needs root (or
+    sudo, which a desktop user may not have without a password)."""
+    if service == "systemd" or (service == "auto" and systemd and not local):
+        return "systemd" if systemd else "process"
+    return "process"
 
 
 def bare(dep: state.Deployment, root: str, mode: Mode) -> ServiceSpec:

@@ -27,6 +27,8 @@ def status(name: str) -> dict[str, Any]:
     info["healthy"] = session.healthy(dep)
     info["hours_up"] = round(hours_up(dep), 3)
     info["cost_usd"] = cost_so_far(dep)
+    if dep.service is not None:
+        info["runs_as"] = f"{dep.service.user or '?'} ({'systemd unit' if dep.service.kind == 'systemd' else 'process'})"
     if dep.endpoint is not None:
         info["endpoint"] = {"base_url": dep.endpoint.base_url(dep.plan.port) if dep.plan.target == "local"
                             else f"ssh tunnel to 127.0.0.1:{dep.endpoint.remote_port} on {dep.host.address}",
