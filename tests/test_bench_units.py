@@ -7,6 +7,8 @@ from __future__ import annotations
 import ast
 import io
 import json
+import selectors
+import socket
 import socketserver
 import sys
 import threading
@@ -693,5 +695,36 @@ def test_points_are_bounded_by_time_and_split_over_workers(tmp_path, workers, wi
     # The server's counters were read around the point: exactly our requests' tokens in between.
     served = timed["server_after"]["llamacpp:tokens_predicted_total"] - timed["server_before"]["llamacpp:tokens_predicted_total"]
     assert served == 8 * len(recs)
+    assert timed["read_window_s"] == window
     # The cap still stops a point when it comes first.
     assert capped["stopped_by"] == "count" and capped["requests"] == 3
+
+
+def test_the_read_window_waits_only_once_every_stream_has_its_first_token(monkeypatch):
+    slept: list[float] = []
+    monkeypatch.setattr(loadgen.time, "sleep", slept.append)
+    sel = loadgen.Coalescing(0.002)
+    a, b = socket.socketpair()
+    try:
+        sel.register(a, selectors.EVENT_READ)
+        b.send(b"x")
+        assert sel.select(1.0) and slept == []  # idle before: the first byte is read at once
+        assert sel.select(1.0) and 0 < slept[-1] <= 0.002  # busy: the next read waits out the window
+        sel.awaiting_first = 1
+        n = len(slept)
+        assert sel.select(1.0) and len(slept) == n  # a request waits for its first token: no waiting
+        sel.awaiting_first = 0
+        assert sel.select(0) and len(slept) == n  # asyncio polling (timeout 0) never waits
+    finally:
+        sel.close()
+        a.close()
+        b.close()
+    # A response marks its request as waiting until the first text arrives, then releases it.
+    counts: list[int] = []
+    r = loadgen.Response(loadgen._record(), _Future(), counts.append)
+    r.feed(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n", 0.0)
+    assert counts == [1]
+    e = b'data: {"choices":[{"delta":{"content":"a"}}]}\n\n'
+    r.feed(b"%x\r\n%s\r\n" % (len(e), e), 1.0)
+    r.feed(b"%x\r\n%s\r\n0\r\n\r\n" % (len(e), e), 2.0)
+    assert counts == [1, -1]  # released once, not again at the second token or the end

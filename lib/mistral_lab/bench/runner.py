@@ -47,6 +47,7 @@ from mistral_lab.bench.placement import Placement, Progress, children_cpu_s, cor
 from mistral_lab.bench.results import PredictionRow, Run, RunMeta, WorkloadInfo
 from mistral_lab.bench.spec import (
     DEFAULT_DURATION_S,
+    DEFAULT_READ_WINDOW_S,
     DEFAULT_REPEATS,
     DEFAULT_REQUEST_TIMEOUT_S,
     MAX_CONSECUTIVE_ERRORS,
@@ -101,7 +102,7 @@ def run(
     context: int | None = None,
     request_timeout_s: float = DEFAULT_REQUEST_TIMEOUT_S,
     workers: int | None = None,
-    read_window_s: float = 0.0,
+    read_window_s: float = DEFAULT_READ_WINDOW_S,
     results_dir: str | Path | None = None,
     plots: bool = True,
     progress: bool = True,
@@ -117,8 +118,8 @@ def run(
 
     `where` defaults to the host for a deployment and to this machine for a `base_url` run, whose key is `api_key`
     or else read from the environment variable `key_env`. `workers` fixes the load generator's processes (default:
-    as many as the load needs); `read_window_s` trades timing resolution for client CPU (0: every byte read as it
-    arrives).
+    as many as the load needs); `read_window_s` trades timing resolution after the first token for client CPU
+    (TTFT stays exact; 0: every byte read as it arrives, for ITL studies).
     """
     spec = BenchSpec.build(
         deployment, where=where, api_key=api_key, key_env=key_env, workload=workload, concurrency=concurrency,

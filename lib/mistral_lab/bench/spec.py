@@ -4,7 +4,8 @@ Defaults that shape every figure live here:
 - a load point is bounded by time (`DEFAULT_DURATION_S`), with a request count only as a safety cap: a point of
   8 or 16 requests lasted under a second on a small model, too short for its percentiles to mean anything;
 - each load level is measured `DEFAULT_REPEATS` times, so its figures come with a spread;
-- a sweep stops at its knee (see `saturation`).
+- a sweep stops at its knee (see `saturation`);
+- the load generator reads at most every `DEFAULT_READ_WINDOW_S` once every stream has its first token.
 """
 
 from __future__ import annotations
@@ -25,6 +26,10 @@ DEFAULT_REPEATS = 3
 DEFAULT_REQUEST_TIMEOUT_S = 300.0
 MAX_REQUESTS_PER_POINT = 5000  # the safety cap when none is given: the time bound ends a point first
 MAX_CONSECUTIVE_ERRORS = 10
+# The client reads at most every 2 ms once every stream has its first token (TTFT stays exact): on a shared VM a
+# wake-up costs ~30 us of CPU, so one per token cannot stay under 2% of a core per 1,000 tok/s, and 2 ms keeps ITL
+# resolved down to 4 ms (benchmarks/results/bench_loadgen_overhead.json). 0: every byte read as it arrives.
+DEFAULT_READ_WINDOW_S = 0.002
 
 
 @dataclass(frozen=True)
