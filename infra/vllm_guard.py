@@ -21,7 +21,7 @@ def _has_key(scope):
     return bool(os.environ.get("VLLM_API_KEY")) and scheme.lower() == "bearer" and hmac.compare_digest(given, _KEY)
 
 
-class RequireKey:
+class EveryRoute:
     def __init__(self, app):
         self.app = app
 

@@ -40,7 +40,7 @@ alive() {
     state=$(systemctl is-active "$UNIT.service" 2>/dev/null || true)
     [ "$state" = active ] || [ "$state" = activating ]
   else
-    [ -f "$ROOT/serve.pid" ] && kill -0 "$(cat "$ROOT/serve.pid")" 2>/dev/null
+    [ -f "$ROOT/serve.pid" ] && ps -p "$(cat "$ROOT/serve.pid")" >/dev/null 2>&1  # maybe another user's
   fi
 }
 

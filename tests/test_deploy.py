@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import json
 import os
+import pwd
 import shutil
 import stat
+import subprocess
 import tempfile
 import time
 from collections.abc import Iterator
@@ -219,6 +221,27 @@ def shared_build_cache() -> Iterator[str]:
     shutil.rmtree(root, ignore_errors=True)
 
 
+def _as(user: str, *cmd: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["runuser", "-u", user, "--", *cmd], capture_output=True, text=True, timeout=60)
+
+
+def _check_the_server_runs_with_nothing_it_does_not_need(dep) -> None:
+    """The fake droplet is this machine: look at the server as the droplet's root would."""
+    assert dep.service.user == dep.host.service_user == "mlserve" != dep.host.user
+    root = Path(dep.service.root)
+    started = int((root / "serve.pid").read_text())
+    server = next(p for p in [started, *map(int, Path(f"/proc/{started}/task/{started}/children").read_text().split())]
+                  if Path(f"/proc/{p}/exe").resolve().name == "llama-server")
+    assert pwd.getpwuid(Path(f"/proc/{server}").stat().st_uid).pw_name == "mlserve"
+    assert _as("mlserve", "sudo", "-n", "true").returncode != 0  # no sudo
+    assert _as("mlserve", "cat", str(root / "env")).returncode == 0  # its own key
+    login_home = Path(pwd.getpwnam(dep.host.user).pw_dir)
+    for private in (login_home / ".ssh" / "authorized_keys", root.parent / "nothing-else-here",
+                    *Path(dep.host.key_dir).glob("*")):
+        assert _as("mlserve", "cat", str(private)).returncode != 0, private
+    assert _as("mlserve", "ls", str(login_home)).returncode != 0
+
+
 @needs_sshd
 def test_digitalocean_deploy_on_the_fake_api(home, tmp_path, monkeypatch, shared_build_cache, capfd):
     token = "dop_v1_" + os.urandom(32).hex()
@@ -235,6 +258,7 @@ def test_digitalocean_deploy_on_the_fake_api(home, tmp_path, monkeypatch, shared
         assert any("/hour until torn down" in line for line in lines)
         assert dep.host.user == droplet_user() and dep.host.resource_ids.get("droplet")
         assert fake.leftovers()["droplets"]
+        _check_the_server_runs_with_nothing_it_does_not_need(dep)
         report = _check_up_then_teardown("dotest", lines)
         assert report.destroyed and fake.leftovers() == {"droplets": [], "firewalls": [], "ssh_keys": []}
     out, err = capfd.readouterr()

@@ -137,23 +137,33 @@ def test_firewall_body_opens_ssh_to_caller_only_and_all_outbound():
 
 def test_user_data_installs_host_key_and_user_and_holds_no_secret(token):
     host, client = generate_ed25519("h"), generate_ed25519("c")
-    text = render_user_data(hostname="mistral-lab-x", user="mistral", host_key=host,
+    text = render_user_data(hostname="mistral-lab-x", user="mistral", host_key=host, service_user="mlserve",
                             authorized_key=client.public_openssh, forbidden=[token, client.private_openssh])
     data = yaml.safe_load(text)
     assert text.startswith("#cloud-config\n")
     assert data["ssh_keys"] == {"ed25519_private": host.private_openssh, "ed25519_public": host.public_openssh}
     assert data["disable_root"] is True and data["ssh_pwauth"] is False
-    (user,) = data["users"]
-    assert user["name"] == "mistral" and user["ssh_authorized_keys"] == [client.public_openssh]
-    assert "NOPASSWD" in user["sudo"] and user["lock_passwd"] is True
+    login, server = data["users"]
+    assert login["name"] == "mistral" and login["ssh_authorized_keys"] == [client.public_openssh]
+    assert "NOPASSWD" in login["sudo"] and login["lock_passwd"] is True and login["groups"] == ["mlserve"]
+    # The server's user: no sudo, no key, no shell, its own group.
+    assert server["name"] == "mlserve" and "sudo" not in server and "ssh_authorized_keys" not in server
+    assert server["shell"] == "/usr/sbin/nologin" and server["system"] is True and data["groups"] == ["mlserve"]
+    # Only root may reach the metadata service, where this user_data (the host key) stays readable.
+    (block,) = data["bootcmd"]
+    assert "169.254.169.254" in block[-1] and "--uid-owner 0" in block[-1]
     conf = data["write_files"][0]["content"]
     assert "PermitRootLogin no" in conf and "PasswordAuthentication no" in conf
     assert token not in text and client.private_openssh not in text
     with pytest.raises(AssertionError, match="contains a secret"):
         render_user_data(hostname="x", user="mistral", host_key=host, authorized_key=client.public_openssh,
-                         forbidden=[host.public_openssh.split()[1]])
+                         service_user="mlserve", forbidden=[host.public_openssh.split()[1]])
     with pytest.raises(BadInput, match="root"):
-        render_user_data(hostname="x", user="root", host_key=host, authorized_key=client.public_openssh)
+        render_user_data(hostname="x", user="root", host_key=host, authorized_key=client.public_openssh,
+                         service_user="mlserve")
+    with pytest.raises(BadInput, match="must not be the login user"):
+        render_user_data(hostname="x", user="mistral", host_key=host, authorized_key=client.public_openssh,
+                         service_user="mistral")
 
 
 def test_http_api_url_only_to_loopback(env):

@@ -72,7 +72,9 @@ def _check_steps_and_record(dep: state.Deployment) -> None:
 
 
 def _check_key_and_chat(conn: ml.Connection) -> None:
-    assert httpx.get(conn.base_url.removesuffix("/v1") + "/health", timeout=10).status_code == 200
+    health = conn.base_url.removesuffix("/v1") + "/health"
+    assert httpx.get(health, timeout=10).status_code == 401  # every route needs the key (infra/vllm_guard.py)
+    assert httpx.get(health, headers={"Authorization": f"Bearer {conn.api_key}"}, timeout=10).status_code == 200
     assert httpx.get(f"{conn.base_url}/models", timeout=10).status_code == 401
     assert _ask(conn.base_url, "wrong-key").status_code == 401
     models = httpx.get(f"{conn.base_url}/models", headers={"Authorization": f"Bearer {conn.api_key}"}, timeout=10)

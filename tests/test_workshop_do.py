@@ -75,6 +75,12 @@ def test_workshop_on_the_fake_do_api_firewall_expiry_and_sweep(tmp_path, monkeyp
         assert res.expiry_tag(up["expires_at"]) in droplet.body["tags"]
         assert abs(up["expires_at"] - (time.time() + HOURS * 3600)) < HOURS * 3600
 
+        # The model server's user reads none of the proxy's secrets: learner keys, TLS key, the server key line.
+        proxy = Path(ws_mod.load("wsdo").proxy_root)
+        for secret in ("keys.map", "cert.key", "upstream-auth.conf"):
+            r = subprocess.run(["runuser", "-u", "mlserve", "--", "cat", str(proxy / secret)], capture_output=True)
+            assert r.returncode != 0 and (proxy / secret).is_file(), secret
+
         # A learner's card works from here: the droplet's address, TLS pinned by the printed fingerprint.
         card = up["cards"][0]
         assert card["base_url"] == f"https://{droplet.address}:{port}/v1"

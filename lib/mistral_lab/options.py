@@ -137,6 +137,10 @@ class DigitalOceanOptions(HostOptions):
     https_port: int = Field(default=443, ge=1, le=65535)
     expires_at: int | None = Field(default=None, gt=0, description="unix seconds: the droplet's expiry tag")
     ssh_user: str = Field(default="mistral", validation_alias=AliasChoices("ssh_user", "user"))
+    service_user: str = Field(default="mlserve", description="digitalocean: the unprivileged user the model server "
+                                                             "runs as (no sudo, no login)")
+    host_root: str | None = Field(default="/srv/mistral-lab", description="folder for deployments on the droplet")
+    host_cache: str | None = Field(default="/srv/mistral-lab/cache", description="builds and weights on the droplet")
     key: str | None = Field(default=None, validation_alias=AliasChoices("key", "key_path"))
     ssh_port: int = Field(default=22, ge=1, le=65535)
     image: str | None = Field(default=None, description="digitalocean: override the base image slug")

@@ -5,9 +5,10 @@ What cloud-init would do with the droplet's user_data, this does with sshd: the 
 the first of `users:` and its keys are that user's `ssh_authorized_keys`. The sshd listens on the droplet's public
 address (127.0.0.N) and the fake's SSH port.
 
-Users: cloud-init creates the user; so does this when the tests run as root (`useradd -m -p '*'`: sshd without
-PAM refuses locked accounts, `*` is not locked). As another user sshd can only log in that same user, so tests ask
-for `droplet_user()` as the droplet's user.
+Users: cloud-init creates the users, groups and sudo rules of `groups:` and `users:`; so does this when the tests
+run as root (`useradd -m -p '*'`: sshd without PAM refuses locked accounts, `*` is not locked; a `sudo:` line
+becomes a file in /etc/sudoers.d, as cloud-init writes it). As another user sshd can only log in that same user,
+so tests ask for `droplet_user()` as the droplet's user.
 """
 
 from __future__ import annotations
@@ -30,18 +31,38 @@ def droplet_user() -> str:
     return "mistral" if os.geteuid() == 0 else getpass.getuser()
 
 
-def _ensure_user(name: str) -> str:
+def _ensure_user(name: str, spec: dict | None = None) -> str:
+    spec = spec or {}
     try:
         pwd.getpwnam(name)
-        return name
     except KeyError:
-        pass
-    if os.geteuid() != 0:
-        raise ValueError(f"cannot create user {name!r} without root; give droplets the user {getpass.getuser()!r}")
-    # Parallel test workers may race to create it: whoever loses finds it there.
-    subprocess.run(["useradd", "-m", "-p", "*", "-s", "/bin/bash", name], capture_output=True, check=False)
-    pwd.getpwnam(name)
+        if os.geteuid() != 0:
+            raise ValueError(f"cannot create user {name!r} without root; give droplets the user "
+                             f"{getpass.getuser()!r}") from None
+        cmd = ["useradd", "-p", "*", "-s", str(spec.get("shell") or "/bin/bash")]
+        if spec.get("system"):
+            cmd += ["--system", "-d", str(spec.get("homedir") or f"/var/lib/{name}"), "-m"]
+        else:
+            cmd += ["-m"]
+        if spec.get("primary_group"):
+            cmd += ["-g", str(spec["primary_group"])]
+        # Parallel test workers may race to create it: whoever loses finds it there.
+        subprocess.run([*cmd, name], capture_output=True, check=False)
+        pwd.getpwnam(name)
+    if os.geteuid() == 0:
+        for group in spec.get("groups") or []:
+            subprocess.run(["usermod", "-aG", str(group), name], capture_output=True, check=False)
+        if spec.get("sudo"):
+            rules = spec["sudo"] if isinstance(spec["sudo"], list) else [spec["sudo"]]
+            path = Path("/etc/sudoers.d") / f"90-fakedo-{name}"
+            path.write_text("".join(f"{name} {rule}\n" for rule in rules))
+            path.chmod(0o440)
     return name
+
+
+def _ensure_group(name: str) -> None:
+    if os.geteuid() == 0:
+        subprocess.run(["groupadd", "-f", name], capture_output=True, check=False)
 
 
 class SshdBackend:
@@ -56,10 +77,14 @@ class SshdBackend:
 
     def start(self, boot: DropletBoot) -> sshd.SshdServer:
         users = boot.users
-        name = str(users[0].get("name")) if users else getpass.getuser()
+        for group in boot.cloud_config.get("groups") or []:
+            _ensure_group(str(group))
+        for spec in users[1:]:  # the others first: the login user may join their groups
+            _ensure_user(str(spec["name"]), spec)
+        name = _ensure_user(str(users[0]["name"]), users[0]) if users else getpass.getuser()
         server = sshd.start_sshd(self.workdir / f"droplet-{boot.droplet_id}", address=boot.address, port=boot.port,
                                  host_key_private=boot.host_key_private, authorized_keys=boot.authorized_keys,
-                                 user=_ensure_user(name), machine=True)
+                                 user=name, machine=True)
         with self._lock:
             self.servers.append(server)
         return server

@@ -30,7 +30,8 @@ class ServiceSpec:
     port: int
     key_var: str
     mode: Mode
-    user: str | None = None
+    user: str | None = None  # who the server runs as
+    owner: str | None = None  # who writes its files (the login user); a different `user` reads them as a group
     secret_env: dict[str, str] = field(default_factory=dict, repr=False)
     hints: dict[str, str] = field(default_factory=dict)
     instance: str | None = None  # the host-side name when it differs from the deployment's (Deployment.instance)
@@ -42,6 +43,11 @@ class ServiceSpec:
     @property
     def log_file(self) -> str:
         return f"{self.root}/serve.log"
+
+    @property
+    def separate_user(self) -> str:
+        """The server's own user when it is not the login user ('' otherwise)."""
+        return self.user if self.user and self.owner and self.user != self.owner else ""
 
 
 def render_unit(spec: ServiceSpec) -> str:
@@ -59,7 +65,8 @@ def render_env_file(spec: ServiceSpec) -> str:
 
 
 def _env(spec: ServiceSpec, action: str, lines: int = 200) -> dict[str, str]:
-    return {"ACTION": action, "ROOT": spec.root, "UNIT": spec.unit, "MODE": spec.mode, "LINES": str(lines)}
+    return {"ACTION": action, "ROOT": spec.root, "UNIT": spec.unit, "MODE": spec.mode, "LINES": str(lines),
+            "SERVICE_USER": spec.separate_user}
 
 
 def _action(host: Host, spec: ServiceSpec, action: str, *, lines: int = 200) -> str:
@@ -68,12 +75,20 @@ def _action(host: Host, spec: ServiceSpec, action: str, *, lines: int = 200) -> 
 
 
 def install(host: Host, spec: ServiceSpec) -> None:
-    """Write serve.sh, the 0600 env file and (systemd) the unit into the deployment folder on the host."""
-    host.run(f"mkdir -p {shlex.quote(spec.root)} && chmod 700 {shlex.quote(spec.root)}")
+    """Write serve.sh, the env file (its secrets) and (systemd) the unit into the deployment folder on the host.
+
+    The folder and the env file are the login user's alone (0700, 0600); when the server runs as its own user,
+    that user's group may read them (0750, 0640) and nothing else of the login user's."""
+    root = shlex.quote(spec.root)
+    host.run(f"mkdir -p {root} && chmod 700 {root}")
     host.put_text(render_env_file(spec), f"{spec.root}/env", mode=0o600)
-    host.put_text(render_serve_script(spec), f"{spec.root}/serve.sh", mode=0o755)
+    host.put_text(render_serve_script(spec), f"{spec.root}/serve.sh", mode=0o750)
     if spec.mode == "systemd":
         host.put_text(render_unit(spec), f"{spec.root}/{spec.unit}.service", mode=0o644)
+    if spec.separate_user:
+        group = shlex.quote(spec.separate_user)
+        host.run(f"chgrp {group} {root} {root}/env {root}/serve.sh && chmod 750 {root} && chmod 640 {root}/env "
+                 f"&& touch {root}/serve.log && chgrp {group} {root}/serve.log && chmod 660 {root}/serve.log")
 
 
 def start(host: Host, spec: ServiceSpec, *, wait: bool = True, timeout: float = 900,

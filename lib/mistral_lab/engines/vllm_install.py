@@ -310,7 +310,7 @@ def venv_python(key: InstallKey, cache: str) -> str:
 
 
 GUARD_FILE = "vllm_guard.py"  # infra/: every route behind the key (--middleware), see engines/vllm.py
-GUARD_MIDDLEWARE = "vllm_guard.RequireKey"
+GUARD_MIDDLEWARE = "vllm_guard.EveryRoute"
 GUARD_IN_CONTAINER = "/opt/mistral-lab-guard"
 
 

@@ -73,6 +73,8 @@ class HostRecord(BaseModel):
     host_key: str | None = Field(default=None, description="pinned public host key, 'ssh-ed25519 AAAA...'")
     known_hosts: str | None = None
     key_dir: str | None = Field(default=None, description="the private folder holding keys the target made")
+    service_user: str | None = Field(default=None, description="the unprivileged user servers run as, where the "
+                                                               "target made one (else the login user)")
     resource_ids: dict[str, Any] = Field(default_factory=dict, description="cloud ids: droplet, firewall, ssh key")
     extra: dict[str, Any] = Field(default_factory=dict)
 

@@ -66,10 +66,13 @@ def check_user(user: str) -> str:
     return user
 
 
-def render_user_data(*, hostname: str, user: str, host_key: KeyPair, authorized_key: str,
+def render_user_data(*, hostname: str, user: str, host_key: KeyPair, authorized_key: str, service_user: str,
                      forbidden: Iterable[str] = ()) -> str:
     """Render and check the droplet's cloud-config. `forbidden` are secret values that must not appear in it."""
-    text = infra_files.render(TEMPLATE, hostname=hostname, user=check_user(user),
+    if check_user(service_user) == user:
+        raise BadInput("the server's user must not be the login user", field="service_user",
+                       fix="leave the default (mlserve): the server runs without the login user's sudo")
+    text = infra_files.render(TEMPLATE, hostname=hostname, user=check_user(user), service_user=service_user,
                               host_key_private=host_key.private_openssh, host_key_public=host_key.public_openssh,
                               authorized_key=authorized_key.strip())
     data = yaml.safe_load(text)

@@ -28,6 +28,7 @@ which the host record keeps for teardown. user_data carries the host key pair an
 from __future__ import annotations
 
 import os
+import shlex
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -230,6 +231,7 @@ class DigitalOceanTarget:
         say(f"billing runs at ${pf.hourly_usd:.2f}/hour from creation until destroy (powered off still bills)")
         allow_from = settings.allow_from or self._allow_from_env() or detect_public_address()
         record = HostRecord(target=self.name, port=settings.ssh_port, user=settings.ssh_user,
+                            service_user=settings.service_user,
                             key_dir=str(request.key_dir), resource_ids={"tag": names.tag, "owner": names.owner},
                             extra={"deployment": names.deployment, "api_url": settings.api_url or
                                    os.environ.get("DIGITALOCEAN_API_URL"), "size": pf.size, "image": pf.image})
@@ -262,6 +264,7 @@ class DigitalOceanTarget:
             droplet = self._wait_active(api, droplet, None, settings, say)
         else:
             user_data = render_user_data(hostname=names.hostname, user=settings.ssh_user, host_key=keys.host,
+                                         service_user=settings.service_user,
                                          authorized_key=keys.client_public,
                                          forbidden=[read_token(), keys.client_key_path.read_text()])
             t1 = time.monotonic()
@@ -285,6 +288,7 @@ class DigitalOceanTarget:
         t3 = time.monotonic()
         try:
             self._wait_cloud_init(host, settings, say)
+            self._prepare_folders(host, settings)
         except BaseException:
             host.close()
             raise
@@ -475,6 +479,16 @@ class DigitalOceanTarget:
         if not result.ok:
             raise TargetError(f"cloud-init failed on the droplet (exit {result.returncode})",
                               fix="read the lines above; tear down and deploy again")
+
+    @staticmethod
+    def _prepare_folders(host: Host, settings: DigitalOceanOptions) -> None:
+        """The deployments' folder, readable by the server's group only; the shared cache, readable by all (builds
+        and weights are not secret). Made through the login user's sudo: the one thing here that needs root."""
+        root, cache = shlex.quote(str(settings.host_root)), shlex.quote(str(settings.host_cache))
+        login, server = shlex.quote(settings.ssh_user), shlex.quote(settings.service_user)
+        # The login user's home is its own (Ubuntu makes it 0750, Debian 0755): the server's user reads nothing there.
+        host.run(f'chmod 0750 "$HOME" && sudo -n install -d -o {login} -g {server} -m 0750 {root} {root}/deployments '
+                 f"&& sudo -n install -d -o {login} -g {login} -m 0755 {cache}", retry_safe=True)
 
     # ------------------------------------------------------------------ reconnect, destroy
 

@@ -23,7 +23,14 @@ from mistral_lab.hosts.ports import free_port
 from mistral_lab.lifecycle import services
 from mistral_lab.lifecycle.steps import Steps, print_line
 from mistral_lab.lifecycle.teardown import teardown
-from mistral_lab.options import EngineOptions, HostOptions, Secrets, check_token_host, refuse_secrets
+from mistral_lab.options import (
+    TARGET_OPTIONS,
+    EngineOptions,
+    HostOptions,
+    Secrets,
+    check_token_host,
+    refuse_secrets,
+)
 from mistral_lab.planning import Plan, PlanRequest, make_plan, require_fit, resolve
 
 __all__ = ["deploy"]
@@ -94,7 +101,7 @@ def _deploy(req: PlanRequest, plan: Plan, name: str, options: dict[str, Any], se
                 + (", ".join(f"{g.name} {g.memory_mib // 1024} GiB" for g in facts.gpus) or "no GPU"))
 
         engine = get_engine(plan.engine, options)
-        layout = _layout(host, dep, HostOptions.of(options))
+        layout = _layout(host, dep, TARGET_OPTIONS[plan.target].of(options))
         with steps.step(f"install {plan.engine}", "installing") as info:
             installed = engine.install(host, plan, facts, layout, steps.lines())
             info["skipped"] = installed.skipped
@@ -170,7 +177,8 @@ def _start(host: Host, dep: state.Deployment, engine: Engine, installed: Install
     api_key = state.read_secret(name, key_file) if (dep.folder / key_file).is_file() else state.new_api_key()
     state.write_secret(name, key_file, api_key)
     mode = services.mode_for(facts.systemd, HostOptions.of(options).service, local=dep.plan.target == "local")
-    service.stop(host, services.bare(dep, layout.root, mode))  # what an earlier attempt may have left
+    runs_as = dep.host.service_user or layout.user  # the target's unprivileged server user, where it made one
+    service.stop(host, services.bare(dep, layout.root, mode, runs_as))  # what an earlier attempt may have left
     recipe = getattr(get_model(plan.model).engines, plan.engine)
     # The free port is checked, then bound a moment later: something else may take it in between (another
     # deployment starting at the same time). A bind failure moves on to the next port.
@@ -183,12 +191,13 @@ def _start(host: Host, dep: state.Deployment, engine: Engine, installed: Install
         argv = engine.serve_argv(plan, files, installed)
         spec = service.ServiceSpec(
             name=name, model=plan.model, engine=plan.engine, root=layout.root, argv=argv, port=port,
-            key_var=engine.key_var, mode=mode, user=layout.user, secret_env={**env, engine.key_var: api_key},
+            key_var=engine.key_var, mode=mode, user=runs_as, owner=layout.user,
+            secret_env={**env, engine.key_var: api_key},
             hints=dict(recipe.hints) if recipe else {}, instance=dep.instance)
         service.install(host, spec)
         dep.service = state.Service(kind=mode, unit=spec.unit if mode == "systemd" else None,
                                     pid_file=f"{layout.root}/serve.pid" if mode == "process" else None,
-                                    log_file=spec.log_file, root=layout.root, user=layout.user)
+                                    log_file=spec.log_file, root=layout.root, user=runs_as)
         dep.serve_command = shlex.join(argv)
         state.save(dep)
         try:

@@ -18,16 +18,17 @@ def mode_for(systemd: bool, service: str, *, local: bool = False) -> Mode:
     return "process"
 
 
-def bare(dep: state.Deployment, root: str, mode: Mode) -> ServiceSpec:
+def bare(dep: state.Deployment, root: str, mode: Mode, user: str | None = None) -> ServiceSpec:
     """Enough of the server's spec to stop it, ask its status or read its log."""
     return ServiceSpec(name=dep.name, model=dep.plan.model, engine=dep.plan.engine, root=root, argv=[],
-                       port=dep.plan.port, key_var="", mode=mode, instance=dep.instance)
+                       port=dep.plan.port, key_var="", mode=mode, instance=dep.instance, user=user,
+                       owner=dep.host.user)
 
 
 def server(dep: state.Deployment) -> ServiceSpec:
     """The recorded model server."""
     assert dep.service is not None
-    return bare(dep, dep.service.root, dep.service.kind)
+    return bare(dep, dep.service.root, dep.service.kind, dep.service.user)
 
 
 def companions(dep: state.Deployment) -> list[ServiceSpec]:
