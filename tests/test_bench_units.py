@@ -619,7 +619,8 @@ def test_peers_run_with_our_prompts_duration_and_warm_up():
     assert "sk-secret" not in saved and "api_key=***" in saved
     assert "<vllm bench serve script>" in peers.redacted(argv, None)
     lines = peers.prompts_jsonl(["a b", "b a"], 16).splitlines()
-    assert [json.loads(x) for x in lines] == [{"prompt": "a b", "output_tokens": 16}, {"prompt": "b a", "output_tokens": 16}]
+    assert [json.loads(x) for x in lines] == [{"prompt": p, "output_tokens": 16, "output_tokens_count": 16}
+                                              for p in ("a b", "b a")]
     fig = peers.parse_vllm({"completed": 10, "duration": 5.0, "total_output_tokens": 1280, "output_throughput": 256.0,
                             "request_throughput": 2.0, "median_ttft_ms": 40.0, "median_tpot_ms": 5.0})
     assert fig["ttft_p50_s"] == 0.04 and fig["output_tokens"] == 1280 and fig["itl_p50_s"] is None

