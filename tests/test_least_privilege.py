@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import getpass
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -117,3 +118,54 @@ def test_options_that_build_or_install_other_code_are_said_out_loud(tmp_path):
                                    Layout(home=str(tmp_path), cache=str(CACHE), root=str(tmp_path / "d")),
                                    quiet.append)
     assert not any("as the options ask" in line for line in quiet)
+
+
+# ---------------------------------------------------------------------------------------------- 2: metadata
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="network namespaces and iptables need root (CI runs as root)")
+def test_only_root_reaches_the_metadata_service_that_keeps_the_host_key(tmp_path):
+    """The droplet's bootcmd, run in a network namespace with a stand-in metadata service on 169.254.169.254:
+    root still reads user_data (cloud-init, the droplet agent), any other user (the model server) cannot."""
+    import shlex
+    import subprocess
+    import time
+
+    import yaml
+
+    from mistral_lab.hosts.cloudinit import generate_ed25519, render_user_data
+
+    host = generate_ed25519("h")
+    text = render_user_data(hostname="x", user="mistral", host_key=host, service_user="mlserve",
+                            authorized_key=generate_ed25519("c").public_openssh)
+    (bootcmd,) = yaml.safe_load(text)["bootcmd"]
+    (tmp_path / "user-data").write_text(text)
+    tmp_path.chmod(0o755)
+    ns = f"mlmeta{os.getpid()}"
+    run = lambda *cmd: subprocess.run(["ip", "netns", "exec", ns, *cmd], capture_output=True, text=True,  # noqa: E731
+                                      timeout=30)
+    subprocess.run(["ip", "netns", "add", ns], check=True)
+    server = None
+    try:
+        assert run("sh", "-c", "ip link set lo up && ip addr add 169.254.169.254/32 dev lo").returncode == 0
+        server = subprocess.Popen(["ip", "netns", "exec", ns, sys.executable, "-m", "http.server", "--bind",
+                                   "169.254.169.254", "80", "--directory", str(tmp_path)],
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        fetch = ["curl", "-sS", "--max-time", "5", "http://169.254.169.254/user-data"]
+        secret_line = host.private_openssh.splitlines()[1]
+        for _ in range(50):
+            if secret_line in run(*fetch).stdout:
+                break
+            time.sleep(0.1)
+        assert secret_line in run("runuser", "-u", "nobody", "--", *fetch).stdout  # anyone, before the rule
+        assert run(*shlex.split(" ".join(bootcmd[:2])), bootcmd[2]).returncode == 0
+        as_root = run(*fetch)
+        assert secret_line in as_root.stdout, as_root.stderr
+        as_other = run("runuser", "-u", "nobody", "--", *fetch)
+        assert as_other.returncode != 0, as_other.stdout  # refused or never answered: either way, nothing read
+        assert secret_line not in as_other.stdout
+    finally:
+        if server is not None:
+            server.kill()
+            server.wait()
+        subprocess.run(["ip", "netns", "del", ns], check=False)
