@@ -148,7 +148,9 @@ def test_rendered_config_is_accepted_by_nginx_and_holds_no_key(tmp_path):
     conf = ws_mod.render_nginx_conf(ws, root=root, backend_port=9, worker_user=None)
     files = {"nginx.conf": conf, "cert.pem": cert.cert_pem, "cert.key": cert.key_pem,
              "keys.map": ws_mod.render_keys_map("room", keys),
-             "upstream-auth.conf": infra_files.render("nginx-upstream-auth.conf.j2", server_key="ml-server-key")}
+             "upstream-auth.conf": infra_files.render("nginx-upstream-auth.conf.j2", server_key="ml-server-key"),
+             # nginx -t runs init_by_lua, which loads usage.lua
+             "usage.lua": infra_files.read("workshop-usage.lua"), "learner.lua": infra_files.read("workshop-learner.lua")}
     for name, text in files.items():
         (tmp_path / "proxy" / name).write_text(text)
     assert "allow 127.0.0.1/32;" in conf and "allow 10.0.0.0/8;" in conf and "deny all;" in conf

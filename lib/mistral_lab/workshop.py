@@ -21,6 +21,7 @@ secret), and 0600 `learner-keys.json`, `cards.html`, `cards.csv`. `down` destroy
 
 from __future__ import annotations
 
+import base64
 import csv
 import datetime as dt
 import hashlib
@@ -33,6 +34,7 @@ import shlex
 import ssl
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
 import httpx
@@ -72,6 +74,13 @@ KEYS_FILE = "learner-keys.json"
 CARDS_HTML = "cards.html"
 CARDS_CSV = "cards.csv"
 CERT_FILE = "proxy-cert.pem"
+USAGE_FILE = "usage.jsonl"  # in the proxy's folder on the host: one JSON line per learner request (usage.lua)
+USAGE_DICT_MB = 1  # the shared dict of per-learner counts: two numbers a learner, room for thousands
+MAX_TOKENS_PER_LEARNER = 1_000_000_000
+LETS_ENCRYPT = "https://acme-v02.api.letsencrypt.org/directory"
+ACME_HTTP_PORT = 80
+ACME_RENEW_EVERY_S = 12 * 3600  # certbot's own advice: try twice a day; it renews only near the end
+_DOMAIN = re.compile(r"^(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z][a-z0-9-]{0,61}[a-z0-9]$")
 _SAFE_PATH = re.compile(r"^/[A-Za-z0-9._/+-]+$")
 _SERVER_KEY = re.compile(r"^[A-Za-z0-9._~+/=-]+$")
 
@@ -103,6 +112,11 @@ class RoomRequest(BaseModel):
     rate_per_min: int = Field(default=DEFAULT_RATE_PER_MIN, ge=1, le=6000)
     burst: int = Field(default=DEFAULT_BURST, ge=0, le=1000)
     max_tokens: int = Field(default=DEFAULT_MAX_TOKENS, ge=16, le=131072)
+    tokens_per_learner: int | None = Field(default=None, ge=1, le=MAX_TOKENS_PER_LEARNER)
+    domain: str | None = None
+    acme_server: str = LETS_ENCRYPT
+    acme_email: str | None = None
+    acme_http_port: int = Field(default=ACME_HTTP_PORT, ge=1, le=65535)
 
     @classmethod
     def of(cls, **fields: Any) -> RoomRequest:
@@ -113,7 +127,10 @@ class RoomRequest(BaseModel):
                  "https_port": "give a port between 1 and 65535",
                  "rate_per_min": "give --rate in requests per minute per learner, at least 1",
                  "burst": "give --burst of 0 or more",
-                 "max_tokens": "give --max-tokens between 16 and 131072 (tokens one reply may have)"}
+                 "max_tokens": "give --max-tokens between 16 and 131072 (tokens one reply may have)",
+                 "tokens_per_learner": "give --tokens-per-learner of 1 or more (prompt + completion tokens a "
+                                       "learner may use in the whole workshop)",
+                 "acme_http_port": "give a port between 1 and 65535 (the CA checks port 80 on the internet)"}
         try:
             req = cls(**{k: v for k, v in fields.items() if v is not None})
         except ValidationError as e:
@@ -129,6 +146,25 @@ def parse_allow(value: str | list[str]) -> list[str]:
 
 def _loopback_only(cidrs: list[str]) -> bool:
     return all(ipaddress.ip_network(c).is_loopback for c in cidrs)
+
+
+def _check_domain(req: RoomRequest) -> None:
+    if req.domain is None:
+        return
+    if not _DOMAIN.match(req.domain):
+        raise BadInput(f"{req.domain!r} is not a DNS name a CA can certify", field="domain",
+                       fix="give the workshop's own name in lowercase, e.g. --domain ws.example.org, with an A record "
+                           "to the host (an address cannot have a Let's Encrypt certificate)")
+    if req.target == "digitalocean":
+        # HTTP-01 needs port 80 open to the CA's addresses (all of them); the droplet's firewall opens the proxy's
+        # port to the room only, and nothing else.
+        raise BadInput("--domain on DigitalOcean needs port 80 open to the internet for the CA's check, which the "
+                       "droplet's firewall does not open", field="domain",
+                       fix="leave --domain out (the cards carry the certificate's fingerprint), or run the workshop "
+                           "on an SSH host whose port 80 is reachable: --target ssh --domain ...")
+    if not req.acme_server.startswith("https://"):
+        raise BadInput("the ACME directory must be an https:// URL", field="acme_server",
+                       fix=f"leave it out for Let's Encrypt ({LETS_ENCRYPT})")
 
 
 def room_slots(learners: int) -> int:
@@ -183,6 +219,7 @@ def plan_room(req: RoomRequest) -> RoomPlan:
         raise BadInput("learners on other machines need this machine's address on their cards", field="public_host",
                        fix="pass it, e.g. --public-host 192.168.1.20 (or --allow 127.0.0.1/32 to stay on this machine)")
     port = req.https_port or (DEFAULT_PORT[req.target] if req.target == "digitalocean" else None)
+    _check_domain(req)
     plan = make_plan(_plan_request(req))
     hourly = float(plan.hourly_usd or 0.0)
     cost = round(hourly * req.hours, 2)
@@ -226,6 +263,11 @@ class Workshop(BaseModel):
     rate_per_min: int
     burst: int
     max_tokens: int = DEFAULT_MAX_TOKENS  # per request: the proxy caps what a learner asks (and sets it when absent)
+    tokens_per_learner: int | None = Field(default=None, description="prompt + completion tokens per learner, "
+                                                                     "the whole workshop; None: no budget")
+    domain: str | None = Field(default=None, description="the name on the cards, certified by an ACME CA")
+    acme_server: str | None = None
+    acme_http_port: int | None = None
     conns_per_learner: int = CONNS_PER_LEARNER
     fingerprint: str | None = Field(default=None, description="SHA-256 of the proxy's certificate, AB:CD:... form")
     proxy_root: str | None = None
@@ -234,7 +276,7 @@ class Workshop(BaseModel):
 
     @property
     def base_url(self) -> str:
-        host = self.public_host or "127.0.0.1"
+        host = self.domain or self.public_host or "127.0.0.1"
         shown = f"[{host}]" if ":" in host else host
         return f"https://{shown}{'' if self.https_port == 443 else f':{self.https_port}'}/v1"
 
@@ -420,13 +462,41 @@ def render_keys_map(name: str, active: dict[str, str]) -> str:
                               learners=[{"id": i, "key": k} for i, k in sorted(active.items())])
 
 
+@dataclass(frozen=True)
+class ChatPage:
+    html: str
+    csp: str  # the page's Content-Security-Policy: its one inline script by hash, requests to this origin only
+
+
+_INLINE_SCRIPT = re.compile(r"<script>(.*?)</script>", re.S)
+
+
+def render_chat_page(ws: Workshop) -> ChatPage:
+    """The learners' chat page at `/`: the model and the limits, no key (the learner pastes it)."""
+    expires = dt.datetime.fromtimestamp(ws.expires_at, dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    conf = json.dumps({"model": ws.model, "max_tokens": ws.max_tokens, "rate_per_min": ws.rate_per_min,
+                       "tokens_per_learner": ws.tokens_per_learner, "expires_at": ws.expires_at})
+    # Inside <script>, "</" would end the element: JSON's \u escapes keep the data inert.
+    conf = conf.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
+    page = infra_files.render_html("workshop-chat.html.j2", ws=ws, expires=expires, config_json=conf)
+    scripts = _INLINE_SCRIPT.findall(page)
+    hashes = " ".join(f"'sha256-{base64.b64encode(hashlib.sha256(x.encode()).digest()).decode()}'" for x in scripts)
+    csp = (f"default-src 'none'; script-src {hashes}; style-src 'unsafe-inline'; connect-src 'self'; "
+           "base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
+    return ChatPage(html=page, csp=csp)
+
+
 def render_nginx_conf(ws: Workshop, *, root: str, backend_port: int, worker_user: str | None,
-                      modules: str = "/usr/lib/nginx/modules") -> str:
+                      modules: str = "/usr/lib/nginx/modules", accounting: bool = True) -> str:
+    """`accounting=False` leaves out the Lua steps (counts, budget, request caps): only for measuring what they
+    cost (benchmarks/workshop_load.py), never for a room."""
     return infra_files.render(
         "nginx-workshop.conf.j2", name=ws.name, model=ws.model, learners=len(ws.learners), root=root,
         worker_user=worker_user, workers=1, listen=ws.listen, port=ws.https_port, allow=ws.allow,
         rate_per_min=ws.rate_per_min, burst=ws.burst, conns_per_learner=ws.conns_per_learner,
-        max_tokens=ws.max_tokens, modules=modules,
+        max_tokens=ws.max_tokens, modules=modules, accounting=accounting,
+        token_budget=ws.tokens_per_learner or 0, usage_dict_mb=USAGE_DICT_MB,
+        page_csp=render_chat_page(ws).csp, acme_http_port=ws.acme_http_port if ws.domain else None,
         backend_port=backend_port, read_timeout_s=READ_TIMEOUT_S, max_body_mb=MAX_BODY_MB,
         retry_after_s=max(1, -(-60 // ws.rate_per_min)),
     )
@@ -508,6 +578,8 @@ def install_proxy(host: Host, ws: Workshop, dep: state.Deployment, keys: dict[st
                   f"{root}/upstream-auth.conf", mode=0o600)
     _put_keys_map(host, ws, keys)
     host.put_text(infra_files.read("workshop-learner.lua"), f"{root}/learner.lua", mode=0o644)
+    host.put_text(infra_files.read("workshop-usage.lua"), f"{root}/usage.lua", mode=0o644)
+    host.put_text(render_chat_page(ws).html, f"{root}/www/chat.html", mode=0o644)
     host.put_text(render_nginx_conf(ws, root=root, backend_port=dep.endpoint.remote_port, worker_user=worker_user,
                                     modules=modules), f"{root}/nginx.conf", mode=0o644)
     spec = _proxy_spec(ws, nginx)
@@ -541,6 +613,130 @@ def check_from_here(ws: Workshop, *, timeout: float = 10.0) -> int:
         return c.get(ws.base_url + "/models").status_code
 
 
+# ---------------------------------------------------------------------------------------------- usage per learner
+
+
+class UsageLine(BaseModel):
+    """One line of the proxy's usage.jsonl (written by nginx from usage.lua's counts)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    t: float
+    learner: str
+    status: int
+    path: str = ""
+    prompt: int = 0
+    completion: int = 0
+    source: str = ""  # server: the server's usage; chunks: a stream cut short, counted by its chunks; none
+    refused: str = ""  # rate | budget | ""
+    request_s: float = 0.0
+
+
+@dataclass(frozen=True)
+class LearnerUsage:
+    learner: str
+    requests: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    errors: int = 0  # answers other than 2xx and 429
+    refused_429: int = 0  # the rate limit and a spent budget
+    budget_refused: int = 0
+    p50_latency_s: float | None = None  # of answered (2xx) requests, as nginx timed them
+    last_seen: str | None = None
+    budget: int | None = None
+
+    @property
+    def tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+    @property
+    def tokens_left(self) -> int | None:
+        return None if self.budget is None else max(self.budget - self.tokens, 0)
+
+    def row(self) -> dict[str, Any]:
+        return {"learner": self.learner, "requests": self.requests, "prompt_tokens": self.prompt_tokens,
+                "completion_tokens": self.completion_tokens, "errors": self.errors, "http_429": self.refused_429,
+                "budget_refused": self.budget_refused, "p50_latency_s": self.p50_latency_s,
+                "last_seen": self.last_seen, "tokens_left": self.tokens_left}
+
+
+def parse_usage_log(text: str) -> list[UsageLine]:
+    """The lines of usage.jsonl; a line cut short by a crash mid-write is skipped, not fatal."""
+    out = []
+    for raw in text.splitlines():
+        try:
+            out.append(UsageLine.model_validate_json(raw))
+        except ValidationError:
+            continue
+    return out
+
+
+def _median(values: list[float]) -> float | None:
+    if not values:
+        return None
+    s = sorted(values)
+    mid = len(s) // 2
+    return round(s[mid] if len(s) % 2 else (s[mid - 1] + s[mid]) / 2, 4)
+
+
+def summarize_usage(lines: list[UsageLine], learners: list[str], budget: int | None = None) -> list[LearnerUsage]:
+    """Per learner, in the workshop's order (every learner, asked or not)."""
+    by: dict[str, list[UsageLine]] = {i: [] for i in learners}
+    for line in lines:
+        by.setdefault(line.learner, []).append(line)
+    out = []
+    for who, mine in by.items():
+        last = max((x.t for x in mine), default=None)
+        out.append(LearnerUsage(
+            learner=who, requests=len(mine), prompt_tokens=sum(x.prompt for x in mine),
+            completion_tokens=sum(x.completion for x in mine),
+            errors=sum(1 for x in mine if not 200 <= x.status < 300 and x.status != 429),
+            refused_429=sum(1 for x in mine if x.status == 429),
+            budget_refused=sum(1 for x in mine if x.refused == "budget"),
+            p50_latency_s=_median([x.request_s for x in mine if 200 <= x.status < 300]),
+            last_seen=dt.datetime.fromtimestamp(last, dt.UTC).isoformat(timespec="seconds") if last else None,
+            budget=budget))
+    return out
+
+
+def read_usage_log(host: Host, ws: Workshop) -> str:
+    assert ws.proxy_root
+    r = host.run(f"cat {shlex.quote(ws.proxy_root)}/{USAGE_FILE} 2>/dev/null || true", retry_safe=True)
+    return r.stdout
+
+
+def usage(name: str) -> list[LearnerUsage]:
+    """Every learner's requests, tokens, errors, 429s, p50 latency and last request, from the proxy's log."""
+    ws = load(name)
+    with session.open_host(state.load(name)) as host:
+        text = read_usage_log(host, ws)
+    return summarize_usage(parse_usage_log(text), [x.id for x in ws.learners], ws.tokens_per_learner)
+
+
+USAGE_CSV_FIELDS = ["learner", "requests", "prompt_tokens", "completion_tokens", "errors", "http_429",
+                    "budget_refused", "p50_latency_s", "last_seen", "tokens_left", "cost_share_usd"]
+
+
+def usage_csv(rows: list[LearnerUsage], cost_usd: float) -> str:
+    """One row per learner and a TOTAL row with the workshop's cost; each learner's share of it by tokens."""
+    total_tokens = sum(r.tokens for r in rows)
+    out = io.StringIO()
+    w = csv.DictWriter(out, fieldnames=USAGE_CSV_FIELDS)
+    w.writeheader()
+    for r in rows:
+        share = round(cost_usd * r.tokens / total_tokens, 4) if total_tokens else 0.0
+        w.writerow({**r.row(), "cost_share_usd": share})
+    latencies = [r.p50_latency_s for r in rows if r.p50_latency_s is not None]
+    w.writerow({"learner": "TOTAL", "requests": sum(r.requests for r in rows),
+                "prompt_tokens": sum(r.prompt_tokens for r in rows),
+                "completion_tokens": sum(r.completion_tokens for r in rows), "errors": sum(r.errors for r in rows),
+                "http_429": sum(r.refused_429 for r in rows), "budget_refused": sum(r.budget_refused for r in rows),
+                "p50_latency_s": _median(latencies), "last_seen": max((r.last_seen for r in rows if r.last_seen),
+                                                                      default=None),
+                "tokens_left": None, "cost_share_usd": round(cost_usd, 2)})
+    return out.getvalue()
+
+
 # ---------------------------------------------------------------------------------------------- up, revoke, down
 
 
@@ -563,7 +759,10 @@ def up(req: RoomRequest | RoomPlan, *, options: dict[str, Any] | None = None, sa
                   learners=[Learner(id=i) for i in ids], hours=req.hours, expires_at=expires_at,
                   hourly_usd=room.hourly_usd, planned_cost_usd=room.planned_cost_usd, budget_usd=req.budget_usd,
                   allow=room.allow, listen=room.listen, public_host=req.public_host, https_port=room.port,
-                  rate_per_min=req.rate_per_min, burst=req.burst, max_tokens=req.max_tokens)
+                  rate_per_min=req.rate_per_min, burst=req.burst, max_tokens=req.max_tokens,
+                  tokens_per_learner=req.tokens_per_learner, domain=req.domain,
+                  acme_server=req.acme_server if req.domain else None,
+                  acme_http_port=req.acme_http_port if req.domain else None)
     save(ws)
     state.write_secret(req.name, KEYS_FILE, json.dumps(keys, indent=2))
     opts = dict(options or {})
@@ -648,21 +847,50 @@ class DownReport:
     cost_usd: float
     planned_cost_usd: float
     leftovers: list[str]
+    usage: list[LearnerUsage] = field(default_factory=list)
+    usage_csv: str | None = None  # where the per-learner table went
 
 
-def down(name: str, *, say: LineSink = print_line) -> DownReport:
-    """Stop the proxy, destroy the deployment (the droplet, its firewall and key on DigitalOcean), forget it all."""
+def _last_usage(ws: Workshop, say: LineSink) -> list[LearnerUsage] | None:
+    """The usage log, read before the host goes; None when it cannot be (the workshop never got its proxy)."""
+    if not (ws.proxy_root and state.exists(ws.name)):
+        return None
+    try:
+        return usage(ws.name)
+    except (MistralLabError, OSError) as e:
+        say(f"  could not read the learners' usage before removing the host: {e}")
+        return None
+
+
+def default_usage_csv(name: str) -> Path:
+    stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
+    return state.home() / "reports" / f"workshop-{name}-usage-{stamp}.csv"
+
+
+def down(name: str, *, say: LineSink = print_line, csv_path: Path | None = None) -> DownReport:
+    """Read the learners' usage, stop the proxy, destroy the deployment (the droplet, its firewall and key on
+    DigitalOcean), forget it all; write the usage with the total cost to CSV (no keys in it)."""
     ws = load(name)
+    rows = _last_usage(ws, say)
     report = _remove(ws, say)
     hours = report.hours if report else 0.0
     cost = report.cost_usd if report else 0.0
+    written = None
+    if rows is not None:
+        target = csv_path or default_usage_csv(name)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(usage_csv(rows, cost))
+        written = str(target)
+        say(f"  usage per learner: {written} ({sum(r.tokens for r in rows):,} tokens in "
+            f"{sum(r.requests for r in rows):,} requests)")
     say(f"✔ workshop {name} is gone after {hours:.2f} h: total cost about ${cost:.2f} "
         f"(planned ${ws.planned_cost_usd:.2f})")
     return DownReport(name=name, hours=hours, cost_usd=cost, planned_cost_usd=ws.planned_cost_usd,
-                      leftovers=report.leftovers if report else [])
+                      leftovers=report.leftovers if report else [], usage=rows or [], usage_csv=written)
 
 
-def status(name: str) -> dict[str, Any]:
+def status(name: str, *, with_usage: bool = False) -> dict[str, Any]:
+    """The record, the time and money so far; `with_usage` reads each learner's counts from the proxy too."""
     ws = load(name)
     dep = state.load(name) if state.exists(name) else None
     info = ws.model_dump(mode="json")
@@ -674,6 +902,8 @@ def status(name: str) -> dict[str, Any]:
         info["cost_usd"] = cost_so_far(dep)
     info["cards"] = {"html": str(state.deployment_dir(name) / CARDS_HTML),
                      "csv": str(state.deployment_dir(name) / CARDS_CSV)}
+    if with_usage and dep is not None and ws.proxy_root:
+        info["usage"] = [r.row() for r in usage(name)]
     return info
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -53,6 +54,16 @@ def up_cmd(
     burst: Annotated[int, Opt(help="requests a learner may send at once above the rate")] = ws_mod.DEFAULT_BURST,
     max_tokens: Annotated[int, Opt(help="the most tokens one reply may have: the proxy caps each learner's "
                                         "request (and n to 1)")] = ws_mod.DEFAULT_MAX_TOKENS,
+    tokens_per_learner: Annotated[int | None, Opt(help="prompt + completion tokens each learner may use in the whole "
+                                                       "workshop, counted by the proxy from the server's usage; "
+                                                       "then 429 insufficient_quota")] = None,
+    domain: Annotated[str | None, Opt(help="a DNS name pointing at the host: the proxy gets a certificate for it "
+                                           "from an ACME CA (certbot, HTTP-01 on --acme-http-port), renewed by "
+                                           "itself")] = None,
+    acme_server: Annotated[str, Opt(help="the ACME directory URL")] = ws_mod.LETS_ENCRYPT,
+    acme_email: Annotated[str | None, Opt(help="the CA's contact for expiry notices (optional)")] = None,
+    acme_http_port: Annotated[int, Opt(help="where the CA's HTTP-01 check arrives (80 on the internet)")] =
+        ws_mod.ACME_HTTP_PORT,
     engine: Annotated[str, Opt(help="auto | vllm | llamacpp")] = "auto",
     gpu: Annotated[str, Opt(help="size slug, GPU name or auto")] = "auto",
     region: Annotated[str | None, Opt(help="digitalocean region")] = None,
@@ -79,7 +90,9 @@ def up_cmd(
     req = ws_mod.RoomRequest.of(name=name, learners=learners, model=model, target=target, hours=hours,
                                 budget_usd=budget, allow=_split(allow), ssh_from=_split(ssh_from),
                                 https_port=https_port, public_host=public_host, rate_per_min=rate, burst=burst,
-                                max_tokens=max_tokens, engine=engine, gpu=gpu, region=region, context=context)
+                                max_tokens=max_tokens, tokens_per_learner=tokens_per_learner, domain=domain,
+                                acme_server=acme_server, acme_email=acme_email, acme_http_port=acme_http_port,
+                                engine=engine, gpu=gpu, region=region, context=context)
     room = ws_mod.plan_room(req)
     if room.hourly_usd and not yes and sys.stdin.isatty():
         say(room.summary())
@@ -105,12 +118,15 @@ def up_cmd(
 def down_cmd(
     name: Annotated[str, typer.Argument()],
     yes: Annotated[bool, Opt("--yes", "-y", help="do not ask")] = False,
+    csv_path: Annotated[Path | None, Opt("--csv", help="where the per-learner usage goes (default: "
+                                                     "<home>/reports/workshop-NAME-usage-<time>.csv)")] = None,
 ) -> None:
-    """Stop the proxy and destroy the deployment (droplet, firewall, key); print the total cost."""
+    """Write each learner's usage with the total cost to CSV, stop the proxy and destroy the deployment (droplet,
+    firewall, key); print the total cost."""
     ws = ws_mod.load(name)
     if not yes:
         typer.confirm(f"end workshop {name} ({len(ws.active)} active keys, {ws.model} on {ws.target})?", abort=True)
-    report = ws_mod.down(name, say=_printer(False))
+    report = ws_mod.down(name, say=_printer(False), csv_path=csv_path)
     for left in report.leftovers:
         console_err.print(Text.assemble(("left behind", "yellow"), f" {left}"))
 
@@ -129,8 +145,9 @@ def status_cmd(
     name: Annotated[str | None, typer.Argument(help="workshop name; all when omitted")] = None,
     as_json: Annotated[bool, Opt("--json")] = False,
 ) -> None:
-    """Workshops: learners, keys active, address, certificate, cost so far, time left."""
-    infos = [ws_mod.status(n) for n in ([name] if name else ws_mod.names())]
+    """Workshops: learners, keys active, address, certificate, cost so far, time left; with a NAME, each learner's
+    requests, tokens, errors, 429s, p50 latency and last request (read from the proxy)."""
+    infos = [ws_mod.status(n, with_usage=bool(name)) for n in ([name] if name else ws_mod.names())]
     if as_json:
         print(json.dumps(infos[0] if name else infos, indent=2))
         return
@@ -140,6 +157,19 @@ def status_cmd(
                   f"{i['active_keys']}/{len(i['learners'])}", f"{i['expires_in_h']:.2f}",
                   f"{i.get('cost_usd', 0.0):.2f}", f"{i['planned_cost_usd']:.2f}")
     console.print(t if infos else "no workshops")
+    if name and infos[0].get("usage") is not None:
+        console.print(_usage_table(infos[0]["usage"]))
+
+
+def _usage_table(rows: list[dict]) -> Table:
+    t = Table("learner", "requests", "prompt tok", "completion tok", "tokens left", "errors", "429", "p50 s",
+              "last seen")
+    for r in rows:
+        t.add_row(r["learner"], str(r["requests"]), f"{r['prompt_tokens']:,}", f"{r['completion_tokens']:,}",
+                  "-" if r["tokens_left"] is None else f"{r['tokens_left']:,}", str(r["errors"]),
+                  str(r["http_429"]), "-" if r["p50_latency_s"] is None else f"{r['p50_latency_s']:.2f}",
+                  r["last_seen"] or "-")
+    return t
 
 
 @workshop_app.command("cards")
