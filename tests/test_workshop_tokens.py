@@ -230,6 +230,76 @@ def test_counts_survive_a_revokes_reload_and_a_restart(room):
         assert r.status_code == 429 and r.json()["error"]["type"] == "insufficient_quota"
 
 
+def _spki_pin(cert_pem: str) -> str:
+    """Chromium's pin for one certificate: base64 SHA-256 of its public key (what a learner's check by fingerprint
+    amounts to; the browser trusts this workshop's certificate and no other)."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+
+    spki = x509.load_pem_x509_certificate(cert_pem.encode()).public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    return base64.b64encode(hashlib.sha256(spki).digest()).decode()
+
+
+@pytest.mark.timeout(900)
+def test_a_learner_chats_from_the_page_in_chromium(room, tmp_path):
+    from playwright.sync_api import expect, sync_playwright
+
+    ws = room
+    key = ws_mod.load_keys(NAME)["l03"]
+    pin = _spki_pin(state.read_secret(NAME, ws_mod.CERT_FILE))
+    page_url = ws.base_url.removesuffix("/v1") + "/"
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=[
+            "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+            f"--ignore-certificate-errors-spki-list={pin}"])
+        page = browser.new_page()
+        try:
+            page.goto(page_url)
+            expect(page.locator("#model")).to_have_text("tiny-random")
+            limits = page.locator("#limits").inner_text()
+            assert f"up to {CAP} tokens a reply" in limits and f"{BUDGET} tokens in all" in limits
+            page.fill("#key", key)
+            page.click("#use-key")
+            expect(page.locator("#chat")).to_be_visible()
+            expect(page.locator("#usage")).to_contain_text("You are l03")
+            page.fill("#prompt", "Say hello.")
+            page.click("#send")
+            reply = page.locator(".reply.done")
+            reply.wait_for(timeout=120_000)
+            assert "error" not in (reply.get_attribute("class") or "")
+            assert reply.inner_text().strip() and int(reply.get_attribute("data-completion-tokens")) >= 1
+            expect(page.locator("#usage")).to_contain_text("left")
+            # The key lives in this tab's sessionStorage only: not in the address, not in a cookie, not in the
+            # page; a reload keeps the learner signed in.
+            assert key not in page.url and key not in page.content() and not page.context.cookies()
+            assert page.evaluate("Object.values(sessionStorage)") == [key]
+            assert page.evaluate("Object.keys(localStorage).length") == 0
+            page.reload()
+            expect(page.locator("#chat")).to_be_visible()
+            page.screenshot(path=str(tmp_path / "chat.png"), full_page=True)
+            page.click("#forget")
+            expect(page.locator("#login")).to_be_visible()
+            assert page.evaluate("sessionStorage.length") == 0
+        finally:
+            browser.close()
+    # The page's reply was counted for l03 like any other; no key in the proxy's logs.
+    row = _row("l03")
+    assert row.requests >= 1 and row.completion_tokens >= 1
+    for log in ("access.log", ws_mod.USAGE_FILE, "serve.log"):
+        assert key not in Path(ws.proxy_root, log).read_text()
+
+
+def test_the_page_is_served_with_its_policy_and_without_a_key(room):
+    ws = room
+    ctx = ws_mod.pinned_context("127.0.0.1", ws.https_port, ws.fingerprint)
+    r = httpx.get(ws.base_url.removesuffix("/v1") + "/", verify=ctx, timeout=30)
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/html")
+    assert r.headers["content-security-policy"] == ws_mod.render_chat_page(ws).csp
+    assert r.headers["cache-control"] == "no-store" and "tiny-random" in r.text
+    assert httpx.get(ws.base_url + "/workshop/me", verify=ctx, timeout=30).status_code == 401
+
+
 def test_status_shows_each_learner_and_down_writes_the_csv_with_the_cost(room, tmp_path):
     assert room.status == "up"
     exe = str(Path(sys.executable).with_name("mistral-lab"))
