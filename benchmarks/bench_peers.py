@@ -105,14 +105,96 @@ def _bandwidth() -> float:
     return read_bandwidth_gbs()
 
 
+def _ms(x: float | None) -> float | None:
+    return None if x is None else round(x * 1000, 2)
+
+
+def _spread(values: list[float | None]) -> dict | None:
+    xs = [x for x in values if x is not None]
+    if not xs:
+        return None
+    import statistics
+
+    return {"mean": round(statistics.mean(xs), 3), "stdev": round(statistics.stdev(xs), 3) if len(xs) > 1 else 0.0,
+            "n": len(xs)}
+
+
+def side_by_side(doc: dict) -> list[dict]:
+    """Per engine and level: each client's output tok/s, TTFT p50 and TPOT p50 (ms) as mean ± stdev over the
+    repeats, the client CPU per 1,000 output tokens (ms; / 10 = % of a core per 1,000 tok/s) and the server's
+    cross-check."""
+    rows = []
+    for run in doc["runs"]:
+        cpu = run["run"]["client_cpu"]
+        ours_tree = cpu.get("load_generator_tree_s")
+        for lv in run["points"]:
+            c = lv["concurrency"]
+            sp = lv["spread"]
+            rows.append({
+                "engine": run["engine"], "concurrency": c, "client": "mistral-lab", "repeats": lv["repeats"],
+                "output_tokens_per_s": sp.get("output_tokens_per_s"),
+                "ttft_p50_ms": {k: (round(v * 1000, 2) if k != "n" else v) for k, v in sp["ttft_p50_s"].items()
+                                if k in ("mean", "stdev", "n")} if sp.get("ttft_p50_s") else None,
+                "tpot_p50_ms": {k: (round(v * 1000, 3) if k != "n" else v) for k, v in sp["tpot_p50_s"].items()
+                                if k in ("mean", "stdev", "n")} if sp.get("tpot_p50_s") else None,
+                "client_cpu_ms_per_1k_tokens": lv.get("client_cpu_ms_per_1k_tokens"),
+                "client_tree_cpu_ms_per_1k_tokens_whole_run": (round(ours_tree / cpu["output_tokens"] * 1e6, 1)
+                                                               if ours_tree and cpu.get("output_tokens") else None),
+                "server_check": lv["server_check"]["flagged"] if lv.get("server_check") else None,
+            })
+            for tool in dict.fromkeys(p["tool"] for p in run["run"]["peers"]):
+                mine = [p for p in run["run"]["peers"] if p["tool"] == tool and p["concurrency"] == c]
+                if not mine:
+                    continue
+                toks = sum(p["output_tokens"] for p in mine)
+                cpu_s = [p.get("client_cpu_s") for p in mine]
+                rows.append({
+                    "engine": run["engine"], "concurrency": c, "client": tool, "repeats": len(mine),
+                    "output_tokens_per_s": _spread([p["output_tokens_per_s"] for p in mine]),
+                    "ttft_p50_ms": _spread([_ms(p["ttft_p50_s"]) for p in mine]),
+                    "tpot_p50_ms": _spread([_ms(p["tpot_p50_s"]) for p in mine]),
+                    "client_cpu_ms_per_1k_tokens": None,
+                    "client_tree_cpu_ms_per_1k_tokens_whole_run": (round(sum(cpu_s) / toks * 1e6, 1)
+                                                                   if toks and all(x is not None for x in cpu_s)
+                                                                   else None),
+                    "server_check": sorted({q["quantity"] for p in mine if p.get("witness")
+                                            for q in p["witness"]["checks"]
+                                            if q["ours"] and q["server"] and abs(q["ours"] / q["server"] - 1) > 0.05}),
+                })
+    return rows
+
+
+def _print(rows: list[dict]) -> None:
+    def pm(s: dict | None, fmt: str = "{:.1f}") -> str:
+        return "-" if not s else fmt.format(s["mean"]) + " ± " + fmt.format(s["stdev"])
+
+    for r in rows:
+        cpu = r["client_cpu_ms_per_1k_tokens"]
+        tree = r["client_tree_cpu_ms_per_1k_tokens_whole_run"]
+        print(f"{r['engine']:>8} c={r['concurrency']} {r['client']:>16} x{r['repeats']}: "
+              f"{pm(r['output_tokens_per_s']):>16} out tok/s, TTFT p50 {pm(r['ttft_p50_ms']):>14} ms, "
+              f"TPOT p50 {pm(r['tpot_p50_ms'], '{:.2f}'):>12} ms, client CPU "
+              + (f"{cpu:.1f} ms/1k tok (points)" if cpu is not None else "-")
+              + (f", {tree:.0f} ms/1k tok (whole process, start-up included)" if tree is not None else "")
+              + (f"; server disagrees on {r['server_check']}" if r["server_check"] else ""))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
+    ap.add_argument("--print", action="store_true", help="add the side-by-side table to the saved results and "
+                    "print it; measure nothing")
     ap.add_argument("--seconds", type=float, default=20.0)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--only", choices=("llamacpp", "vllm"))
     ap.add_argument("--bandwidth", type=float, default=None, help="GB/s (default: measured here)")
     ap.add_argument("--out", type=Path, default=OUT)
     args = ap.parse_args()
+    if args.print:
+        doc = json.loads(args.out.read_text())
+        doc["side_by_side"] = side_by_side(doc)
+        args.out.write_text(json.dumps(doc, indent=2) + "\n")
+        _print(doc["side_by_side"])
+        return
     os.environ["MISTRAL_LAB_HOME"] = tempfile.mkdtemp(prefix="ml-bench-home-")
     sys.path.insert(0, str(ROOT / "tests"))
     from llamacpp_fixtures import CACHE
@@ -144,7 +226,9 @@ def main() -> None:
                                                "compete for them (see each run's loadavg)"},
               "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     args.out.parent.mkdir(parents=True, exist_ok=True)
+    result["side_by_side"] = side_by_side(result)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
+    _print(result["side_by_side"])
     print(f"wrote {args.out}")
 
 

@@ -368,15 +368,15 @@ def _peer(tool: str, spec: BenchSpec, target: Target, sized: Sized, where: Place
     after = _server_counters(where, target)
     check = None
     if before and after and tool == "vllm":
-        # A peer reports totals only; the server's window also holds its warm-up requests (a known count for
-        # vllm bench serve, a duration for GuideLLM, which therefore gets no check).
-        n_all = fig["requests"] + (conc or 1)
+        # A peer reports totals only; the server's window also holds its ready check and warm-up requests (known
+        # counts for vllm bench serve, a duration for GuideLLM, which therefore gets no check).
+        n_all = fig["requests"] + (conc or 1) + 1
         per = fig["output_tokens"] / max(1, fig["requests"])
         fake = [{"completion_tokens": per} for _ in range(n_all)]
         check = witness.check({"server_before": before, "server_after": after}, fake)
         if check is not None:
             check.checks = [c for c in check.checks if c.quantity in ("output tokens", "requests")]
-            check.notes.insert(0, f"counts include its {conc or 1} warm-up request(s)")
+            check.notes.insert(0, f"counts include its ready check and {conc or 1} warm-up request(s)")
     cmd = peers.redacted(argv, target.api_key)
     return [PeerRun(tool=peers.PEER_NAMES[tool], workload=w.name, concurrency=None if rate else conc, rate=rate,
                     repeat=point["repeat"], command=cmd, witness=check, **fig)]
