@@ -117,6 +117,7 @@ class RoomRequest(BaseModel):
     acme_server: str = LETS_ENCRYPT
     acme_email: str | None = None
     acme_http_port: int = Field(default=ACME_HTTP_PORT, ge=1, le=65535)
+    acme_ca_bundle: str | None = None  # a private ACME CA's own HTTPS certificate(s), a file on the host
 
     @classmethod
     def of(cls, **fields: Any) -> RoomRequest:
@@ -268,6 +269,7 @@ class Workshop(BaseModel):
     domain: str | None = Field(default=None, description="the name on the cards, certified by an ACME CA")
     acme_server: str | None = None
     acme_http_port: int | None = None
+    acme_ca_bundle: str | None = None
     conns_per_learner: int = CONNS_PER_LEARNER
     fingerprint: str | None = Field(default=None, description="SHA-256 of the proxy's certificate, AB:CD:... form")
     proxy_root: str | None = None
@@ -402,16 +404,21 @@ class Card:
     learner: str
     base_url: str
     api_key: str = field(repr=False)
-    fingerprint: str
+    fingerprint: str | None  # None: a CA's certificate, which clients check by themselves
     model: str
 
-    def public(self) -> dict[str, str]:
+    def public(self) -> dict[str, str | None]:
         return {"learner": self.learner, "base_url": self.base_url, "api_key": self.api_key,
                 "fingerprint": self.fingerprint, "model": self.model}
 
 
 def snippet(card: Card) -> str:
-    """Three lines of Python a learner types: pin the certificate by its fingerprint, make a client, ask."""
+    """Three lines of Python a learner types: pin the certificate by its fingerprint, make a client, ask (two lines
+    with a CA's certificate: the system's trust store checks it)."""
+    if card.fingerprint is None:
+        return (f'import openai; client = openai.OpenAI(base_url="{card.base_url}", api_key="{card.api_key}")\n'
+                f'print(client.chat.completions.create(model="{card.model}", '
+                'messages=[{"role": "user", "content": "Hello!"}]).choices[0].message.content)\n')
     u = httpx.URL(card.base_url)
     port = u.port or 443
     host = u.host
@@ -428,14 +435,17 @@ def snippet(card: Card) -> str:
 
 def cards(ws: Workshop, keys: dict[str, str]) -> list[Card]:
     assert ws.fingerprint, "cards need the proxy's certificate"
-    return [Card(learner=learner.id, base_url=ws.base_url, api_key=keys[learner.id], fingerprint=ws.fingerprint,
+    pin = None if ws.domain else ws.fingerprint
+    return [Card(learner=learner.id, base_url=ws.base_url, api_key=keys[learner.id], fingerprint=pin,
                  model=ws.model) for learner in ws.active]
 
 
 def render_cards_html(ws: Workshop, keys: dict[str, str]) -> str:
     expires = dt.datetime.fromtimestamp(ws.expires_at, dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    u = httpx.URL(ws.base_url)
     return infra_files.render_html("workshop-cards.html.j2",
         ws=ws, cards=[(c, snippet(c)) for c in cards(ws, keys)], expires=expires,
+        page_url=ws.base_url.removesuffix("/v1") + "/", host=u.host, port=u.port or 443,
         revoked=[learner.id for learner in ws.learners if not learner.active])
 
 
@@ -444,7 +454,7 @@ def render_cards_csv(ws: Workshop, keys: dict[str, str]) -> str:
     writer = csv.writer(out)
     writer.writerow(["learner", "base_url", "api_key", "fingerprint", "model", "expires_at", "status"])
     for learner in ws.learners:
-        writer.writerow([learner.id, ws.base_url, keys[learner.id], ws.fingerprint, ws.model,
+        writer.writerow([learner.id, ws.base_url, keys[learner.id], "" if ws.domain else ws.fingerprint, ws.model,
                          dt.datetime.fromtimestamp(ws.expires_at, dt.UTC).isoformat(),
                          "active" if learner.active else f"revoked {learner.revoked_at}"])
     return out.getvalue()
@@ -597,6 +607,63 @@ def install_proxy(host: Host, ws: Workshop, dep: state.Deployment, keys: dict[st
     return ws
 
 
+# ---------------------------------------------------------------------------------------------- ACME certificate
+
+
+def _acme_env(ws: Workshop) -> dict[str, str]:
+    assert ws.proxy_root and ws.domain and ws.acme_server
+    env = {"ROOT": ws.proxy_root, "DOMAIN": ws.domain, "SERVER": ws.acme_server}
+    if ws.acme_ca_bundle:
+        env["CA_BUNDLE"] = ws.acme_ca_bundle
+    return env
+
+
+def acme_script(host: Host, ws: Workshop, action: str, **env: str) -> str:
+    script = infra_files.with_env(infra_files.read("workshop-acme.sh"), {**_acme_env(ws), "ACTION": action, **env})
+    r = host.run_script(script, check=False)
+    if not r.ok:
+        raise EngineError(f"certbot's {action} for {ws.domain} failed (exit {r.returncode}):\n"
+                          + "\n".join((r.stdout + r.stderr).strip().splitlines()[-20:]), field="domain",
+                          fix=f"{ws.domain} must resolve to this host and its port {ws.acme_http_port} must be "
+                              "reachable from the internet (the CA checks it); or leave --domain out")
+    return r.stdout
+
+
+def _acme_spec(ws: Workshop) -> service.ServiceSpec:
+    """The renewer: certbot renew twice a day, as a service beside the proxy (stopped with it at teardown)."""
+    assert ws.proxy_root and ws.proxy_mode and ws.https_port
+    env = [f"{k}={v}" for k, v in {**_acme_env(ws), "ACTION": "renew-loop",
+                                   "EVERY": str(ACME_RENEW_EVERY_S)}.items()]
+    return service.ServiceSpec(name=f"{ws.name}-acme", model=ws.model, engine="certbot",
+                               root=f"{ws.proxy_root}/acme", argv=["env", *env, "bash", f"{ws.proxy_root}/acme.sh"],
+                               port=ws.https_port, key_var="", mode=ws.proxy_mode, user=None)
+
+
+def served_certificate(host: Host, ws: Workshop) -> str:
+    assert ws.proxy_root
+    return host.run(f"cat {shlex.quote(ws.proxy_root)}/cert.pem", retry_safe=True).stdout
+
+
+def obtain_certificate(host: Host, ws: Workshop, email: str | None, say: LineSink) -> None:
+    """certbot on the host: the CA checks the domain through the proxy's plain-HTTP port, the deploy hook puts
+    the certificate beside nginx.conf and reloads; then the renewer starts. The proxy runs with the self-signed
+    certificate until then (nginx cannot start without one)."""
+    assert ws.proxy_root
+    host.put_text(infra_files.read("workshop-acme.sh"), f"{ws.proxy_root}/acme.sh", mode=0o700)
+    version = acme_script(host, ws, "install").strip().splitlines()[-1]
+    say(f"  {version}: asking {ws.acme_server} for {ws.domain} (HTTP-01 on port {ws.acme_http_port})")
+    acme_script(host, ws, "issue", **({"EMAIL": email} if email else {}))
+    _proxy_script(host, ws, "reload")  # the hook reloaded already; this waits until new workers serve it
+    pem = served_certificate(host, ws)
+    ws.fingerprint = fingerprint_of(pem)
+    state.write_secret(ws.name, CERT_FILE, pem)
+    spec = _acme_spec(ws)
+    service.install(host, spec)
+    services.add_companion(ws.name, spec)
+    service.start(host, spec, wait=False)
+    say(f"  certificate for {ws.domain} from the CA ({ws.fingerprint[:23]}...), renewed by itself twice a day")
+
+
 def _reload(ws: Workshop, keys: dict[str, str]) -> None:
     with session.open_host(state.load(ws.name)) as host:
         _put_keys_map(host, ws, keys)
@@ -609,8 +676,24 @@ def check_from_here(ws: Workshop, *, timeout: float = 10.0) -> int:
     assert ws.fingerprint and ws.https_port
     host = ws.public_host or "127.0.0.1"
     ctx = pinned_context(host, ws.https_port, ws.fingerprint, timeout=timeout)
+    if ws.domain:
+        # The name may not resolve from here yet (or only to a test's loopback): reach the host's address and ask
+        # for the name, so the certificate is checked for it. The pinned leaf is the anchor, not the CA's root.
+        ctx.verify_flags |= ssl.VERIFY_X509_PARTIAL_CHAIN
+        return _status_by_name(host, ws.https_port, ws.domain, ctx, "/v1/models", timeout=timeout)
     with httpx.Client(verify=ctx, timeout=timeout) as c:
         return c.get(ws.base_url + "/models").status_code
+
+
+def _status_by_name(address: str, port: int, name: str, ctx: ssl.SSLContext, path: str, *, timeout: float) -> int:
+    """One GET over TLS to `address` for the server name `name` (SNI, certificate check and Host): its status."""
+    import socket
+
+    with socket.create_connection((address, port), timeout=timeout) as raw, \
+            ctx.wrap_socket(raw, server_hostname=name) as tls:
+        tls.sendall(f"GET {path} HTTP/1.1\r\nHost: {name}\r\nConnection: close\r\n\r\n".encode())
+        head = tls.recv(64).decode(errors="replace")
+    return int(head.split(" ", 2)[1])
 
 
 # ---------------------------------------------------------------------------------------------- usage per learner
@@ -762,7 +845,8 @@ def up(req: RoomRequest | RoomPlan, *, options: dict[str, Any] | None = None, sa
                   rate_per_min=req.rate_per_min, burst=req.burst, max_tokens=req.max_tokens,
                   tokens_per_learner=req.tokens_per_learner, domain=req.domain,
                   acme_server=req.acme_server if req.domain else None,
-                  acme_http_port=req.acme_http_port if req.domain else None)
+                  acme_http_port=req.acme_http_port if req.domain else None,
+                  acme_ca_bundle=req.acme_ca_bundle if req.domain else None)
     save(ws)
     state.write_secret(req.name, KEYS_FILE, json.dumps(keys, indent=2))
     opts = dict(options or {})
@@ -781,6 +865,8 @@ def up(req: RoomRequest | RoomPlan, *, options: dict[str, Any] | None = None, sa
         state.write_secret(req.name, CERT_FILE, cert.cert_pem)
         with session.open_host(dep) as host:
             install_proxy(host, ws, dep, keys, cert, say)
+            if ws.domain:
+                obtain_certificate(host, ws, req.acme_email, say)
         save(ws)
         _check_reachable(ws, say)
         say(f"✔ proxy in {time.monotonic() - t0:.1f}s: {ws.base_url}, certificate {ws.fingerprint}")
