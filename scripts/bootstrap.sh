@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 say() { printf '\033[1m==> %s\033[0m\n' "$*"; }
 
 APT_PACKAGES=(python3-venv python3-dev build-essential cmake git curl openssh-server openssh-client shellcheck systemd chromium nginx
-              libnginx-mod-http-lua lua-cjson sudo iptables iproute2)
+              libnginx-mod-http-lua lua-cjson sudo iptables iproute2 certbot pebble)
 
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
