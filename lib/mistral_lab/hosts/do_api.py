@@ -108,9 +108,6 @@ def api_url(override: str | None = None) -> str:
     or a flag, which someone else may have written) may only send the token elsewhere with the environment's
     consent (`MISTRAL_LAB_TOKEN_HOSTS`)."""
     url = (override or os.environ.get(API_URL_ENV) or DEFAULT_API_URL).rstrip("/")
-    if override:
-        check_token_host(url, field="api_url", default_host=urlparse(DEFAULT_API_URL).hostname or "",
-                         token="DIGITALOCEAN_TOKEN")
     parsed = urlparse(url)
     if parsed.scheme not in ("http", "https") or not parsed.hostname:
         raise BadInput(f"not an http(s) URL: {url!r}", field="api_url",
@@ -118,6 +115,9 @@ def api_url(override: str | None = None) -> str:
     if parsed.scheme == "http" and not is_loopback(parsed.hostname):
         raise BadInput(f"refusing to send the DigitalOcean token over plain http to {parsed.hostname}",
                        field="api_url", fix="use an https:// URL; plain http is allowed only for 127.0.0.1/localhost")
+    if override:
+        check_token_host(url, field="api_url", default_host=urlparse(DEFAULT_API_URL).hostname or "",
+                         token="DIGITALOCEAN_TOKEN")
     return url
 
 

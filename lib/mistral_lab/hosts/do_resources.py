@@ -38,20 +38,21 @@ EXPIRY_PREFIX = f"{OWNER_TAG}-expires:"
 
 @dataclass(frozen=True)
 class Names:
-    """The tags and names of one installation's deployment."""
+    """The tags and names of one installation's deployment. An empty owner is a deployment recorded before
+    owners existed, whose tag and names carried none (teardown still finds it)."""
 
     deployment: str
     owner: str
 
     def __post_init__(self) -> None:
-        if not OWNER_RE.match(self.owner):
+        if self.owner and not OWNER_RE.match(self.owner):
             raise BadInput(f"owner {self.owner!r} is not 4-32 lowercase letters and digits", field="owner",
                            fix="leave it out (this installation's id is used) or pass e.g. owner=team1")
 
     @property
     def tag(self) -> str:
         """The deployment's own tag: the firewall is bound to it, teardown finds the droplet by it."""
-        return f"{OWNER_TAG}:{self.owner}:{self.deployment}"
+        return f"{OWNER_TAG}:{self.owner}:{self.deployment}" if self.owner else f"{OWNER_TAG}:{self.deployment}"
 
     @property
     def owner_tag(self) -> str:
@@ -60,7 +61,7 @@ class Names:
     @property
     def resource(self) -> str:
         """The firewall's and the SSH key's name (keys cannot carry tags: the name says whose it is)."""
-        return f"{OWNER_TAG}-{self.deployment}-{self.owner}"
+        return f"{OWNER_TAG}-{self.deployment}-{self.owner}" if self.owner else f"{OWNER_TAG}-{self.deployment}"
 
     @property
     def hostname(self) -> str:
