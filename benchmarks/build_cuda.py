@@ -401,14 +401,14 @@ def for_archs(argv: list[str], archs: str, out_dir: Path) -> list[str]:
     return [*new, "-o", str(out_dir / "unit.o")]
 
 
-def sample_units(build_dir: Path, archs: list[str], units: int) -> dict:
-    """Time the first `units` of SAMPLE (ops first, then the heaviest kinds) at each arch set."""
+def sample_units(build_dir: Path, archs: list[str], units: list[str], earlier: list[dict]) -> dict:
+    """Time `units` at each arch set; rows measured earlier (other units) are kept in the estimate."""
     cmds = cuda_commands(build_dir)
     counts: dict[str, int] = {}
     for unit in cmds:
         counts[kind_of(unit)] = counts.get(kind_of(unit), 0) + 1
-    rows = []
-    for unit in SAMPLE[:units]:
+    rows = [r for r in earlier if r["unit"] not in units]
+    for unit in units:
         for arch in archs:
             with tempfile.TemporaryDirectory() as tmp:
                 m = measure(["nice", "-n", "19", *for_archs(cmds[unit], arch, Path(tmp))], dict(os.environ))
@@ -423,6 +423,10 @@ def sample_units(build_dir: Path, archs: list[str], units: int) -> dict:
 def weighted_estimate(rows: list[dict], counts: dict[str, int], archs: list[str]) -> dict:
     """CPU seconds of all CUDA units per arch set: each kind's sampled mean times its count (a template-instance
     kind left unsampled takes the mean of the sampled instance kinds); ratios to "90"."""
+    # Only units timed at every arch set: a kind's mean must compare the same units across architectures.
+    complete = {r["unit"] for r in rows if all(any(x["unit"] == r["unit"] and x["arch"] == a for x in rows)
+                                                 for a in archs)}
+    rows = [r for r in rows if r["unit"] in complete]
     est = {}
     for arch in archs:
         at = [r for r in rows if r["arch"] == arch]
@@ -454,6 +458,7 @@ def merge(old: dict, new_records: list[dict], facts: dict) -> dict:
         "cuda_on_digitalocean": CUDA_ON_DIGITALOCEAN,
         "recipe_needs": RECIPE_NEEDS,
         "configure_checks": old.get("configure_checks", {}),
+        "pack": old.get("pack"),  # benchmarks/gpu/pack.sh's sizes of the sm_90 build, as carried to a GPU
     }
 
 
@@ -463,8 +468,9 @@ def main() -> None:
     ap.add_argument("--rebuild", action="store_true", help="time a build again even where the cache has it")
     ap.add_argument("--jobs", type=int, default=os.cpu_count() or 2)
     ap.add_argument("--cache", type=Path, default=CACHE)
-    ap.add_argument("--sample", type=int, nargs="?", const=len(SAMPLE), default=0, metavar="UNITS",
-                    help=f"time the first UNITS (default all {len(SAMPLE)}) sampled CUDA units at 89, 90 and 89;90")
+    ap.add_argument("--sample", nargs="?", const=",".join(SAMPLE), default=None, metavar="UNIT,...",
+                    help="time these CUDA units (default: the stratified sample) at 89, 90 and 89;90; units timed "
+                         "in an earlier run stay in the estimate")
     ap.add_argument("--configure-with", metavar="CMAKE", help="run the recipe's configure with this cmake binary")
     args = ap.parse_args()
     if args.configure_with:
@@ -477,8 +483,9 @@ def main() -> None:
     if args.sample:
         build_dir = Path(lb.key_dir(lb.BuildKey("pypi", lb.DEFAULT_VERSION, "cuda", "90"), str(args.cache))) / "build"
         toolkit = find_toolkit()
-        result = sample_units(build_dir, ["90", "89", "89;90"], args.sample)
         doc = json.loads(OUT.read_text()) if OUT.exists() else merge({}, [], machine_facts(toolkit))
+        earlier = (doc.get("sampled_units") or {}).get("units", [])
+        result = sample_units(build_dir, ["90", "89", "89;90"], args.sample.split(","), earlier)
         doc["sampled_units"] = {"how": "each unit compiled alone under nice -n 19 with the sm_90 build's nvcc "
                                        "command, its --generate-code swapped; cpu_s = user+sys (wait4)", **result}
         OUT.write_text(json.dumps(doc, indent=2) + "\n")
