@@ -85,7 +85,7 @@ def install(host: Host, spec: ServiceSpec) -> None:
     host.put_text(render_serve_script(spec), f"{spec.root}/serve.sh", mode=0o750)
     if spec.mode == "systemd":
         host.put_text(render_unit(spec), f"{spec.root}/{spec.unit}.service", mode=0o644)
-    if spec.separate_user:
+    if spec.separate_user and spec.separate_user != "root":  # root reads the login user's files as they are
         group = shlex.quote(spec.separate_user)
         host.run(f"chgrp {group} {root} {root}/env {root}/serve.sh && chmod 750 {root} && chmod 640 {root}/env "
                  f"&& touch {root}/serve.log && chgrp {group} {root}/serve.log && chmod 660 {root}/serve.log")

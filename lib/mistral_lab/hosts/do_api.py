@@ -183,11 +183,12 @@ class DOApi:
     """DigitalOcean API v2 through pydo, with the rules above. Methods return plain dicts (DO's JSON)."""
 
     def __init__(self, url: str | None = None, *, max_attempts: int = 6, max_wait_s: float = 120.0,
-                 sleep: Callable[[float], None] = time.sleep):
+                 sleep: Callable[[float], None] = time.sleep, token: str | None = None):
+        """`token`: another token than the environment's DIGITALOCEAN_TOKEN (a narrowly scoped one)."""
         import pydo
 
         self.url = api_url(url)
-        token = read_token()
+        token = token or read_token()
         kwargs: dict[str, Any] = {"endpoint": self.url, "retry_total": 0, "connection_timeout": 15,
                                   "read_timeout": 120}
         if self.url.startswith("http://"):
