@@ -18,6 +18,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import httpx
@@ -298,6 +299,25 @@ def test_the_page_is_served_with_its_policy_and_without_a_key(room):
     assert r.headers["content-security-policy"] == ws_mod.render_chat_page(ws).csp
     assert r.headers["cache-control"] == "no-store" and "tiny-random" in r.text
     assert httpx.get(ws.base_url + "/workshop/me", verify=ctx, timeout=30).status_code == 401
+
+
+def test_the_instructor_panel_shows_each_learner_live(room):
+    from mistral_lab import ui
+
+    panel = ui.WorkshopPanel(NAME, tick_s=3600)
+    try:
+        deadline = time.monotonic() + 120
+        while "data-learner" not in panel.table.value and time.monotonic() < deadline:
+            time.sleep(0.2)
+    finally:
+        panel.stop.set()
+    shown = panel.table.value
+    assert panel.error.value == "" and all(f'data-learner="l0{i}"' in shown for i in range(1, 5))
+    rows = {r.learner: r for r in ws_mod.usage(NAME)}
+    l02 = shown.split('data-learner="l02"')[1].split("</tr>")[0]
+    assert 'color:#c0392b' in l02 and f"<td>{rows['l02'].prompt_tokens:,}</td>" in l02  # spent: in red
+    assert "$0.00 so far" in shown and f"{sum(r.requests for r in rows.values()):,} requests" in shown
+    assert not any(k in shown for k in ws_mod.load_keys(NAME).values())
 
 
 def test_status_shows_each_learner_and_down_writes_the_csv_with_the_cost(room, tmp_path):

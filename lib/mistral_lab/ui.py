@@ -565,3 +565,76 @@ def chat_panel(deployment: str) -> ChatPanel | None:
     from mistral_lab.client import Client
 
     return show(ChatPanel(Client.from_deployment(deployment)))
+
+
+# ---------------------------------------------------------------------------------------------- workshop (instructor)
+
+
+WORKSHOP_TICK_S = 10.0  # the proxy's usage log is read over SSH: often enough to watch a room, not to load it
+
+
+def workshop_usage_html(rows: list[Any], *, cost_usd: float | None = None, updated: str = "") -> str:
+    """The instructor's table, one row per learner (workshop.LearnerUsage): requests, tokens, errors, 429s, p50
+    latency, last seen; a spent budget in red. Pure: tests check it without a browser."""
+    head = ("learner", "requests", "prompt tok", "completion tok", "tokens left", "errors", "429", "p50 s",
+            "last seen")
+    cells = []
+    for r in rows:
+        spent = r.tokens_left == 0
+        left = "–" if r.tokens_left is None else f"{r.tokens_left:,}"
+        values = (r.learner, f"{r.requests:,}", f"{r.prompt_tokens:,}", f"{r.completion_tokens:,}", left,
+                  str(r.errors), str(r.refused_429), "–" if r.p50_latency_s is None else f"{r.p50_latency_s:.2f}",
+                  (r.last_seen or "–").replace("T", " ").replace("+00:00", " UTC"))
+        style = ' style="color:#c0392b"' if spent else ""
+        cells.append(f'<tr class="ml-ws-row" data-learner="{html.escape(r.learner)}"{style}>'
+                     + "".join(f"<td>{html.escape(v)}</td>" for v in values) + "</tr>")
+    total = sum(r.prompt_tokens + r.completion_tokens for r in rows)
+    summary = (f"{len(rows)} learners, {sum(r.requests for r in rows):,} requests, {total:,} tokens"
+               + (f", ${cost_usd:.2f} so far" if cost_usd is not None else "")
+               + (f" — updated {html.escape(updated)}" if updated else ""))
+    return (f'<div class="ml-workshop"><div class="ml-ws-summary">{summary}</div>'
+            '<table style="border-collapse:collapse;font-size:12px"><thead><tr>'
+            + "".join(f'<th style="text-align:left;padding:0 8px">{h}</th>' for h in head)
+            + "</tr></thead><tbody>" + "".join(cells) + "</tbody></table></div>")
+
+
+class WorkshopPanel:
+    """A live table of a workshop's learners for the instructor, redrawn every WORKSHOP_TICK_S from the proxy's
+    usage log (workshop.usage, what `mistral-lab workshop status NAME` shows)."""
+
+    def __init__(self, name: str, tick_s: float = WORKSHOP_TICK_S):
+        import ipywidgets as w
+
+        self.name, self.tick_s = name, tick_s
+        self.table = w.HTML(value=f"reading {html.escape(name)}'s usage…")
+        self.error = w.HTML()
+        self.widget = w.VBox([w.HTML(f"<b>Workshop {html.escape(name)}</b>"), self.table, self.error])
+        self.widget.add_class("ml-workshop-panel")
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._loop, daemon=True)
+        self.thread.start()
+
+    def refresh(self) -> None:
+        from mistral_lab import workshop
+
+        try:
+            info = workshop.status(self.name)
+            rows = workshop.usage(self.name)
+        except (MistralLabError, OSError) as e:
+            self.error.value = error_html(e)
+            return
+        self.error.value = ""
+        self.table.value = workshop_usage_html(rows, cost_usd=info.get("cost_usd"),
+                                               updated=datetime.now().strftime("%H:%M:%S"))
+
+    def _loop(self) -> None:
+        while not self.stop.is_set():
+            self.refresh()
+            self.stop.wait(self.tick_s)
+
+
+def workshop_panel(name: str) -> WorkshopPanel | None:
+    """Show the instructor's live table of `name`'s learners when interactive; None when headless."""
+    if not interactive():
+        return None
+    return show(WorkshopPanel(name))

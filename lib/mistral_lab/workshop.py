@@ -12,6 +12,18 @@ certificate made here (its SHA-256 fingerprint is on every card), `allow` for th
 learner keys in a 0600 file, `limit_req` and `limit_conn` per key (429), and the server key added on the way in.
 Revoking a key rewrites that file and reloads nginx: no restart, no dropped replies.
 
+Tokens: nginx's Lua module (`infra/workshop-learner.lua`, `infra/workshop-usage.lua`) counts each learner's prompt
+and completion tokens from the server's own `usage` (a stream is asked for it with `stream_options.include_usage`
+when the learner did not ask, and that event is taken out again), keeps them in a shared dict (it survives the
+reload a revoke makes; after a restart it is read back from the log), refuses a learner whose
+`tokens_per_learner` is spent (429 insufficient_quota) and writes one JSON line per request to `usage.jsonl` in the
+proxy's folder: `usage()` and `workshop status NAME` read it, `down` writes it to CSV with the cost.
+
+The proxy also serves a chat page at `/` (`infra/workshop-chat.html.j2`: the key pasted once, kept in the tab's
+sessionStorage). With `domain`, certbot gets the certificate from an ACME CA (`infra/workshop-acme.sh`: HTTP-01
+through the proxy's own nginx, a deploy hook that reloads it, a renewer beside the proxy); without one the
+self-signed certificate stays and the cards say how to check its fingerprint.
+
 On DigitalOcean the firewall opens the proxy's port to the same CIDRs only (SSH stays open to the instructor
 only), and the droplet carries an expiry tag that `mistral-lab sweep --expired` acts on.
 
@@ -579,9 +591,6 @@ def install_proxy(host: Host, ws: Workshop, dep: state.Deployment, keys: dict[st
         raise EngineError("nginx's Lua module is not installed on the host", field="proxy",
                           fix="install it: apt-get install libnginx-mod-http-lua lua-cjson")
     say(f"  {out[-3] if len(out) > 2 else 'nginx'} at {nginx}, Lua module in {modules}")
-    login, uid = _host_user(host)
-    # A root master would run workers as `nobody`, which cannot write the proxy's temp folder.
-    worker_user = login if (ws.proxy_mode == "systemd" or uid == 0) else None
     host.put_text(cert.cert_pem, f"{root}/cert.pem", mode=0o644)
     host.put_text(cert.key_pem, f"{root}/cert.key", mode=0o600)
     host.put_text(infra_files.render("nginx-upstream-auth.conf.j2", server_key=server_key),
@@ -590,8 +599,7 @@ def install_proxy(host: Host, ws: Workshop, dep: state.Deployment, keys: dict[st
     host.put_text(infra_files.read("workshop-learner.lua"), f"{root}/learner.lua", mode=0o644)
     host.put_text(infra_files.read("workshop-usage.lua"), f"{root}/usage.lua", mode=0o644)
     host.put_text(render_chat_page(ws).html, f"{root}/www/chat.html", mode=0o644)
-    host.put_text(render_nginx_conf(ws, root=root, backend_port=dep.endpoint.remote_port, worker_user=worker_user,
-                                    modules=modules), f"{root}/nginx.conf", mode=0o644)
+    write_proxy_conf(host, ws, dep, modules=modules)
     spec = _proxy_spec(ws, nginx)
     service.install(host, spec)
     services.add_companion(dep.name, spec)  # a plain `mistral-lab teardown` stops the proxy too
@@ -662,6 +670,23 @@ def obtain_certificate(host: Host, ws: Workshop, email: str | None, say: LineSin
     services.add_companion(ws.name, spec)
     service.start(host, spec, wait=False)
     say(f"  certificate for {ws.domain} from the CA ({ws.fingerprint[:23]}...), renewed by itself twice a day")
+
+
+def write_proxy_conf(host: Host, ws: Workshop, dep: state.Deployment, *, modules: str,
+                     accounting: bool = True) -> None:
+    """nginx.conf for the proxy (a running one takes it at `reload_proxy`); `accounting=False` only to measure."""
+    assert ws.proxy_root and dep.endpoint is not None
+    login, uid = _host_user(host)
+    # A root master would run workers as `nobody`, which cannot write the proxy's temp folder.
+    worker_user = login if (ws.proxy_mode == "systemd" or uid == 0) else None
+    host.put_text(render_nginx_conf(ws, root=ws.proxy_root, backend_port=dep.endpoint.remote_port,
+                                    worker_user=worker_user, modules=modules, accounting=accounting),
+                  f"{ws.proxy_root}/nginx.conf", mode=0o644)
+
+
+def reload_proxy(host: Host, ws: Workshop) -> str:
+    """Check the config and reload nginx (HUP); returns once new workers run it."""
+    return _proxy_script(host, ws, "reload").strip()
 
 
 def _reload(ws: Workshop, keys: dict[str, str]) -> None:
