@@ -337,23 +337,24 @@ RECIPE_NEEDS = {
 }
 
 
-def configure_check(cmake: str, cache: Path, archs: str = "89;90") -> dict:
-    """The recipe's configure (flags from the sm_90 build.json, archs swapped) with another cmake, into a
-    scratch folder: does that cmake find this toolkit and spell the architectures as nvcc wants them?"""
-    key = lb.BuildKey("pypi", lb.DEFAULT_VERSION, "cuda", "90")
-    info = json.loads(Path(lb.key_dir(key, str(cache)), "build.json").read_text())
-    real = ";".join(f"{a}-real" for a in archs.split(";"))
-    flags = [f"-DCMAKE_CUDA_ARCHITECTURES={real}" if f.startswith("-DCMAKE_CUDA_ARCHITECTURES=") else f
-             for f in info["cmake_flags"]]
-    tree = next((cache / "llama.cpp" / "src").glob("*/*/vendor/llama.cpp"))
+def configure_check(cmake: str, cache: Path, extra: list[str], archs: str = "89;90") -> dict:
+    """The build script's configure alone (CONFIGURE_ONLY=1) with another cmake, from the cached sdist, in a
+    scratch cache: does that cmake find this toolkit and spell the architectures as nvcc wants them?"""
+    sdist = cache / "llama.cpp" / "src" / f"llama_cpp_python-{lb.DEFAULT_VERSION}.tar.gz"
     version = subprocess.run([cmake, "--version"], capture_output=True, text=True).stdout.splitlines()[0]
     with tempfile.TemporaryDirectory() as tmp:
-        r = subprocess.run(["nice", "-n", "19", cmake, "-S", str(tree), "-B", tmp, "-G", "Ninja", *flags],
-                           capture_output=True, text=True)
-        ninja = Path(tmp, "build.ninja").read_text() if r.returncode == 0 else ""
+        key = lb.BuildKey("tarball", lb.DEFAULT_VERSION, "cuda", archs)
+        env = {**os.environ, **lb.build_env(key, cache=tmp, tarball=str(sdist)), "CMAKE_BIN": cmake,
+               "CONFIGURE_ONLY": "1", "CMAKE_EXTRA": " ".join(extra)}
+        r = subprocess.run(["nice", "-n", "19", "bash", str(SCRIPT)], env=env, capture_output=True, text=True)
+        build_dir = next((ln.partition("=")[2] for ln in r.stdout.splitlines()
+                          if ln.startswith("LLAMACPP_BUILD_DIR=")), "")
+        ninja = Path(build_dir, "build.ninja").read_text() if build_dir else ""
+        log = Path(lb.key_dir(key, tmp), "configure.log")
+        lines = [ln for ln in log.read_text().splitlines() if "CUDA" in ln and "Detecting" not in ln] \
+            if log.exists() else r.stderr.splitlines()[-10:]
     gencode = " ".join(f"--generate-code=arch=compute_{a},code=[sm_{a}]" for a in archs.split(";"))
-    return {"cmake": version, "returncode": r.returncode,
-            "lines": [ln for ln in r.stdout.splitlines() if "CUDA" in ln and "Detecting" not in ln],
+    return {"cmake": version, "archs": archs, "returncode": r.returncode, "lines": lines,
             "cuda_units_with_expected_gencode": ninja.count(gencode)}
 
 
@@ -474,7 +475,8 @@ def main() -> None:
     ap.add_argument("--configure-with", metavar="CMAKE", help="run the recipe's configure with this cmake binary")
     args = ap.parse_args()
     if args.configure_with:
-        check = configure_check(args.configure_with, args.cache)
+        toolkit = find_toolkit()
+        check = configure_check(args.configure_with, args.cache, cmake_extra(toolkit, args.cache))
         doc = merge(json.loads(OUT.read_text()) if OUT.exists() else {}, [], machine_facts(find_toolkit()))
         doc["configure_checks"][check["cmake"]] = check
         OUT.write_text(json.dumps(doc, indent=2) + "\n")

@@ -21,6 +21,9 @@
 #   KEEP_BUILD 1 keeps the cmake tree so a later run can add a target incrementally (default 1)
 #   CMAKE_EXTRA extra cmake arguments, space-separated, recorded in build.json (default none); e.g. the cuBLAS
 #             and driver-stub paths of a CUDA toolkit assembled from PyPI wheels, which has neither
+#   CMAKE_BIN the cmake to use                (default cmake)
+#   CONFIGURE_ONLY 1 stops after configuring: checks a toolchain (another cmake, another toolkit) in minutes
+#             without compiling; nothing is cached. Last line: "LLAMACPP_BUILD_DIR=<dir>" (default 0)
 #
 # CUDA: any toolkit 12.x or 13.x with cuBLAS (nvcc's own `--list-gpu-code` decides which ARCH it can build:
 # 13.x dropped sm_50..sm_72, sm_89/sm_90 need 11.8+, sm_100/sm_120 need 12.8+). The binaries need the same
@@ -44,6 +47,8 @@ PYPI_URL="${PYPI_URL:-https://pypi.org}"
 GIT_URL="${GIT_URL:-https://github.com/ggml-org/llama.cpp}"
 KEEP_BUILD="${KEEP_BUILD:-1}"
 CMAKE_EXTRA="${CMAKE_EXTRA:-}"
+CMAKE_BIN="${CMAKE_BIN:-cmake}"
+CONFIGURE_ONLY="${CONFIGURE_ONLY:-0}"
 PACKAGE=llama-cpp-python
 # Bumped when the build recipe changes what a cached key holds; older caches are rebuilt.
 RECIPE=2
@@ -211,7 +216,7 @@ main() {
   }
 
   APT_HINT="apt-get install -y cmake build-essential git curl"
-  need cmake "$APT_HINT"
+  need "$CMAKE_BIN" "$APT_HINT"
   need make "$APT_HINT"
   need tar "$APT_HINT"
   if command -v cc >/dev/null 2>&1; then CC_BIN=cc; else CC_BIN=gcc; fi
@@ -458,9 +463,14 @@ C
   # Configured every time (seconds): a kept tree picks up changed flags and recompiles only what they touch.
   if [ -f "$BUILD/CMakeCache.txt" ]; then GENERATOR=(); fi
   say "configure: cmake ${FLAGS[*]}"
-  cmake -S "$TREE" -B "$BUILD" "${GENERATOR[@]}" "${FLAGS[@]}" >"$DEST/configure.log" 2>&1 \
+  "$CMAKE_BIN" -S "$TREE" -B "$BUILD" "${GENERATOR[@]}" "${FLAGS[@]}" >"$DEST/configure.log" 2>&1 \
     || { tail -n 40 "$DEST/configure.log" >&2; die "cmake configure failed (log: $DEST/configure.log)" \
       "$(configure_fix "$DEST/configure.log")" 1; }
+  if [ "$CONFIGURE_ONLY" = 1 ]; then
+    say "configured in $((SECONDS - START)) s (CONFIGURE_ONLY=1: nothing built or cached)"
+    echo "LLAMACPP_BUILD_DIR=$BUILD"
+    exit 0
+  fi
   say "build: ${TARGET_LIST[*]} with $JOBS jobs (minutes on a few cores)"
   # Progress lines from cmake are kept in the log; a line every 30 s tells the caller we are alive.
   # The ticker drops the lock's fd and takes its sleep with it when stopped, so neither the lock nor the
@@ -479,7 +489,7 @@ C
   ticker &
   TICKER=$!
   trap 'kill "$TICKER" 2>/dev/null || true' EXIT
-  if ! cmake --build "$BUILD" --config Release -j "$JOBS" --target "${TARGET_LIST[@]}" >"$DEST/build.log" 2>&1; then
+  if ! "$CMAKE_BIN" --build "$BUILD" --config Release -j "$JOBS" --target "${TARGET_LIST[@]}" >"$DEST/build.log" 2>&1; then
     tail -n 40 "$DEST/build.log" >&2
     die "build failed (log: $DEST/build.log)" "read the log; retry after fixing, the cmake tree is kept" 1
   fi

@@ -333,7 +333,6 @@ def test_a_cuda_cache_from_another_toolkit_is_rebuilt(tmp_path):
 # ---- CUDA: the cached build's recipe (present only where benchmarks/build_cuda.py ran) -------------------------
 
 CUDA_BUILDS = sorted((CACHE / "llama.cpp").glob("*-cuda-*/build.json"))
-BUILD_RESULT = Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "build_cuda.json"
 
 
 def fatbin_archs(data: bytes) -> set[tuple[str, int]]:
@@ -380,7 +379,3 @@ def test_cached_cuda_build_has_the_scripts_recipe(build_json):
     assert "[$ORIGIN" in server and "[libllama.so" in server
     # machine code for exactly the asked architectures, no PTX to JIT
     assert fatbin_archs(cuda_lib.read_bytes()) == {("elf", int(a)) for a in archs}
-    # the committed result describes this recipe
-    recorded = {b["arch"]: b["build_json"] for b in json.loads(BUILD_RESULT.read_text())["builds"]}
-    assert info["arch"] in recorded, f"benchmarks/results/build_cuda.json has no build of {info['arch']}"
-    assert recorded[info["arch"]]["cmake_flags"] == flags and recorded[info["arch"]]["recipe"] == info["recipe"]
