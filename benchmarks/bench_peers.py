@@ -141,6 +141,7 @@ def side_by_side(doc: dict) -> list[dict]:
                 "client_tree_cpu_ms_per_1k_tokens_whole_run": (round(ours_tree / cpu["output_tokens"] * 1e6, 1)
                                                                if ours_tree and cpu.get("output_tokens") else None),
                 "server_check": lv["server_check"]["flagged"] if lv.get("server_check") else None,
+                "loadavg_1m": sp.get("loadavg_1m"),
             })
             for tool in dict.fromkeys(p["tool"] for p in run["run"]["peers"]):
                 mine = [p for p in run["run"]["peers"] if p["tool"] == tool and p["concurrency"] == c]
@@ -160,6 +161,7 @@ def side_by_side(doc: dict) -> list[dict]:
                     "server_check": sorted({q["quantity"] for p in mine if p.get("witness")
                                             for q in p["witness"]["checks"]
                                             if q["ours"] and q["server"] and abs(q["ours"] / q["server"] - 1) > 0.05}),
+                    "loadavg_1m": _spread([p.get("loadavg_1m") for p in mine]),
                 })
     return rows
 
@@ -176,7 +178,8 @@ def _print(rows: list[dict]) -> None:
               f"TPOT p50 {pm(r['tpot_p50_ms'], '{:.2f}'):>12} ms, client CPU "
               + (f"{cpu:.1f} ms/1k tok (points)" if cpu is not None else "-")
               + (f", {tree:.0f} ms/1k tok (whole process, start-up included)" if tree is not None else "")
-              + (f"; server disagrees on {r['server_check']}" if r["server_check"] else ""))
+              + (f"; server disagrees on {r['server_check']}" if r["server_check"] else "")
+              + (f"; load {pm(r['loadavg_1m'])}" if r.get("loadavg_1m") else ""))
 
 
 def main() -> None:

@@ -486,6 +486,7 @@ def test_vllm_counters_check_requests_tokens_and_mean_latencies():
     assert gaps["requests"] == 0 and gaps["output tokens"] == 0 and gaps["prompt tokens"] == 0
     assert gaps["TPOT mean (s)"] == pytest.approx(0.0) and gaps["TTFT mean (s)"] == pytest.approx(0.1 / 0.095 - 1)
     assert [c.quantity for c in w.flagged] == ["TTFT mean (s)"]  # 5.3% longer: ours includes the HTTP round trip
+    assert witness.server_decode(w) == pytest.approx(1 / 0.01)  # decode on the server's clock: 1 / its TPOT
     merged = witness.merge([w, w])
     assert merged.checks[1].ours == 256 and merged.checks[3].ours == pytest.approx(0.1)  # counts add, means average
 

@@ -23,8 +23,10 @@ def fit(runs: list[Run]) -> list[Efficiency]:
             continue
         hw = "cpu" if plan.get("gpu_vendor") not in ("nvidia", "amd") else str(plan.get("gpu_vendor"))
         for row in run.roofline:
-            if row.achieved_tokens_per_s and row.roofline.max_tokens_per_s > 0:
-                samples.setdefault((engine, hw), []).append(row.achieved_tokens_per_s / row.roofline.max_tokens_per_s)
+            # The server's own decode speed where it gave one: the client's view shifts with the stream's chunking.
+            speed = row.server_tokens_per_s or row.achieved_tokens_per_s
+            if speed and row.roofline.max_tokens_per_s > 0:
+                samples.setdefault((engine, hw), []).append(speed / row.roofline.max_tokens_per_s)
     return [Efficiency(engine, hw, statistics.median(xs), f"median of {len(xs)} saved run(s) on this machine's "
                        "records", runs=len(xs)) for (engine, hw), xs in sorted(samples.items())]
 

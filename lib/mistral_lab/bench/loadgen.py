@@ -897,7 +897,8 @@ class Coordinator:
             aborted=aborted, requests=sum(g["done"] for g in got), errors=sum(g["errors"] for g in got),
             duration_s=round(span, 6), cpu_s=round(sum(worker_cpu) + main_cpu, 6), worker_cpu_s=worker_cpu,
             coordinator_cpu_s=round(main_cpu, 6), workers=n_workers, warmup=warm,
-            read_window_s=float(spec.get("read_window_s") or 0.0), server_before=before, server_after=after)
+            read_window_s=float(spec.get("read_window_s") or 0.0), server_before=before, server_after=after,
+            loadavg_1m=round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None)
         if aborted:
             self.aborted = aborted
         else:

@@ -119,6 +119,7 @@ class Point(BaseModel):
     itl_note: str | None = Field(default=None, description="why ITL is not given (a stream that merges tokens)")
     read_window_s: float | None = Field(default=None, description="the client's timing resolution (0: exact)")
     witness: Witness | None = Field(default=None, description="the server's own counters beside ours")
+    loadavg_1m: float | None = Field(default=None, description="the load generator's machine, as the point ended")
 
     @property
     def load(self) -> str:
@@ -216,6 +217,7 @@ def summarize(point_doc: dict, records: list[dict], *, slo: SLO = SLO(), hourly_
         itl_note=itl_note,
         read_window_s=window,
         witness=_witness.check(point_doc, recs),
+        loadavg_1m=point_doc.get("loadavg_1m"),
     )
 
 
@@ -267,6 +269,7 @@ SPREAD_FIGURES = {
     "e2e_p50_s": lambda p: p.e2e_s.p50 if p.e2e_s else None,
     "decode_tokens_per_s": lambda p: p.decode_tokens_per_s,
     "client_cpu_ms_per_1k_tokens": lambda p: p.client_cpu_ms_per_1k_tokens,
+    "loadavg_1m": lambda p: p.loadavg_1m,
 }
 
 

@@ -75,6 +75,7 @@ class PeerRun(BaseModel):
     itl_p50_s: float | None = None
     e2e_p50_s: float | None = None
     version: str | None = None
+    loadavg_1m: float | None = Field(default=None, description="this machine's, as the peer ended (local runs)")
     client_cpu_s: float | None = Field(default=None, description="the peer's whole process tree, start to exit "
                                        "(imports and warm-up included), where it ran on this machine")
     witness: Witness | None = Field(default=None, description="the server's counters around the peer's run")

@@ -152,13 +152,14 @@ def prediction_table(run: Run) -> Table | None:
     if not run.predictions:
         return None
     t = Table(title="the plan's prediction beside the measurement", title_justify="left")
-    for col in ("workload", "context", "roofline tok/s", "× efficiency", "decode pred", "decode meas", "error",
+    for col in ("workload", "context", "roofline tok/s", "× efficiency", "decode pred", "decode meas", "by", "error",
                 "throughput pred", "meas", "at", "error", "$/Mtok pred"):
-        t.add_column(col, justify="left" if col in ("workload", "at") else "right")
+        t.add_column(col, justify="left" if col in ("workload", "at", "by") else "right")
     for r in run.predictions:
         p = r.prediction
         t.add_row(run.workload_label(r.workload), str(p.context_tokens), f"{p.roofline_tokens_per_s:.0f}",
                   f"{p.efficiency:.3g}", f"{p.decode_tokens_per_s:.1f}", _num(r.measured_decode_tokens_per_s),
+                  r.decode_measured_by,
                   _num(r.decode_error * 100 if r.decode_error is not None else None, "{:+.0f}%"),
                   f"{p.throughput_tokens_per_s:.1f}", _num(r.measured_throughput_tokens_per_s), r.measured_at or "-",
                   _num(r.throughput_error * 100 if r.throughput_error is not None else None, "{:+.0f}%"),

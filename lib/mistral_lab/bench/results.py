@@ -103,6 +103,7 @@ class PredictionRow(BaseModel):
     workload: str
     prediction: Prediction
     measured_decode_tokens_per_s: float | None
+    decode_measured_by: str = Field(default="client", description="server: its own clock (timings, TPOT histogram)")
     measured_throughput_tokens_per_s: float | None
     measured_at: str | None = Field(default=None, description="the load level the throughput is read at")
     measured_usd_per_mtok: float | None = None

@@ -16,6 +16,7 @@
 from __future__ import annotations
 
 import math
+import os
 import random
 import sys
 import time
@@ -362,6 +363,7 @@ def _peer(tool: str, spec: BenchSpec, target: Target, sized: Sized, where: Place
         fig = peers.run_peer(where.host, tool, argv, result, env=env)
         if isinstance(where.host, LocalHost):
             fig["client_cpu_s"] = children_cpu_s() - cpu0
+            fig["loadavg_1m"] = round(os.getloadavg()[0], 2)
     except MistralLabError as e:
         d.notes.append(f"{peers.PEER_NAMES[tool]} at {point['index']}: {e.message}")
         return []
@@ -415,7 +417,8 @@ def roofline_rows(spec: BenchSpec, target: Target, levels: list[Level], records:
             break
         rows.append(results.RooflineRow(
             workload=name, concurrency=lv.concurrency, roofline=line, achieved_tokens_per_s=lv.decode_tokens_per_s,
-            achieved_pct=line.achieved_pct(lv.decode_tokens_per_s), server_tokens_per_s=lv.server_decode_tokens_per_s))
+            achieved_pct=line.achieved_pct(lv.decode_tokens_per_s),
+            server_tokens_per_s=lv.server_decode_tokens_per_s or witness.server_decode(lv.witness)))
     return rows, notes, contexts
 
 
@@ -439,7 +442,12 @@ def predictions(spec: BenchSpec, target: Target, levels: list[Level], contexts: 
                        weights_gb=spec.weights_gb, hourly_usd=hourly_usd, factors=factors)
         if pred is None:
             continue
-        rows.append(PredictionRow(workload=name, prediction=pred, measured_decode_tokens_per_s=mine[0].decode_tokens_per_s,
+        # Decode as the server clocks it where it says (llama.cpp's timings, vLLM's TPOT): a client's view of it
+        # shifts with how the stream is chunked, which is no part of what the roofline bounds.
+        server = mine[0].server_decode_tokens_per_s or witness.server_decode(mine[0].witness)
+        rows.append(PredictionRow(workload=name, prediction=pred,
+                                  measured_decode_tokens_per_s=server or mine[0].decode_tokens_per_s,
+                                  decode_measured_by="server" if server else "client",
                                   measured_throughput_tokens_per_s=at.output_tokens_per_s, measured_at=at.load,
                                   measured_usd_per_mtok=at.usd_per_mtok))
     return rows

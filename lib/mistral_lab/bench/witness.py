@@ -140,6 +140,19 @@ def _vllm(before: dict, after: dict, ours: dict) -> Witness:
     return Witness(engine="vllm", checks=checks, notes=notes)
 
 
+def server_decode(w: Witness | None) -> float | None:
+    """Single-stream decode speed on the server's clock: llama.cpp's own rate, or 1 / vLLM's mean TPOT. Free of
+    what a client sees of the stream (a first token with no text, tokens merged into chunks)."""
+    if w is None:
+        return None
+    for c in w.checks:
+        if c.quantity == "decode tok/s per stream" and c.server:
+            return c.server
+        if c.quantity == "TPOT mean (s)" and c.server:
+            return 1.0 / c.server
+    return None
+
+
 def merge(witnesses: list[Witness | None]) -> Witness | None:
     """One witness for several repeats of a level: counts add up, rates and means average."""
     found = [w for w in witnesses if w is not None]
