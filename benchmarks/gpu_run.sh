@@ -55,6 +55,7 @@ if [ "$MODE" != gpu ]; then
   SIZES=(tiny-random)
   LEVELS="1,4"
   REQUESTS=4
+  POINT_S=3
   REPS=1
   CTX=2048
   PARALLEL=4
@@ -64,7 +65,8 @@ else
   BUDGET_S="${BUDGET_S:-450}"
   SIZES=(ministral-3b ministral-8b)
   LEVELS="1,4,16"
-  REQUESTS=""  # the benchmark's default: 4 x concurrency, at least 8
+  REQUESTS=""  # bounded by time: POINT_S seconds a level after its warm-up
+  POINT_S=6
   REPS=3
   CTX=16384
   PARALLEL=16
@@ -232,7 +234,8 @@ measure() {  # like quant
   if wait_health "$port" "$pid"; then
     say "$name: served sweep at $LEVELS"
     bench_py sweep "http://127.0.0.1:$port/v1" "$name" "$WORK/$name.sweep.json" --concurrency "$LEVELS" \
-      ${REQUESTS:+--requests "$REQUESTS"} --results "$WORK/runs" 2>>"$LOGS/$name.sweep.log" | tee -a "$LOG" \
+      ${REQUESTS:+--requests "$REQUESTS"} --duration "$POINT_S" --results "$WORK/runs" 2>>"$LOGS/$name.sweep.log" \
+      | tee -a "$LOG" \
       || say "$name: sweep failed (tail: $(tail -n 3 "$LOGS/$name.sweep.log" | tr '\n' ' '))"
   else
     say "$name: llama-server did not come up (tail: $(tail -n 3 "$LOGS/$name.server.log" | tr '\n' ' '))"

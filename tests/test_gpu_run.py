@@ -218,6 +218,24 @@ def test_cuda_lib_dirs_find_the_wheels_beside_torch(tmp_path):
     assert not any("cudnn" in d for d in found)
 
 
+def test_sweep_rows_take_the_median_of_repeats():
+    pts = [{"concurrency": 4, "requests": 8, "errors": 0, "output_tokens_per_s": v, "decode_tokens_per_s": v / 4,
+            "server_decode_tokens_per_s": None, "ttft_s_p50": 0.1} for v in (300.0, 100.0, 200.0)]
+    pts.append({"concurrency": 1, "requests": 8, "errors": 1, "output_tokens_per_s": 90.0,
+                "decode_tokens_per_s": 95.0, "server_decode_tokens_per_s": 96.0, "ttft_s_p50": 0.05})
+    rows = gb.sweep_points(pts)
+    assert [r["concurrency"] for r in rows] == [1, 4]
+    assert rows[1]["output_tokens_per_s"] == 200.0 and rows[1]["repeats"] == 3 and rows[1]["requests"] == 24
+    assert rows[1]["server_decode_tokens_per_s"] is None and rows[0]["errors"] == 1
+
+
+def test_sweep_options_go_only_where_the_benchmark_takes_them():
+    full = gb.bench_kwargs({"repeats", "stop_at_knee", "duration_s", "requests", "native_bench", "plots",
+                            "progress"}, duration=6.0, requests=None)
+    assert full["repeats"] == 1 and full["stop_at_knee"] is False and full["duration_s"] == 6.0
+    assert gb.bench_kwargs({"duration_s"}, duration=6.0, requests=4) == {"duration_s": 6.0}
+
+
 def test_wheels_leave_the_devices_numeric_stack_alone():
     imported = {"numpy": "2.4.6", "pydantic": "2.14.4", "gguf": "0.19.0", "matplotlib": "3.10", "ipython": "9"}
     assert wheels.to_carry(imported) == {"gguf": "0.19.0", "pydantic": "2.14.4"}

@@ -197,20 +197,48 @@ def cmd_bandwidth(args: argparse.Namespace) -> None:
     print(f"gpu-run: bandwidth {doc['measured_gbs']} GB/s ({doc['method']})", flush=True)
 
 
+def sweep_points(points: list[dict]) -> list[dict]:
+    """One row per concurrency: the median of its repeats (the benchmark may measure each level several times)."""
+    by_c: dict[int, list[dict]] = {}
+    for p in points:
+        by_c.setdefault(p["concurrency"], []).append(p)
+    rows = []
+    for c, reps in sorted(by_c.items()):
+        row: dict = {"concurrency": c, "repeats": len(reps), "requests": sum(p["requests"] for p in reps),
+                     "errors": sum(p["errors"] for p in reps)}
+        for key in ("output_tokens_per_s", "decode_tokens_per_s", "server_decode_tokens_per_s", "ttft_s_p50"):
+            values = sorted(p[key] for p in reps if p.get(key) is not None)
+            row[key] = values[len(values) // 2] if values else None
+        rows.append(row)
+    return rows
+
+
+def bench_kwargs(params: set[str], *, duration: float, requests: int | None) -> dict:
+    """The benchmark's options for a short, complete sweep, passed only where this version of bench.run has
+    them: one repeat per level, every level measured (no stop at the knee), points of `duration` seconds."""
+    wanted = {"repeats": 1, "stop_at_knee": False, "duration_s": duration, "requests": requests,
+              "native_bench": False, "plots": False, "progress": False}
+    return {k: v for k, v in wanted.items() if k in params}
+
+
 def cmd_sweep(args: argparse.Namespace) -> None:
+    import inspect
+
     from mistral_lab import bench
 
     levels = [int(x) for x in args.concurrency.split(",")]
     t0 = time.monotonic()
+    extra = bench_kwargs(set(inspect.signature(bench.run).parameters), duration=args.duration,
+                         requests=args.requests)
     run = bench.run(base_url=args.url, model=args.name, workload=f"{SWEEP_IN}/{SWEEP_OUT}", concurrency=levels,
-                    requests=args.requests, duration_s=args.duration, native_bench=False, plots=False,
-                    results_dir=args.results, progress=False, say=lambda _line: None)
-    points = [{"concurrency": p.concurrency, "requests": p.requests, "errors": p.errors,
-               "output_tokens_per_s": p.output_tokens_per_s, "decode_tokens_per_s": p.decode_tokens_per_s,
-               "server_decode_tokens_per_s": p.server_decode_tokens_per_s,
-               "ttft_s_p50": p.ttft_s.p50 if p.ttft_s else None}
-              for p in run.points]
-    Path(args.out).write_text(json.dumps({"points": points, "aborted": run.meta.aborted,
+                    results_dir=args.results, say=lambda _line: None, **extra)
+    raw = [{"concurrency": p.concurrency, "requests": p.requests, "errors": p.errors,
+            "output_tokens_per_s": p.output_tokens_per_s, "decode_tokens_per_s": p.decode_tokens_per_s,
+            "server_decode_tokens_per_s": p.server_decode_tokens_per_s,
+            "ttft_s_p50": p.ttft_s.p50 if p.ttft_s else None}
+           for p in run.points]
+    points = sweep_points(raw)
+    Path(args.out).write_text(json.dumps({"points": points, "aborted": run.meta.aborted, "options": extra,
                                           "seconds": round(time.monotonic() - t0, 1)}, indent=2))
     print("gpu-run: sweep " + ", ".join(f"c={p['concurrency']}: {p['output_tokens_per_s']:.0f} tok/s"
                                         for p in points), flush=True)
@@ -365,7 +393,7 @@ def main(argv: list[str] | None = None) -> None:
     s.add_argument("out")
     s.add_argument("--concurrency", default="1,4,16")
     s.add_argument("--requests", type=int, default=None)
-    s.add_argument("--duration", type=float, default=60.0)
+    s.add_argument("--duration", type=float, default=8.0, help="seconds per load point")
     s.add_argument("--results", default=None)
     f = sub.add_parser("facts")
     f.add_argument("gguf")
