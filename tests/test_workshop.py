@@ -583,3 +583,29 @@ def test_a_learner_request_is_capped_in_tokens_and_to_one_reply(room):
         assert _chat(c, max_tokens="lots").status_code == 400
         small = _chat(c, max_tokens=4, tools=[])  # within the cap: passed on as sent (an empty array stays one)
         assert small.status_code == 200 and small.json()["usage"]["completion_tokens"] <= 4
+
+
+@pytest.mark.slow
+def test_a_stream_the_learner_hangs_up_on_is_counted_by_its_chunks(room):
+    """No usage arrives when the learner closes a stream early (nginx then closes the server's connection too):
+    the chunks that went out are counted, about a token each, so hanging up does not make replies free."""
+    ws, _, _ = room
+    usage_log = Path(ws.proxy_root, ws_mod.USAGE_FILE)
+    before = len(usage_log.read_text().splitlines())
+    seen = 0
+    with _client(ws, ws_mod.load_keys("wsroom")["l01"]) as c, c.stream("POST", "/chat/completions", json={
+            "model": "tiny-random", "stream": True, "max_tokens": 3000, "ignore_eos": True,
+            "messages": [{"role": "user", "content": "go on"}]}) as r:
+        assert r.status_code == 200
+        for line in r.iter_lines():
+            seen += line.startswith("data: ")
+            if seen == 20:
+                break  # leaving the block closes the connection
+    deadline = time.monotonic() + 120
+    rows: list[dict] = []
+    while not rows and time.monotonic() < deadline:
+        time.sleep(0.5)
+        rows = [json.loads(x) for x in usage_log.read_text().splitlines()[before:]]
+        rows = [x for x in rows if x["learner"] == "l01" and x["path"] == "/v1/chat/completions"]
+    (row,) = rows
+    assert row["source"] == "chunks" and 19 <= row["completion"] < 3000, row

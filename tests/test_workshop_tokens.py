@@ -85,6 +85,10 @@ def test_the_chat_page_holds_no_key_and_its_script_is_allowed_by_hash():
     assert f"'sha256-{digest}'" in page.csp and "connect-src 'self'" in page.csp and "unsafe-eval" not in page.csp
     evil = ws.model_copy(update={"model": "</script><script>alert(1)</script>"})
     assert "</script><script>alert(1)" not in ws_mod.render_chat_page(evil).html
+    # The cards point at the page and, with the self-signed certificate, say how to check its fingerprint.
+    cards = ws_mod.render_cards_html(ws, {"l01": ws_mod.new_key()})
+    assert "https://127.0.0.1:8443/" in cards and "compare its SHA-256 fingerprint" in cards
+    assert "openssl s_client -connect 127.0.0.1:8443" in cards and "-fingerprint -sha256" in cards
 
 
 # ---------------------------------------------------------------------------------------------- end to end
