@@ -147,6 +147,19 @@ class DigitalOceanOptions(HostOptions):
     owner: str | None = Field(default=None, description="digitalocean: whose resources these are (default: this "
                                                         "installation's id; the same value on two machines shares "
                                                         "their deployments)")
+    cache_volume: bool | str | None = Field(
+        default=None, description="digitalocean: keep builds and weights on a Volume in the droplet's region "
+                                  "(true, or a label naming which cache); teardown keeps it (billed monthly), the next "
+                                  "deploy in that region attaches it and skips the download")
+    cache_volume_gib: int | None = Field(default=None, ge=1, le=16384,
+                                         description="digitalocean: the cache volume's size when it is created "
+                                                     "(default: the GPU's memory with headroom; a caller with the "
+                                                     "plan passes do_volumes.volume_gib of its weights)")
+    volume_device_dir: str = Field(default="/dev/disk/by-id",
+                                   description="digitalocean: where an attached volume's link appears "
+                                               "(DigitalOcean's by-id links; for tests and DO-compatible clouds)")
+    volume_timeout: float = Field(default=300.0, gt=0, description="digitalocean: seconds an attach or detach "
+                                                                   "may take")
     poll_interval: float = Field(default=5.0, gt=0)
     active_timeout: float = Field(default=600.0, gt=0)
     destroy_timeout: float = Field(default=300.0, gt=0)
@@ -157,6 +170,21 @@ class DigitalOceanOptions(HostOptions):
     @classmethod
     def _split(cls, v: Any) -> Any:
         return res.parse_allow_from(v) if v is not None else None
+
+    @field_validator("cache_volume", mode="before")
+    @classmethod
+    def _cache_flag(cls, v: Any) -> Any:
+        """`--option cache_volume=true` arrives as text: the words of a flag are a flag, anything else a label."""
+        if isinstance(v, str) and v.strip().lower() in ("true", "yes", "on", "1", "false", "no", "off", "0", ""):
+            return v.strip().lower() in ("true", "yes", "on", "1")
+        return v
+
+    @field_validator("volume_device_dir")
+    @classmethod
+    def _device_dir(cls, v: str) -> str:
+        if not _PLAIN_PATH.match(v) or "/../" in f"{v}/":
+            raise ValueError("must be a plain absolute path, e.g. /dev/disk/by-id")
+        return v.rstrip("/") or "/"
 
     @field_validator("https_from", mode="before")
     @classmethod

@@ -16,6 +16,11 @@ test turns them on:
 
     with serve(token, quirks=Quirks(destroy_polls=3), scopes={"droplet:read"}) as fake: ...
 
+Volumes (volumes.py) are created, attached and detached with the real wire format and rules; with
+`volume_backend=LoopVolumes(...)` (volume_backend.py, root only) each is a real loop device whose by-id link appears
+when an attach completes, so a mount on a fake droplet is real. hf.py is a stand-in Hugging Face at a stated
+bandwidth, for downloads that take their time.
+
 `scopes` makes the token a custom-scoped one: a request it lacks a scope for gets the real 403. Droplets go
 `new` -> `active` after `polls_to_active` looks and only then get addresses; with a backend, each active
 droplet is a real machine (an sshd) set up from the droplet's cloud-init user_data.

@@ -51,6 +51,12 @@ _ROUTES: list[tuple[str, str, str, str]] = [
     ("POST", "/v2/tags", "tags_create", "tags_create"),
     ("GET", "/v2/tags/<name>", "tags_get", "tags_get"),
     ("DELETE", "/v2/tags/<name>", "tags_delete", "tags_delete"),
+    ("GET", "/v2/volumes", "volumes_list", "volumes_list"),
+    ("POST", "/v2/volumes", "volumes_create", "volumes_create"),
+    ("GET", "/v2/volumes/<volume_id>", "volumes_get", "volumes_get"),
+    ("DELETE", "/v2/volumes/<volume_id>", "volumes_delete", "volumes_delete"),
+    ("POST", "/v2/volumes/<volume_id>/actions", "volume_actions_post", "volumeActions_post_byId"),
+    ("GET", "/v2/volumes/<volume_id>/actions/<int:action_id>", "volume_actions_get", "volumeActions_get"),
 ]
 
 
@@ -84,8 +90,14 @@ def required_scopes(route: str) -> tuple[tuple[str, ...], ...]:
     return conformance.operations()[OPERATION_IDS[route]].security
 
 
+# `api:read` / `api:write` beside a resource's own scope (volumes_list, volumes_create) are the legacy read and
+# read-write token scopes, not scopes a custom-scoped token is asked to hold as well.
+_LEGACY_SCOPES = {"api:read", "api:write"}
+
+
 def _missing_scopes(operation_id: str, req: Request, body: Any, held: frozenset[str]) -> list[str]:
-    alternatives = conformance.operations()[operation_id].security or ((),)
+    alternatives = [tuple(s for s in alt if s not in _LEGACY_SCOPES) or alt
+                    for alt in conformance.operations()[operation_id].security or ((),)]
     extra = [scope for key, scope in _BODY_SCOPES.get(operation_id, {}).items()
              if isinstance(body, dict) and body.get(key)]
     extra += [scope for key, scope in _QUERY_SCOPES.get(operation_id, {}).items() if req.args.get(key)]
@@ -237,6 +249,31 @@ def _h_tags_get(req, st, kw):
 def _h_tags_delete(req, st, kw):
     st.delete_tag(kw["name"])
     return 204, None
+
+
+def _h_volumes_list(req, st, kw):
+    return 200, _page(req, st.list_volumes(name=req.args.get("name"), region=req.args.get("region")), "volumes")
+
+
+def _h_volumes_create(req, st, kw):
+    return 201, {"volume": st.create_volume(_json(req))}
+
+
+def _h_volumes_get(req, st, kw):
+    return 200, {"volume": st.volume(kw["volume_id"])}
+
+
+def _h_volumes_delete(req, st, kw):
+    st.delete_volume(kw["volume_id"])
+    return 204, None
+
+
+def _h_volume_actions_post(req, st, kw):
+    return 202, {"action": st.volume_action(kw["volume_id"], _json(req))}
+
+
+def _h_volume_actions_get(req, st, kw):
+    return 200, {"action": st.volume_action_get(kw["volume_id"], kw["action_id"])}
 
 
 _HANDLERS: dict[str, Handler] = {name: globals()[f"_h_{name}"] for _, _, name, _ in _ROUTES}

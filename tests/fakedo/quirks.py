@@ -47,6 +47,33 @@ NOT_AUTHORIZED = "You are not authorized to perform this operation."
 # The spec's own sample (specification/description.yml, "Sample Rate Exceeded Response").
 RATE_LIMITED = "API Rate limit exceeded."
 
+# Volumes (tests/fakedo/volumes.py). Each wording as public reports quote it:
+# 409 on create with a name the region already has: https://github.com/hashicorp/terraform/issues/8023
+# (2016-08-06); the spec itself: "You can only create one volume per region with the same name."
+VOLUME_NAME_TAKEN = "already exists"
+# 422 on create in a region without block storage: https://github.com/thecodeteam/libstorage/issues/429 (2017-02-22).
+STORAGE_NOT_IN_REGION = "Storage is not supported for this region"
+# 409 on delete while attached: https://github.com/digitalocean/terraform-provider-digitalocean/issues/27
+# (2017-07-28) and pull/22 (2017-07-04); https://github.com/digitalocean/csi-digitalocean/issues/32 (2018-08-23).
+VOLUME_ATTACHED = "A volume that's attached to a Droplet cannot be deleted. Please detach it first before deleting."
+# 422 on attach when it already is: DigitalOcean's CSI driver matches this prefix (csi-digitalocean,
+# driver/controller.go, ControllerPublishVolume). The rest of the sentence no source quotes.
+ALREADY_ATTACHED = "This volume is already attached"
+# 404 on detach from a droplet it is not attached to: https://github.com/kubernetes/kops/pull/11963 (2021-07-09);
+# older answers were 422 "Attachment not found" (https://github.com/digitalocean/doctl/issues/207, 2017-04-04; the
+# CSI driver still matches both). The fake gives the newer one.
+NOT_ATTACHED = "error detaching volume from droplet: volume is not attached to droplet"
+# No public report quotes these; the rules are documented, the words stand in: a volume attaches only to a droplet
+# in its own region ("moved between Droplets within a specific region", the spec's Block Storage tag), at most 15
+# volumes per droplet (volumeActions_post_byId.yml; digitalocean/openapi pull 902, 2024-08-12), 1 GiB to 16 TiB
+# (the same file), names of lowercase letters, digits and '-' starting with a letter (volume_base.yml), and the
+# account's volume limit (godo's Account.VolumeLimit, which the CSI driver checks before creating).
+WRONG_REGION = "Volume and Droplet must be in the same region"
+TOO_MANY_VOLUMES = "Droplet already has the maximum number of volumes attached (15)"
+VOLUME_SIZE = "size_gigabytes must be between 1 and 16384"
+VOLUME_NAME = "name must be lowercase letters, numbers and '-', start with a letter, at most 64 characters"
+VOLUME_LIMIT = "creating this volume would exceed your volume limit"
+
 # A create whose action ends `errored`:
 # https://github.com/ansible-collections/community.digitalocean/issues/150 (2021-08-31), "Droplet create event
 # failed", the droplet then not found by the client.
@@ -88,6 +115,12 @@ class Quirks:
     # limit (250 on the real API): 429 with retry-after. `ssh_key_list_limit` is the spec's special limit on
     # GET /v2/account/keys ("Only 10 ... per 60 seconds"): 429 without retry-after, as the spec promises none
     # for it either.
+    # Regions whose volume creates are refused (STORAGE_NOT_IN_REGION). (With `destroy_polls`/`destroy_seconds`,
+    # a destroyed droplet's volumes also stay attached until its destroy is done, as
+    # https://github.com/digitalocean/godo/issues/146 (2017-07-07) reports: the volume's DELETE right after the
+    # droplet's got 409 for 3-4 s; a detach meanwhile gets 422 PENDING_EVENT.)
+    no_storage_regions: set[str] = field(default_factory=set)
+
     hourly_limit: int | None = None
     burst_limit: int | None = None
     ssh_key_list_limit: int | None = None

@@ -15,13 +15,13 @@ import re
 import threading
 import time
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any, Protocol
 
 import yaml
 
 from . import catalog
 from .conformance import Conformance
+from .errors import TAG_RE, ApiError, now_iso
 from .quirks import (
     IMAGE_NOT_IN_REGION,
     PENDING_EVENT,
@@ -31,39 +31,11 @@ from .quirks import (
     SIZE_UNAVAILABLE,
     Quirks,
 )
+from .volumes import VolumeAction, VolumeBackend, VolumesMixin
 
 MAX_USER_DATA = 64 * 1024
-TAG_RE = re.compile(r"^[a-zA-Z0-9_\-:]+$")
 DROPLET_NAME_RE = re.compile(r"^[a-zA-Z0-9]?[a-z0-9A-Z.\-]*[a-z0-9A-Z]$")
 FIREWALL_NAME_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9.\-]+$")
-
-ERROR_IDS = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
-             422: "unprocessable_entity", 429: "too_many_requests", 500: "server_error", 503: "service_unavailable"}
-DEFAULT_MESSAGES = {
-    400: "error parsing request body",
-    401: "Unable to authenticate you",
-    404: "The resource you were accessing could not be found.",
-    403: "You do not have access for the attempted action.",
-    429: RATE_LIMITED,
-    500: "Server was unable to give you a response.",
-    503: "Service is temporarily unavailable.",
-}
-
-
-class ApiError(Exception):
-    def __init__(self, status: int, message: str | None = None, *, headers: dict[str, str] | None = None):
-        self.status = status
-        self.message = message or DEFAULT_MESSAGES.get(status, "error")
-        self.headers = headers or {}
-        super().__init__(f"{status} {self.message}")
-
-    def body(self) -> dict[str, Any]:
-        return {"id": ERROR_IDS.get(self.status, "error"), "message": self.message}
-
-
-def now_iso() -> str:
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
 
 def md5_fingerprint(public_key: str) -> str:
     """DigitalOcean's fingerprint: MD5 of the key blob, colon-separated hex (`ssh-keygen -l -E md5`)."""
@@ -213,7 +185,7 @@ class FakeDroplet:
 
 
 @dataclass
-class State:
+class State(VolumesMixin):
     token: str
     backend: Backend | None = None
     ssh_port: int = 22
@@ -227,6 +199,9 @@ class State:
     images: list[dict[str, Any]] = field(default_factory=catalog.images)
     quirks: Quirks = field(default_factory=Quirks)
     scopes: frozenset[str] | None = None  # a custom-scoped token holds these; None: a full-access token
+    volume_backend: VolumeBackend | None = None  # volumes as real block devices on the droplets' machine
+    volume_action_polls: int = 2  # looks before an attach or detach completes
+    volume_limit: int = 100  # the account's (godo's Account.VolumeLimit; the spec's account shows none)
 
     def __post_init__(self) -> None:
         self.lock = threading.RLock()
@@ -247,6 +222,13 @@ class State:
         self._request_times: list[float] = []
         self._key_list_times: list[float] = []
         self._timers: list[threading.Timer] = []
+        self.volumes: dict[str, dict[str, Any]] = {}
+        self.volume_actions: dict[int, VolumeAction] = {}
+        self.volume_of_action: dict[int, str] = {}
+        self.unclean_detaches: list[str] = []  # volumes taken away while still mounted on the machine
+
+    def _next_action_id(self) -> int:
+        return next(self._action_ids)
 
     # ------------------------------------------------------------------ bookkeeping
 
@@ -309,6 +291,7 @@ class State:
             droplets = list(self.droplets.values())
         for d in droplets:
             self._stop_machine(d)
+        self.close_volumes()
 
     # ------------------------------------------------------------------ catalog
 
@@ -350,9 +333,10 @@ class State:
     def tag_body(self, name: str) -> dict[str, Any]:
         with self.lock:
             count = sum(1 for d in self.droplets.values() if name in d.body["tags"])
-        return {"name": name, "resources": {"count": count, "droplets": {"count": count}, "images": {"count": 0},
-                                            "volumes": {"count": 0}, "volume_snapshots": {"count": 0},
-                                            "databases": {"count": 0}}}
+            volumes = sum(1 for v in self.volumes.values() if name in v["tags"])
+        return {"name": name, "resources": {"count": count + volumes, "droplets": {"count": count},
+                                            "images": {"count": 0}, "volumes": {"count": volumes},
+                                            "volume_snapshots": {"count": 0}, "databases": {"count": 0}}}
 
     def delete_tag(self, name: str) -> None:
         with self.lock:
@@ -365,6 +349,9 @@ class State:
             for fw in self.firewalls.values():
                 if name in fw["tags"]:
                     fw["tags"].remove(name)
+            for vol in self.volumes.values():
+                if name in vol["tags"]:
+                    vol["tags"].remove(name)
 
     # ------------------------------------------------------------------ ssh keys
 
@@ -553,7 +540,7 @@ class State:
         """
         if d.destroying:
             if d.destroy_done(time.time()):
-                self.droplets.pop(d.id, None)
+                self._forget(d.id)
                 return None
             d.destroy_looks_left -= 1
         elif d.body["status"] == "new" and d.failure != "stuck" and d.polls_left > 0:
@@ -648,7 +635,7 @@ class State:
         with self.lock:
             d = self.droplets.get(droplet_id)
             if d is not None and d.destroy_done(time.time()):
-                self.droplets.pop(droplet_id)
+                self._forget(droplet_id)
                 d = None
             if d is None:
                 raise ApiError(404)
@@ -658,7 +645,7 @@ class State:
                 d.destroy_looks_left, d.destroy_until = q.destroy_polls, time.time() + q.destroy_seconds
                 d.body.update(status="off", locked=True)
             else:
-                self.droplets.pop(droplet_id)
+                self._forget(droplet_id)
             for fw in self.firewalls.values():
                 if droplet_id in fw["droplet_ids"]:
                     fw["droplet_ids"].remove(droplet_id)
@@ -675,8 +662,16 @@ class State:
         for i in ids:
             self.destroy_droplet(i)
 
+    def _forget(self, droplet_id: int) -> None:
+        """A droplet's destroy is done: it is gone, and its volumes with it are detached."""
+        self.droplets.pop(droplet_id, None)
+        self._droplet_gone(droplet_id)
+
     def _advance(self, action: dict[str, Any]) -> None:
         """Time passes whatever the client looks at: a look at a droplet's action is a look at the droplet."""
+        if action.get("resource_type") == "volume":
+            self._advance_volume_actions(self.volume_of_action.get(action["id"]))
+            return
         d = self.droplets.get(action["resource_id"]) if action.get("resource_type") == "droplet" else None
         if d is not None:
             self._view(d)

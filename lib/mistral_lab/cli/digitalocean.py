@@ -68,9 +68,13 @@ def sweep_cmd(
     only: Annotated[list[str] | None, typer.Option(
         "--only", help="destroy just this resource, as listed: kind:id (repeatable)")] = None,
     owner: Annotated[str | None, typer.Option(help="whose resources (default: this installation's)")] = None,
+    volumes: Annotated[bool, typer.Option(
+        "--volumes", help="with --yes, delete the cache volumes too (teardown keeps them for the next deploy in "
+                          "their region; they bill monthly)")] = False,
 ) -> None:
-    """List what this installation made on DigitalOcean (GPU droplets too), with uptime and cost; --yes destroys
-    it. Other installations' resources are listed with --all-owners and destroyed only when named with --only."""
+    """List what this installation made on DigitalOcean (GPU droplets too, and cache volumes), with uptime and cost;
+    --yes destroys it (cache volumes only with --volumes). Other installations' resources are listed with
+    --all-owners and destroyed only when named with --only."""
     whose = None if all_owners else (owner or state.installation_id())
     if expired:
         # Whoever created them set the end: nothing to confirm, which is what makes it safe to run from cron.
@@ -91,17 +95,22 @@ def sweep_cmd(
         console.print("✔ nothing of " + ("mistral-lab's" if all_owners else "this installation's") +
                       " is left on DigitalOcean", highlight=False)
         return
-    t = Table("kind", "id (for --only)", "name", "owner", "size, region", "hours up", "$/hour", "spent", "expires")
+    t = Table("kind", "id (for --only)", "name", "owner", "size, region", "hours up", "$/hour", "spent", "$/month",
+              "expires")
     for i in items:
-        money = i.kind == "droplet"
+        money, volume = i.kind == "droplet", i.kind == "volume"
         expires = "" if i.expires_at is None else datetime.fromtimestamp(i.expires_at, UTC).strftime("%Y-%m-%d %H:%M")
-        t.add_row(i.kind, i.ref, i.name, i.owner or "(none)", f"{i.size}, {i.region}" if money else "",
-                  f"{i.hours:.2f}" if money else "", f"{i.hourly_usd:.2f}" if money else "",
-                  f"${i.cost_usd:.2f}" if money else "", expires)
+        held = f" (on droplet {i.attached_to[0]})" if i.attached_to else ""
+        t.add_row(i.kind, i.ref, i.name, i.owner or "(none)", f"{i.size}, {i.region}{held}" if money or volume else "",
+                  f"{i.hours:.2f}" if money or volume else "", f"{i.hourly_usd:.2f}" if money else "",
+                  f"${i.cost_usd:.2f}" if money else "", f"${i.monthly_usd:.2f}" if volume else "", expires)
     console.print(t)
     burn = sum(i.hourly_usd for i in items if i.kind == "droplet")
     spent = sum(i.cost_usd for i in items if i.kind == "droplet")
-    console.print(f"{len(items)} resources; droplets bill ${burn:.2f}/hour, about ${spent:.2f} so far", highlight=False)
+    monthly = sum(i.monthly_usd for i in items if i.kind == "volume")
+    console.print(f"{len(items)} resources; droplets bill ${burn:.2f}/hour, about ${spent:.2f} so far"
+                  + (f"; cache volumes ${monthly:.2f}/month, kept until dropped (--yes --volumes)"
+                     if any(i.kind == "volume" for i in items) else ""), highlight=False)
     if all_owners and not only:
         console_err.print("other installations' resources are destroyed only when named: --yes --only KIND:ID ...",
                           highlight=False, markup=False)
@@ -110,13 +119,15 @@ def sweep_cmd(
         confirmed = False
         if sys.stdin.isatty():
             try:
-                confirmed = typer.confirm("destroy all of them?", default=False)
+                confirmed = typer.confirm("destroy all of them" + ("" if volumes or only else
+                                                                   " (cache volumes only with --volumes)") + "?",
+                                          default=False)
             except (typer.Abort, click.exceptions.Abort, EOFError):
                 confirmed = False
         if not confirmed:
             console_err.print("nothing destroyed (pass --yes to destroy)")
             return
-    done = sweep(owner=whose, api_url=api_url, destroy=True, only=only,
+    done = sweep(owner=whose, api_url=api_url, destroy=True, only=only, volumes=volumes,
                  on_line=lambda line: console.print("  " + line, highlight=False, markup=False))
     if as_json:
         print(json.dumps([asdict(i) for i in done], indent=2))

@@ -18,7 +18,9 @@ Options (`mistral_lab.options.DigitalOceanOptions`; ProvisionRequest.options ove
   ssh_port            the port SSH is reached on (default 22). DigitalOcean has no port field: this is for
                       DO-compatible clouds that put SSH elsewhere and for tests, whose fake droplets listen on one port
   image               override the base image slug
-  poll_interval, active_timeout, ssh_timeout, cloud_init_timeout   seconds
+  cache_volume        keep builds and weights on a Volume in the region (true, or a label): see hosts/do_volumes.py;
+                      cache_volume_gib its size when made; volume_device_dir where its link appears (tests)
+  poll_interval, active_timeout, ssh_timeout, cloud_init_timeout, volume_timeout   seconds
 
 Secrets: the token only ever lives in the environment and in the API client; the droplet's host key and our client
 key live in the private folder the request names (`ProvisionRequest.key_dir`, the deployment's own, files 0600),
@@ -31,13 +33,14 @@ import os
 import shlex
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from mistral_lab import infra_files
 from mistral_lab.errors import BadInput, MistralLabError, TargetError
 from mistral_lab.hosts import do_resources as res
+from mistral_lab.hosts import do_volumes as vols
 from mistral_lab.hosts.base import Host, HostRecord, LineSink, ProvisionRequest
 from mistral_lab.hosts.cloudinit import (
     KeyPair,
@@ -47,7 +50,7 @@ from mistral_lab.hosts.cloudinit import (
     public_from_private,
     render_user_data,
 )
-from mistral_lab.hosts.do_api import DOApi, DOApiError, read_token
+from mistral_lab.hosts.do_api import DOApi, DOApiError, TokenRefused, read_token
 from mistral_lab.options import DigitalOceanOptions
 
 ALLOW_FROM_ENV = "MISTRAL_LAB_ALLOW_FROM"
@@ -248,6 +251,13 @@ class DigitalOceanTarget:
         # needs (an earlier droplet, an earlier firewall) are skipped.
         rerun = (request.key_dir / HOST_KEY_FILE).is_file()
         existing = self._existing_droplet(api, names, record) if rerun else None
+        cache = vols.spec(settings, names, pf.vram_gib)
+        cached = vols.find(api, cache.name) if cache else []
+        if cache and cached and not settings.region and not existing:
+            where = vols.prefer_regions(pf.regions, [vols.region_of(v) for v in cached])[0]
+            if where != pf.region and where in pf.regions:
+                say(f"cache volume {cache.name} is in {where}: creating the droplet there")
+                pf = replace(pf, region=where)
         keys = droplet_keys(names.deployment, request.key_dir, create=True, key=settings.key)
         assert keys is not None
         ssh_key, key_created = self._ensure_ssh_key(api, names, keys.client_public, say,
@@ -276,6 +286,14 @@ class DigitalOceanTarget:
                                                   note=note)
         self.stats.seconds["api"] = round(t1 - t0, 3)
         self.stats.seconds["active"] = round(time.monotonic() - t1, 3)
+        if cache:
+            t_attach = time.monotonic()
+            volume = vols.ensure_attached(api, cache, droplet, cached, tags=names.resource_tags, note=note, say=say,
+                                          wait=self._volume_wait(settings))
+            self.stats.seconds["volume_attach"] = round(time.monotonic() - t_attach, 3)
+            record.extra["cache_volume"] = {"name": volume["name"], "size_gib": volume.get("size_gigabytes"),
+                                            "region": vols.region_of(volume), "mount": cache.mount,
+                                            "attach_s": self.stats.seconds["volume_attach"]}
         address = res.public_ipv4(droplet)
         assert address is not None
         record.address = address
@@ -292,14 +310,23 @@ class DigitalOceanTarget:
         try:
             self._wait_cloud_init(host, settings, say)
             self._prepare_folders(host, settings)
+            self.stats.seconds["cloud_init"] = round(time.monotonic() - t3, 3)
+            if cache:
+                t_mount = time.monotonic()
+                formatted = vols.mount(host, cache, settings.ssh_user, say)
+                self.stats.seconds["volume_mount"] = round(time.monotonic() - t_mount, 3)
+                record.extra["cache_volume"].update(formatted=formatted, mount_s=self.stats.seconds["volume_mount"])
+                note(volume_mount=cache.mount)
         except BaseException:
             host.close()
             raise
-        self.stats.seconds["cloud_init"] = round(time.monotonic() - t3, 3)
         self.stats.api_requests += api.stats.requests
         say(f"droplet {droplet['id']} is ready at {settings.ssh_user}@{address}"
             + (f" port {settings.ssh_port}" if settings.ssh_port != 22 else ""))
         return host
+
+    def _volume_wait(self, settings: DigitalOceanOptions) -> vols.Wait:
+        return vols.Wait(settings.volume_timeout, settings.poll_interval, self._sleep)
 
     @staticmethod
     def _allow_from_env() -> list[str] | None:
@@ -505,11 +532,15 @@ class DigitalOceanTarget:
         """Destroy the droplet(s), then the firewall, the SSH key if we uploaded it, and the tag. Safe to repeat.
 
         Droplets are found by the recorded id and by the deployment's tag; destroy is asynchronous on
-        DigitalOcean, so this waits (bounded) until neither shows one any more before removing the tag."""
+        DigitalOcean, so this waits (bounded) until neither shows one any more before removing the tag. A cache
+        volume is unmounted and detached first and kept (its monthly cost said); `drop_cache` deletes it."""
         say = on_line or _quiet
         names = self._names(record)
         settings = DigitalOceanOptions.of(self.options, {"api_url": record.extra.get("api_url")})
         api = self._api(settings)
+        held = vols.Held.of(record)
+        if held:
+            vols.release(api, held, lambda: self._reach(record), self._volume_wait(settings), say)
         ids = {int(record.resource_ids["droplet"])} if record.resource_ids.get("droplet") else set()
         expiry_tags: set[str] = set()
         for droplet in api.list_droplets(tag_name=names.tag):
@@ -526,6 +557,45 @@ class DigitalOceanTarget:
         api.delete_tag(names.tag)
         if record.key_dir:
             _forget_keys(Path(record.key_dir))
+        if held:
+            volume = vols.wait_detached(api, held.volume_id, self._volume_wait(settings))
+            if volume is not None:
+                say(f"kept cache volume {vols.describe(volume)} until dropped "
+                    f"(mistral-lab sweep --yes --only volume:{volume['id']})")
+
+    def kept(self, record: HostRecord) -> list[str]:
+        """What of the deployment is kept on purpose after destroy: its cache volume, with its monthly cost."""
+        held = vols.Held.of(record)
+        if not held:
+            return []
+        api = self._api(DigitalOceanOptions.of(self.options, {"api_url": record.extra.get("api_url")}))
+        volume = api.get_volume(held.volume_id)
+        return [f"cache volume {vols.describe(volume)}"] if volume else []
+
+    def drop_cache(self, record: HostRecord, on_line: LineSink | None = None) -> list[str]:
+        """Delete the deployment's cache volume (after destroy: once its droplet has let go of it)."""
+        held = vols.Held.of(record)
+        if not held:
+            return []
+        settings = DigitalOceanOptions.of(self.options, {"api_url": record.extra.get("api_url")})
+        api = self._api(settings)
+        volume = api.get_volume(held.volume_id)
+        if volume is None:
+            return []
+        return [vols.describe(volume)] if vols.delete(api, held.volume_id, self._volume_wait(settings),
+                                                      on_line or _quiet) else []
+
+    def _reach(self, record: HostRecord) -> Host:
+        """A connected host for the record, or a MistralLabError (a teardown carries on without it)."""
+        if not (record.address and record.host_key and record.key_path):
+            raise TargetError("the droplet has no address recorded", fix="")
+        host = self._connect(record)
+        try:
+            host.connect()  # type: ignore[attr-defined]
+        except BaseException:
+            host.close()
+            raise
+        return host
 
     def leftovers(self, record: HostRecord) -> list[str]:
         """What of the deployment still exists after destroy. destroy already waited until the tag listing and
@@ -594,7 +664,7 @@ class DigitalOceanTarget:
 
 @dataclass
 class SweepItem:
-    kind: str  # droplet | firewall | ssh_key
+    kind: str  # droplet | firewall | ssh_key | volume
     id: str
     name: str
     deployment: str | None
@@ -606,6 +676,8 @@ class SweepItem:
     hourly_usd: float = 0.0
     cost_usd: float = 0.0
     expires_at: int | None = None  # droplets: unix seconds from the expiry tag
+    monthly_usd: float = 0.0  # volumes: what keeping it costs a month
+    attached_to: list[int] = field(default_factory=list)  # volumes: the droplet holding it
     destroyed: bool = False
 
     @property
@@ -618,8 +690,8 @@ class SweepItem:
 
 
 def find_leftovers(api: DOApi, owner: str | None) -> list[SweepItem]:
-    """What mistral-lab made: droplets (GPU ones too), firewalls and SSH keys; `owner` None: every installation's,
-    else only that one's."""
+    """What mistral-lab made: droplets (GPU ones too), firewalls, SSH keys and cache volumes; `owner` None: every
+    installation's, else only that one's. A custom-scoped token without block_storage:read sees no volumes."""
     droplets: dict[int, dict] = {}
     # A tag listing includes GPU droplets; `type=gpus` is asked as well because the docs do not promise it, and
     # it cannot be combined with tag_name, so its result is filtered here.
@@ -647,7 +719,26 @@ def find_leftovers(api: DOApi, owner: str | None) -> list[SweepItem]:
             key_owner = res.owner_of_name(key["name"])
             items.append(SweepItem("ssh_key", key["fingerprint"], key["name"],
                                    res.deployment_of_name(key["name"], key_owner), key_owner))
+    items += _cache_volumes(api, owner)
     return [i for i in items if owner is None or i.owner == owner]
+
+
+def _cache_volumes(api: DOApi, owner: str | None) -> list[SweepItem]:
+    try:
+        volumes = vols.ours(api, owner)
+    except TokenRefused as e:
+        if e.status != 403:
+            raise
+        return []
+    out = []
+    for v in volumes:
+        size = int(v.get("size_gigabytes") or 0)
+        out.append(SweepItem("volume", str(v["id"]), v["name"], None, vols.owner_of(v), region=vols.region_of(v),
+                             size=f"{size} GiB", created_at=v.get("created_at"),
+                             hours=round(res.hours_since(v["created_at"]), 3) if v.get("created_at") else 0.0,
+                             monthly_usd=vols.monthly_usd(size),
+                             attached_to=[int(i) for i in v.get("droplet_ids") or []]))
+    return out
 
 
 def _delete_unused_tags(api: DOApi, tags: set[str]) -> None:
@@ -667,13 +758,14 @@ def expired_only(items: list[SweepItem], now: float) -> list[SweepItem]:
 
 def sweep(*, owner: str | None, api_url: str | None = None, destroy: bool = False, only: list[str] | None = None,
           on_line: LineSink | None = None, sleep: Callable[[float], None] = time.sleep, expired: bool = False,
-          now: float | None = None, wait_s: float = 300.0) -> list[SweepItem]:
+          now: float | None = None, wait_s: float = 300.0, volumes: bool = False) -> list[SweepItem]:
     """List (and with destroy=True remove) what mistral-lab made on the account.
 
     `owner`: this installation's id (None: every installation's, which destroys nothing unless each resource is
     named in `only` as kind:id). `expired`: only the droplets past their expiry tag and what belongs to their
     deployments. Droplets are destroyed first and waited for (destroy is asynchronous) before their firewalls,
-    keys and tags go."""
+    keys and tags go. Cache volumes are kept on purpose: deleted only with `volumes=True` or when named in
+    `only`, and never while a running droplet holds one."""
     say = on_line or _quiet
     api = DOApi(api_url, sleep=sleep)
     items = find_leftovers(api, owner)
@@ -713,4 +805,15 @@ def sweep(*, owner: str | None, api_url: str | None = None, destroy: bool = Fals
             say(f"{'deleted' if item.destroyed else 'already gone'}: {item.kind} {item.id} ({item.name})")
     tags = {res.Names(i.deployment, i.owner or "").tag for i in droplets if i.deployment}
     _delete_unused_tags(api, tags | {res.expiry_tag(i.expires_at) for i in droplets if i.expires_at})
+    gone = {int(i.id) for i in droplets}
+    for item in items:
+        if item.kind != "volume" or not (volumes or only):
+            continue
+        holders = [d for d in item.attached_to if d not in gone and (api.get_droplet(d) or {}).get("status") == "active"]
+        if holders:
+            say(f"kept: volume {item.id} ({item.name}) is attached to droplet {holders[0]}, which is running")
+            continue
+        item.destroyed = vols.delete(api, item.id, vols.Wait(wait_s, 2.0, sleep), _quiet)
+        say(f"{'deleted' if item.destroyed else 'already gone'}: volume {item.id} ({item.name}), "
+            f"${item.monthly_usd:.2f}/month")
     return items

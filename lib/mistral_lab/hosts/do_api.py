@@ -66,8 +66,21 @@ OPERATIONS: dict[str, Operation] = {
     "create tag": Operation("tags", "create", "POST", (201,), ("tag:create",)),
     "delete tag": Operation("tags", "delete", "DELETE", (204,), ("tag:delete",)),
 }
-OPERATION_SCOPES = {name: op.scopes for name, op in OPERATIONS.items()}
-REQUIRED_SCOPES: tuple[str, ...] = tuple(sorted({s for scopes in OPERATION_SCOPES.values() for s in scopes}))
+# The calls only a cache volume makes (hosts/do_volumes.py): a token without their scopes still deploys without one.
+# Scopes from the same spec files (specification/resources/volumes/*.yml; volumes_list and volumes_create also list
+# the legacy `api:read` / `api:write`, which a custom-scoped token does not hold).
+CACHE_OPERATIONS: dict[str, Operation] = {
+    "list volumes": Operation("volumes", "list", "GET", (200,), ("block_storage:read",)),
+    "get volume": Operation("volumes", "get", "GET", (200,), ("block_storage:read",)),
+    "create volume": Operation("volumes", "create", "POST", (201,), ("block_storage:create",)),
+    "delete volume": Operation("volumes", "delete", "DELETE", (204,), ("block_storage:delete",)),
+    "post volume action": Operation("volume_actions", "post_by_id", "POST", (202,),
+                                    ("block_storage_action:create",)),
+    "get volume action": Operation("volume_actions", "get", "GET", (200,), ("block_storage_action:read",)),
+}
+OPERATION_SCOPES = {name: op.scopes for name, op in {**OPERATIONS, **CACHE_OPERATIONS}.items()}
+REQUIRED_SCOPES: tuple[str, ...] = tuple(sorted({s for op in OPERATIONS.values() for s in op.scopes}))
+CACHE_SCOPES: tuple[str, ...] = tuple(sorted({s for op in CACHE_OPERATIONS.values() for s in op.scopes}))
 # A second DELETE while the first destroy is under way (DigitalOcean serialises a droplet's events).
 PENDING_EVENT = "already has a pending event"
 API_URL_ENV = "DIGITALOCEAN_API_URL"
@@ -223,7 +236,10 @@ class DOApi:
                     raise TokenRefused(403, error_id, f"{message} — the token lacks a scope this call needs: "
                                        f"{', '.join(needs) or 'unknown'}", operation=operation,
                                        fix=f"give the token these scopes (all a deploy uses: "
-                                           f"{', '.join(REQUIRED_SCOPES)}), or use a full-access token") from None
+                                           f"{', '.join(REQUIRED_SCOPES)}"
+                                           + (f"; a cache volume also {', '.join(CACHE_SCOPES)}"
+                                              if operation in CACHE_OPERATIONS else "")
+                                           + "), or use a full-access token") from None
                 if status == 429 and _hourly_limit_spent(e.response):
                     raise DOApiError(429, error_id, f"the hourly API limit of this token is spent ({message})",
                                      operation=operation, fix=_reset_hint(e.response)) from None
@@ -266,10 +282,10 @@ class DOApi:
         self.stats.waited_s += seconds
         self._sleep(seconds)
 
-    def _op(self, name: str, *args: Any, **kwargs: Any) -> tuple[int, Any]:
-        op = OPERATIONS[name]
+    def _op(self, operation: str, /, *args: Any, **kwargs: Any) -> tuple[int, Any]:
+        op = OPERATIONS.get(operation) or CACHE_OPERATIONS[operation]
         fn = getattr(getattr(self._client, op.group), op.method)
-        return self._call(name, op.verb, fn, *args, ok=op.ok, **kwargs)
+        return self._call(operation, op.verb, fn, *args, ok=op.ok, **kwargs)
 
     def _all(self, operation: str, key: str, **params: Any) -> list[dict[str, Any]]:
         """Every page of a list call (per_page=200, following links.pages.next)."""
@@ -366,3 +382,30 @@ class DOApi:
     def delete_tag(self, name: str) -> bool:
         status, _ = self._op("delete tag", name)
         return status != 404
+
+    # ------------------------------------------------------------------ volumes (a cache volume only)
+
+    def list_volumes(self, *, name: str | None = None, region: str | None = None) -> list[dict[str, Any]]:
+        params = {k: v for k, v in (("name", name), ("region", region)) if v}
+        return self._all("list volumes", "volumes", **params)
+
+    def get_volume(self, volume_id: str) -> dict[str, Any] | None:
+        status, body = self._op("get volume", volume_id)
+        return None if status == 404 else body["volume"]
+
+    def create_volume(self, body: dict[str, Any]) -> dict[str, Any]:
+        return self._op("create volume", body=body)[1]["volume"]
+
+    def delete_volume(self, volume_id: str) -> bool:
+        status, _ = self._op("delete volume", volume_id)
+        return status != 404
+
+    def volume_action(self, volume_id: str, body: dict[str, Any]) -> dict[str, Any] | None:
+        """Start an attach or detach; the action (in progress), None when the volume or droplet is not found
+        (a detach from a droplet it is not attached to answers 404 too)."""
+        status, out = self._op("post volume action", volume_id, body=body)
+        return None if status == 404 else out["action"]
+
+    def get_volume_action(self, volume_id: str, action_id: int) -> dict[str, Any] | None:
+        status, body = self._op("get volume action", volume_id, action_id)
+        return None if status == 404 else body["action"]

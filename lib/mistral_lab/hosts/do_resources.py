@@ -6,7 +6,8 @@ Ownership is by tag, per installation: every droplet we create carries `mistral-
 `mistral-lab-<deployment>-<owner>`, as is an SSH key we upload (DigitalOcean keys cannot carry tags). So two
 installations that deploy the same name on one account never see, cover or destroy each other's resources. A
 droplet with a planned end (a workshop) also carries `mistral-lab-expires:<unix seconds>`, which
-`mistral-lab sweep --expired` acts on.
+`mistral-lab sweep --expired` acts on. A cache volume (hosts/do_volumes.py) is the installation's, not a
+deployment's: named `mistral-lab-cache-<label>-<owner>` and tagged `mistral-lab` and the owner tag.
 """
 
 from __future__ import annotations
@@ -34,6 +35,9 @@ DROPLET_LIMIT = "droplet limit"
 NOT_HERE = ("size is not available in this region", "region is not available", "this size is currently restricted",
             "image you specified is not available in the selected region")
 EXPIRY_PREFIX = f"{OWNER_TAG}-expires:"
+# Cache volumes: `mistral-lab-cache-<label>-<owner>`, tagged with OWNER_TAG and the owner tag.
+CACHE_PREFIX = f"{OWNER_TAG}-cache-"
+CACHE_LABEL_RE = re.compile(r"^[a-z][a-z0-9-]*$")
 
 
 @dataclass(frozen=True)
@@ -67,6 +71,25 @@ class Names:
     def hostname(self) -> str:
         return f"{OWNER_TAG}-{self.deployment}"
 
+    @property
+    def resource_tags(self) -> list[str]:
+        """What a resource of this installation carries besides its deployment's tag (a cache volume: only this)."""
+        return [OWNER_TAG, self.owner_tag]
+
+    def cache_volume(self, label: str) -> str:
+        """A cache volume's name: this installation's, not a deployment's (the next deployment in the region
+        attaches it). DigitalOcean volume names are lowercase letters, digits and '-', up to 64 characters,
+        starting with a letter (the spec's volume_base.yml); two volumes of one name cannot share a region."""
+        if not self.owner:
+            raise BadInput("a cache volume needs an owner", field="owner",
+                           fix="deploy through mistral_lab.deploy (this installation's id), or pass owner=...")
+        name = f"{CACHE_PREFIX}{label}-{self.owner}"
+        if not CACHE_LABEL_RE.match(label) or len(name) > 64:
+            raise BadInput(f"cache volume label {label!r} does not fit DigitalOcean's volume names", field="cache_volume",
+                           fix=f"lowercase letters, digits and '-', starting with a letter, at most "
+                               f"{64 - len(CACHE_PREFIX) - len(self.owner) - 1} characters (e.g. models)")
+        return name
+
 
 def owner_of(tags: list[str]) -> str | None:
     for tag in tags:
@@ -81,6 +104,15 @@ def owner_of_name(name: str) -> str | None:
         return None
     tail = name.rsplit("-", 1)[-1]
     return tail if OWNER_RE.match(tail) and name.count("-") >= 3 else None
+
+
+def cache_of_name(name: str) -> tuple[str, str | None] | None:
+    """(label, owner) of a cache volume's name, None for a volume that is not one of ours."""
+    if not name.startswith(CACHE_PREFIX):
+        return None
+    body = name.removeprefix(CACHE_PREFIX)
+    label, _, owner = body.rpartition("-")
+    return (label, owner) if label and OWNER_RE.match(owner) else (body, None)
 
 
 def deployment_of_name(name: str, owner: str | None) -> str:

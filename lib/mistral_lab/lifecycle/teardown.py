@@ -1,4 +1,7 @@
-"""From a deployment back to nothing: stop its services, destroy what its target created, forget the record."""
+"""From a deployment back to nothing: stop its services, destroy what its target created, forget the record.
+
+What a target keeps on purpose (a DigitalOcean cache volume: the weights for the next deploy in the region) is kept
+and said, with what it costs; `drop_cache=True` deletes it as well."""
 
 from __future__ import annotations
 
@@ -25,6 +28,8 @@ class TeardownReport:
     cost_usd: float
     leftovers: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    kept: list[str] = field(default_factory=list)  # kept on purpose, each with its cost (a cache volume)
+    dropped: list[str] = field(default_factory=list)  # what drop_cache deleted
 
 
 def _stop_services(dep: state.Deployment, say: LineSink) -> tuple[bool, list[str]]:
@@ -44,8 +49,11 @@ def _stop_services(dep: state.Deployment, say: LineSink) -> tuple[bool, list[str
                              if service.status(host, c) != "stopped"]
 
 
-def teardown(name: str, *, say: LineSink = print_line) -> TeardownReport:
-    """Stop the server, destroy what the target created, and forget the deployment. Safe to repeat."""
+def teardown(name: str, *, say: LineSink = print_line, drop_cache: bool = False) -> TeardownReport:
+    """Stop the server, destroy what the target created, and forget the deployment. Safe to repeat.
+
+    A cache volume (DigitalOcean, option `cache_volume`) is detached and kept for the next deploy in its region;
+    `drop_cache=True` deletes it too (a workshop's `down --drop-cache`)."""
     dep = state.load(name)
     target = get_target(dep.plan.target)
     notes: list[str] = []
@@ -60,8 +68,11 @@ def teardown(name: str, *, say: LineSink = print_line) -> TeardownReport:
     finder = getattr(target, "leftovers", None)
     if finder is not None:
         left += finder(dep.host)
+    dropper, keeper = getattr(target, "drop_cache", None), getattr(target, "kept", None)
+    dropped = dropper(dep.host, on_line=lambda line: say("  " + line)) if drop_cache and dropper else []
+    kept = keeper(dep.host) if keeper else []
     report = TeardownReport(name=name, stopped=stopped, destroyed=True, hours=round(hours_up(dep), 3),
-                            cost_usd=cost_so_far(dep), leftovers=left, notes=notes)
+                            cost_usd=cost_so_far(dep), leftovers=left, notes=notes, kept=kept, dropped=dropped)
     dep.status = "destroyed"
     state.save(dep)
     state.remove(name)

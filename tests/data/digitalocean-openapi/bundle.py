@@ -51,6 +51,13 @@ OPERATIONS: list[tuple[str, str]] = [
     ("post", "/v2/tags"),
     ("get", "/v2/tags/{tag_id}"),
     ("delete", "/v2/tags/{tag_id}"),
+    # A cache volume (hosts/do_volumes.py): find, create, delete; attach and detach are actions polled by id.
+    ("get", "/v2/volumes"),
+    ("post", "/v2/volumes"),
+    ("get", "/v2/volumes/{volume_id}"),
+    ("delete", "/v2/volumes/{volume_id}"),
+    ("post", "/v2/volumes/{volume_id}/actions"),
+    ("get", "/v2/volumes/{volume_id}/actions/{action_id}"),
 ]
 
 # Schema keywords that carry prose or samples only; a response check never reads them.
