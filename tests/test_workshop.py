@@ -439,6 +439,7 @@ def test_cli_up_json_then_down_leaves_nothing(llamacpp_bin):
         out = json.loads(r.stdout)  # stdout is only the JSON; progress went to stderr
         assert len(out["cards"]) == 2 and all(set(c) >= {"base_url", "api_key", "fingerprint"} for c in out["cards"])
         assert "planned cost $0.00" in r.stderr.splitlines()[0]
+        assert out["chat_page"] == f"https://127.0.0.1:{port}/" and out["tokens_per_learner"] is None
         assert not any(c["api_key"] in r.stderr for c in out["cards"])
         ws = ws_mod.load("wscli")
         master = int(Path(ws.proxy_root, "nginx.pid").read_text())

@@ -41,6 +41,13 @@ def test_a_domain_is_checked_before_anything_is_made():
     assert e.value.field == "domain"
 
 
+def test_the_fingerprint_on_record_is_the_leafs_not_the_chains():
+    leaf = ws_mod.make_certificate("127.0.0.1", valid_hours=1, name="leaf")
+    ca = ws_mod.make_certificate("127.0.0.1", valid_hours=1, name="ca")
+    assert ws_mod.fingerprint_of(ws_mod.first_certificate(leaf.cert_pem + ca.cert_pem)) == leaf.fingerprint
+    assert ws_mod.first_certificate(leaf.cert_pem) == leaf.cert_pem
+
+
 def _wait_port(port: int, proc: subprocess.Popen, log: Path) -> None:
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:

@@ -295,6 +295,11 @@ class Workshop(BaseModel):
         return f"https://{shown}{'' if self.https_port == 443 else f':{self.https_port}'}/v1"
 
     @property
+    def page_url(self) -> str:
+        """The learners' chat page."""
+        return self.base_url.removesuffix("/v1") + "/"
+
+    @property
     def active(self) -> list[Learner]:
         return [learner for learner in self.learners if learner.active]
 
@@ -457,7 +462,7 @@ def render_cards_html(ws: Workshop, keys: dict[str, str]) -> str:
     u = httpx.URL(ws.base_url)
     return infra_files.render_html("workshop-cards.html.j2",
         ws=ws, cards=[(c, snippet(c)) for c in cards(ws, keys)], expires=expires,
-        page_url=ws.base_url.removesuffix("/v1") + "/", host=u.host, port=u.port or 443,
+        page_url=ws.page_url, host=u.host, port=u.port or 443,
         revoked=[learner.id for learner in ws.learners if not learner.active])
 
 
@@ -548,6 +553,9 @@ def _proxy_script(host: Host, ws: Workshop, action: str, *, check: bool = True, 
 
 
 def _proxy_fix(log: str, ws: Workshop) -> str:
+    if "Permission denied" in log and ws.domain and (ws.acme_http_port or 0) < 1024:
+        return (f"port {ws.acme_http_port} (the CA's HTTP-01 check) needs root: run the host with systemd, or "
+                "forward port 80 to a higher --acme-http-port")
     if "Permission denied" in log and (ws.https_port or 0) < 1024:
         return "ports below 1024 need root: pass --https-port 8443 (or run the host with systemd)"
     if "Address already in use" in log:
@@ -647,6 +655,12 @@ def _acme_spec(ws: Workshop) -> service.ServiceSpec:
                                port=ws.https_port, key_var="", mode=ws.proxy_mode, user=None)
 
 
+def first_certificate(chain_pem: str) -> str:
+    """The leaf of a PEM chain (certbot's fullchain.pem: the server's certificate, then the CA's)."""
+    end = "-----END CERTIFICATE-----"
+    return chain_pem.split(end, 1)[0].strip() + "\n" + end + "\n"
+
+
 def served_certificate(host: Host, ws: Workshop) -> str:
     assert ws.proxy_root
     return host.run(f"cat {shlex.quote(ws.proxy_root)}/cert.pem", retry_safe=True).stdout
@@ -662,7 +676,7 @@ def obtain_certificate(host: Host, ws: Workshop, email: str | None, say: LineSin
     say(f"  {version}: asking {ws.acme_server} for {ws.domain} (HTTP-01 on port {ws.acme_http_port})")
     acme_script(host, ws, "issue", **({"EMAIL": email} if email else {}))
     _proxy_script(host, ws, "reload")  # the hook reloaded already; this waits until new workers serve it
-    pem = served_certificate(host, ws)
+    pem = first_certificate(served_certificate(host, ws))
     ws.fingerprint = fingerprint_of(pem)
     state.write_secret(ws.name, CERT_FILE, pem)
     spec = _acme_spec(ws)

@@ -105,12 +105,15 @@ def up_cmd(
     if as_json:
         keys = ws_mod.load_keys(ws.name)
         print(json.dumps({"name": ws.name, "model": ws.model, "base_url": ws.base_url, "fingerprint": ws.fingerprint,
+                          "chat_page": ws.page_url, "tokens_per_learner": ws.tokens_per_learner,
                           "expires_at": ws.expires_at, "planned_cost_usd": ws.planned_cost_usd,
                           "cards_html": files["html"], "cards_csv": files["csv"],
                           "cards": [c.public() for c in ws_mod.cards(ws, keys)]}, indent=2))
         return
     console.print(Text.assemble(("up", "green"), f" {ws.name}: {len(ws.learners)} learners at {ws.base_url}\n"
-                                f"  certificate SHA-256 {ws.fingerprint}\n  cards: {files['html']} (print it) and "
+                                f"  certificate SHA-256 {ws.fingerprint}"
+                                f"{' (from the CA for ' + ws.domain + ')' if ws.domain else ''}\n"
+                                f"  chat page: {ws.page_url}\n  cards: {files['html']} (print it) and "
                                 f"{files['csv']}"))
 
 
