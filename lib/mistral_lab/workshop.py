@@ -1038,6 +1038,8 @@ def proxy_log(name: str, lines: int = 100) -> str:
         return service.logs(host, _proxy_spec(ws), lines)
 
 
-__all__ = ["Card", "Certificate", "DownReport", "Learner", "RoomPlan", "RoomRequest", "Workshop", "cards",
-           "check_from_here", "down", "fingerprint_of", "load", "load_keys", "make_certificate", "names",
-           "pinned_context", "plan_room", "revoke", "snippet", "status", "up"]
+__all__ = ["Card", "Certificate", "ChatPage", "DownReport", "Learner", "LearnerUsage", "RoomPlan", "RoomRequest",
+           "UsageLine", "Workshop", "cards", "check_from_here", "down", "fingerprint_of", "first_certificate", "load",
+           "load_keys", "make_certificate", "names", "parse_usage_log", "pinned_context", "plan_room",
+           "reload_proxy", "render_chat_page", "revoke", "snippet", "status", "summarize_usage", "up", "usage",
+           "usage_csv", "write_proxy_conf"]
