@@ -633,8 +633,8 @@ class WorkshopPanel:
             self.stop.wait(self.tick_s)
 
 
-def workshop_panel(name: str) -> WorkshopPanel | None:
+def workshop_panel(name: str, tick_s: float = WORKSHOP_TICK_S) -> WorkshopPanel | None:
     """Show the instructor's live table of `name`'s learners when interactive; None when headless."""
     if not interactive():
         return None
-    return show(WorkshopPanel(name))
+    return show(WorkshopPanel(name, tick_s))
