@@ -38,6 +38,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from mistral_lab import infra_files
 from mistral_lab.errors import BadInput, MistralLabError, TargetError
 from mistral_lab.hosts import do_resources as res
 from mistral_lab.hosts.base import Host, HostRecord, LineSink
@@ -243,7 +244,10 @@ def _attach(api: DOApi, volume: dict[str, Any], droplet_id: int, region: str, wa
 
 
 def _wait_action(api: DOApi, volume: dict[str, Any], action: dict[str, Any], wait: Wait, what: str) -> None:
+    """Poll the action until it completes: first after a second, then doubling up to the poll interval (an attach
+    takes seconds: the spec's example action took 11), so a short one is not waited for a whole interval."""
     deadline = time.monotonic() + wait.timeout_s
+    pause = min(1.0, wait.poll_s)
     while action.get("status") != "completed":
         if action.get("status") == "errored":
             raise TargetError(f"the {what} of cache volume {volume['name']} failed (its action errored)",
@@ -251,7 +255,8 @@ def _wait_action(api: DOApi, volume: dict[str, Any], action: dict[str, Any], wai
         if time.monotonic() > deadline:
             raise TargetError(f"the {what} of cache volume {volume['name']} did not complete in "
                               f"{wait.timeout_s:.0f} s", fix="run it again in a minute")
-        wait.sleep(wait.poll_s)
+        wait.sleep(pause)
+        pause = min(pause * 2, wait.poll_s)
         action = api.get_volume_action(volume["id"], int(action["id"])) or {"status": "errored"}
 
 
@@ -351,10 +356,11 @@ say "mounted at $MOUNT: $(df -h --output=used,size "$MOUNT" | tail -n 1 | awk '{
 
 def mount(host: Host, cache: CacheVolume, user: str, say: LineSink, *, device_wait_s: int = 60) -> bool:
     """Mount the attached volume at the host cache (formatting it if blank); True when it was formatted now."""
-    env = {"DEVICE": cache.device, "MOUNT": cache.mount, "OWNER": user, "LABEL": FS_LABEL,
-           "WAIT": str(device_wait_s)}
-    r = host.run_script(MOUNT_SCRIPT, env=env, check=False, timeout=device_wait_s + 600, on_line=say,
-                        retry_safe=True)
+    # Values in the script, not in `env`: a host masks env values in what it prints, and these are not secret.
+    values = {"DEVICE": cache.device, "MOUNT": cache.mount, "OWNER": user, "LABEL": FS_LABEL,
+              "WAIT": str(device_wait_s)}
+    r = host.run_script(infra_files.with_env(MOUNT_SCRIPT, values), check=False, timeout=device_wait_s + 600,
+                        on_line=say, retry_safe=True)
     if not r.ok:
         last = (r.stderr or r.stdout).strip().splitlines()[-1:] or [f"exit {r.returncode}"]
         raise TargetError(f"mounting cache volume {cache.name} at {cache.mount} failed: {last[0]}",
