@@ -53,6 +53,8 @@ def test_a_vllm_deployment_is_measured_by_us_and_by_vllm_bench_serve(vllm_deploy
         assert peer.requests >= 6 and peer.output_tokens == 32 * peer.requests and peer.output_tokens_per_s > 0
         assert "--dataset-name custom" in peer.command and "--ignore-eos" in peer.command
         assert "--num-warmups" in peer.command and "--skip-chat-template" in peer.command
+        # The server saw the tokens it reports, plus those of its ready check and warm-ups (at most one per stream
+        # and one more), which it does not report.
         out = next(c for c in peer.witness.checks if c.quantity == "output tokens")
-        assert out.gap == 0  # the server saw exactly the tokens it reports (its warm-ups were before the window)
+        assert 0 < out.server - out.ours <= 32 * ((peer.concurrency or 1) + 1) and not peer.witness.flagged
     assert ml.status(vllm_deployment.name)["healthy"]  # measured, not disturbed

@@ -26,8 +26,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import httpx
-
 from mistral_lab import state
 from mistral_lab._version import __version__ as ml_version
 from mistral_lab.bench import (
@@ -309,15 +307,12 @@ def _runnable_peers(spec: BenchSpec, target: Target, tools: PeerTools, where: Pl
     return ok, notes
 
 
-def _server_counters(where: Placement, target: Target) -> dict[str, float] | None:
-    """The server's counters, read from this process (around a peer's run: the peer reads none itself)."""
+def _server_counters(target: Target, *, settled: bool = False) -> dict[str, float] | None:
+    """The server's counters, read from this process around a peer's run (the peer reads none itself); once the
+    peer is done, read until two reads agree, as the load generator does: servers book a request just after it."""
     url = target.base_url.rstrip("/").removesuffix("/v1") + "/metrics"
-    headers = {"Authorization": f"Bearer {target.api_key}"} if target.api_key else {}
-    try:
-        r = httpx.get(url, headers=headers, timeout=10)
-        return loadgen.parse_metrics(r.text) if r.status_code == 200 else None
-    except httpx.HTTPError:
-        return None
+    read = loadgen.settled_metrics if settled else loadgen.read_metrics
+    return read(url, target.api_key)
 
 
 def _peer(tool: str, spec: BenchSpec, target: Target, sized: Sized, where: Placement, tools: PeerTools,
@@ -357,7 +352,7 @@ def _peer(tool: str, spec: BenchSpec, target: Target, sized: Sized, where: Place
                                    out_path=result)
         env = {"HF_HUB_OFFLINE": "1"}
     say(f"▶ {peers.PEER_NAMES[tool]} at {w.label} " + (f"c={conc}" if rate is None else f"{rate:g}/s"))
-    before = _server_counters(where, target)
+    before = _server_counters(target)
     cpu0 = children_cpu_s()
     try:
         fig = peers.run_peer(where.host, tool, argv, result, env=env)
@@ -367,18 +362,19 @@ def _peer(tool: str, spec: BenchSpec, target: Target, sized: Sized, where: Place
     except MistralLabError as e:
         d.notes.append(f"{peers.PEER_NAMES[tool]} at {point['index']}: {e.message}")
         return []
-    after = _server_counters(where, target)
+    after = _server_counters(target, settled=True)
     check = None
     if before and after and tool == "vllm":
-        # A peer reports totals only; the server's window also holds its ready check and warm-up requests (known
-        # counts for vllm bench serve, a duration for GuideLLM, which therefore gets no check).
-        n_all = fig["requests"] + (conc or 1) + 1
+        # A peer reports totals only, and the server's window also holds its ready check and warm-up requests,
+        # which it does not report: shown beside the server's count, not compared.
         per = fig["output_tokens"] / max(1, fig["requests"])
-        fake = [{"completion_tokens": per} for _ in range(n_all)]
-        check = witness.check({"server_before": before, "server_after": after}, fake)
+        check = witness.check({"server_before": before, "server_after": after},
+                              [{"completion_tokens": per} for _ in range(fig["requests"])])
         if check is not None:
-            check.checks = [c for c in check.checks if c.quantity in ("output tokens", "requests")]
-            check.notes.insert(0, f"counts include its ready check and {conc or 1} warm-up request(s)")
+            check.checks = [c.model_copy(update={"compared": False}) for c in check.checks
+                            if c.quantity in ("output tokens", "requests")]
+            check.notes.insert(0, f"the server's counts also hold the peer's ready check and {conc or 1} warm-up "
+                                  "request(s), which it does not report")
     cmd = peers.redacted(argv, target.api_key)
     return [PeerRun(tool=peers.PEER_NAMES[tool], workload=w.name, concurrency=None if rate else conc, rate=rate,
                     repeat=point["repeat"], command=cmd, witness=check, **fig)]
