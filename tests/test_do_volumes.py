@@ -43,6 +43,7 @@ from mistral_lab.hosts.do_api import (
     REQUIRED_SCOPES,
     DOApi,
     DOApiError,
+    TokenRefused,
 )
 from mistral_lab.lifecycle.teardown import teardown
 from mistral_lab.options import DigitalOceanOptions
@@ -219,6 +220,55 @@ def test_a_volume_held_by_a_droplet_that_is_going_is_waited_for_and_one_held_by_
     assert vols.detach(api, first["id"], new["id"], "nyc1", wait, lines.append)
     assert vols.delete(api, first["id"], wait, lines.append)
     api.destroy_droplet(new["id"])
+
+
+def test_a_token_without_the_cache_scopes_is_told_which_before_anything_is_made(api_fake):
+    fake = api_fake
+    fake.state.scopes = frozenset(REQUIRED_SCOPES)  # all a deploy needs, nothing of block storage
+    target = DigitalOceanTarget(do_tests._options(fake, cache_volume=True))
+    with pytest.raises(TokenRefused) as e:
+        target.provision(ProvisionRequest(deployment="scoped", gpu_slug=CPU, key_dir=state.deployment_dir("scoped")))
+    assert e.value.status == 403 and "list volumes" in str(e.value) and "block_storage:read" in str(e.value)
+    assert "a cache volume also block_storage:create" in (e.value.fix or "")
+    assert fake.count(status=201) + fake.count(status=202) == 0  # nothing made
+
+
+def test_sweep_lists_cache_volumes_with_their_cost_and_deletes_only_when_asked_and_only_its_owners(api_fake):
+    fake, api = api_fake, _api()
+    mine = api.create_volume({"name": res.Names("", OWNER).cache_volume("main"), "region": "nyc1",
+                              "size_gigabytes": 30, "tags": res.Names("", OWNER).resource_tags})
+    busy = api.create_volume({"name": res.Names("", OWNER).cache_volume("busy"), "region": "nyc1",
+                              "size_gigabytes": 5, "tags": res.Names("", OWNER).resource_tags})
+    theirs = api.create_volume({"name": res.Names("", "other1").cache_volume("main"), "region": "nyc1",
+                                "size_gigabytes": 5, "tags": res.Names("", "other1").resource_tags})
+    foreign = api.create_volume({"name": "db-data", "region": "nyc1", "size_gigabytes": 5})
+    running = _droplet(api, fake)
+    action = api.volume_action(busy["id"], {"type": "attach", "droplet_id": running["id"]})
+    vols._wait_action(api, busy, action, vols.Wait(10, 0.01), "attach")
+
+    items = {i.id: i for i in find_leftovers(api, OWNER)}
+    assert set(items) == {mine["id"], busy["id"]}
+    assert (items[mine["id"]].monthly_usd, items[mine["id"]].size, items[mine["id"]].kind) == (3.0, "30 GiB", "volume")
+    assert items[busy["id"]].attached_to == [running["id"]]
+    assert {i.id for i in find_leftovers(api, None) if i.kind == "volume"} == {mine["id"], busy["id"], theirs["id"]}
+
+    kept = sweep(owner=OWNER, destroy=True, sleep=lambda s: None)  # not asked to drop caches
+    assert not any(i.destroyed for i in kept) and len(api.list_volumes()) == 4
+    lines: list[str] = []
+    done = {i.id: i for i in sweep(owner=OWNER, destroy=True, volumes=True, sleep=lambda s: None,
+                                   on_line=lines.append)}
+    assert done[mine["id"]].destroyed and not done[busy["id"]].destroyed  # a running droplet holds that one
+    assert any("is attached to droplet" in line and "running" in line for line in lines)
+    assert {v["id"] for v in api.list_volumes()} == {busy["id"], theirs["id"], foreign["id"]}
+
+    # A custom-scoped token without block storage scopes still sweeps the rest: it just sees no volumes.
+    fake.state.scopes = frozenset(REQUIRED_SCOPES)
+    assert [i for i in find_leftovers(api, OWNER) if i.kind == "volume"] == []
+    fake.state.scopes = None
+    assert vols.detach(api, busy["id"], running["id"], None, vols.Wait(10, 0.01), lines.append)
+    for v in (busy, theirs, foreign):
+        api.delete_volume(v["id"])
+    api.destroy_droplet(running["id"])
 
 
 # ---------------------------------------------------------------------------------------------- on a real machine
