@@ -259,6 +259,8 @@ def test_sweep_lists_cache_volumes_with_their_cost_and_deletes_only_when_asked_a
                                    on_line=lines.append)}
     assert done[mine["id"]].destroyed and not done[busy["id"]].destroyed  # a running droplet holds that one
     assert any("is attached to droplet" in line and "running" in line for line in lines)
+    assert [line for line in lines if mine["id"] in line] == [
+        f"deleted: volume {mine['id']} ({mine['name']}), $3.00/month"]
     assert {v["id"] for v in api.list_volumes()} == {busy["id"], theirs["id"], foreign["id"]}
 
     # A custom-scoped token without block storage scopes still sweeps the rest: it just sees no volumes.

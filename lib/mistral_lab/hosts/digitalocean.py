@@ -801,7 +801,7 @@ def sweep(*, owner: str | None, api_url: str | None = None, destroy: bool = Fals
             item.destroyed = api.delete_firewall(item.id)
         elif item.kind == "ssh_key":
             item.destroyed = api.delete_ssh_key(item.id)
-        if item.kind != "droplet":
+        if item.kind in ("firewall", "ssh_key"):
             say(f"{'deleted' if item.destroyed else 'already gone'}: {item.kind} {item.id} ({item.name})")
     tags = {res.Names(i.deployment, i.owner or "").tag for i in droplets if i.deployment}
     _delete_unused_tags(api, tags | {res.expiry_tag(i.expires_at) for i in droplets if i.expires_at})
