@@ -189,10 +189,24 @@ def test_the_fake_keeps_the_real_apis_volume_rules(api_fake):
         api.volume_action(vol["id"], {"type": "detach", "droplet_id": here["id"]})
     assert vols.wait_detached(api, vol["id"], vols.Wait(30, 0.01))["droplet_ids"] == []
     assert api.delete_volume(vol["id"]) and api.get_volume(vol["id"]) is None
+
+    # Limits: 15 volumes a droplet, the account's volume limit.
+    fake.state.quirks.destroy_polls = 0
+    many = [api.create_volume({**body, "name": f"v{i}"}) for i in range(16)]
+    for v in many[:15]:
+        vols._wait_action(api, v, api.volume_action(v["id"], {"type": "attach", "droplet_id": other["id"]}),
+                          vols.Wait(10, 0.01), "attach")
+    with pytest.raises(DOApiError, match="maximum number of volumes") as e:
+        api.volume_action(many[15]["id"], {"type": "attach", "droplet_id": other["id"]})
+    fake.state.volume_limit = len(api.list_volumes())
+    with pytest.raises(DOApiError, match="volume limit") as e:
+        api.create_volume({**body, "name": "one-more"})
+    assert e.value.status == 422
+    api.destroy_droplet(other["id"])  # its destroy lets go of its 15 volumes
+    assert all(v["droplet_ids"] == [] for v in api.list_volumes())
     for v in api.list_volumes():
         api.delete_volume(v["id"])
-    for d in (there, other):
-        api.destroy_droplet(d["id"])
+    api.destroy_droplet(there["id"])
 
 
 def test_a_volume_held_by_a_droplet_that_is_going_is_waited_for_and_one_held_by_a_live_one_is_refused(api_fake):
