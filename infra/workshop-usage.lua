@@ -14,6 +14,7 @@ local _M = {}
 
 local DICT = "workshop_usage"
 local MAX_JSON_BYTES = 8 * 1024 * 1024  -- a plain reply larger than this is not parsed (counted as unknown)
+local WARN_S = 15 * 60  -- the last minutes, when every reply also carries a plain-words warning
 
 local function dict()
     return ngx.shared[DICT]
@@ -143,8 +144,23 @@ local function filter_json(ctx, chunk, eof)
     end
 end
 
--- header_filter: what kind of reply this is; a reply we may shorten loses its length.
+-- seconds until the workshop ends (nginx.conf sets $workshop_ends_at), never below 0
+local function ends_in()
+    local ends = tonumber(ngx.var.workshop_ends_at)
+    return ends and math.max(ends - ngx.time(), 0) or nil
+end
+
+-- header_filter: what kind of reply this is; a reply we may shorten loses its length. Every reply says when the
+-- workshop ends, so a learner's program (or the chat page) can tell before the server is gone.
 function _M.header_filter()
+    local left = ends_in()
+    if left then
+        ngx.header["X-Workshop-Ends-In"] = left
+        if left < WARN_S then
+            ngx.header["X-Workshop-Warning"] = string.format(
+                "this workshop ends in %d min: its server and keys go then", math.ceil(left / 60))
+        end
+    end
     local ctx = ngx.ctx
     local ctype = ngx.header["Content-Type"] or ""
     if type(ctype) == "table" then
@@ -215,7 +231,8 @@ function _M.me(budget)
     ngx.header["Cache-Control"] = "no-store"
     ngx.say(cjson.encode({learner = learner, prompt_tokens = p, completion_tokens = c,
                           token_budget = (budget and budget > 0) and budget or cjson.null,
-                          tokens_left = left and math.max(left, 0) or cjson.null}))
+                          tokens_left = left and math.max(left, 0) or cjson.null,
+                          ends_in_s = ends_in() or cjson.null}))
 end
 
 return _M

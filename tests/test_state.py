@@ -62,3 +62,21 @@ def test_remove_deletes_the_folder(ml_home):
     state.write_secret("gone", "api_key", "x")
     state.remove("gone")
     assert not state.exists("gone") and state.names() == []
+
+
+def test_a_companion_comes_back_as_it_was_installed(ml_home):
+    """A companion that runs as another user under its own host name (a workshop deadline: root,
+    <instance>-deadline) is stopped later from the record alone: same unit, same user to signal through."""
+    from mistral_lab.engines.service import ServiceSpec
+    from mistral_lab.lifecycle import services
+
+    dep = _dep("demo")
+    dep.host = HostRecord(target="digitalocean", user="mistral")
+    state.save(dep)
+    spec = ServiceSpec(name="demo-deadline", model="-", engine="deadline", root="/srv/x/deadline/demo-1a2b",
+                       argv=["bash", "deadline.sh"], port=0, key_var="", mode="systemd", user="root",
+                       owner="mistral", instance="demo-1a2b-deadline")
+    services.add_companion("demo", spec)
+    (again,) = services.companions(state.load("demo"))
+    assert (again.unit, again.separate_user, again.root) == (spec.unit, "root", spec.root)
+    assert again.unit == "mistral-lab-demo-1a2b-deadline"

@@ -65,6 +65,7 @@ def test_bad_numbers_name_the_field_and_the_fix(over, field, says):
     ({"allow": ["192.168.1.0/24"]}, "public_host", "--public-host"),
     ({"target": "digitalocean", "model": "ministral-3b"}, "allow", "--allow 203.0.113.0/24"),
     ({"ssh_from": ["192.0.2.1/32"]}, "ssh_from", "only applies to DigitalOcean"),
+    ({"idle_minutes": 30}, "idle_minutes", "only applies to DigitalOcean"),
     ({"name": "Bad Name"}, "name", "lowercase"),
     ({"target": "digitalocean", "model": "ministral-3b", "allow": ["203.0.113.0/24"], "hours": 3,
       "budget_usd": 2.0, "gpu": "gpu-4000adax1-20gb"}, "budget", "at most --hours 2.63"),
@@ -279,6 +280,9 @@ def test_streaming_passes_through_token_by_token(room):
             "POST", "/chat/completions", json={"model": "tiny-random", "stream": True, "max_tokens": 16,
                                                "messages": [{"role": "user", "content": "count"}]}) as r:
         assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
+        # When the room ends, in seconds; the plain-words warning only in its last 15 minutes.
+        assert 0 < int(r.headers["x-workshop-ends-in"]) <= ws.expires_at - time.time() + 2
+        assert "x-workshop-warning" not in r.headers
         events = [line for line in r.iter_lines() if line.startswith("data: ")]
     assert len(events) >= 3 and events[-1] == "data: [DONE]"
 

@@ -25,6 +25,7 @@ from llamacpp_fixtures import free_port
 from mistral_lab import state
 from mistral_lab import workshop as ws_mod
 from mistral_lab.hosts import do_resources as res
+from mistral_lab.lifecycle import deadline
 
 pytestmark = [
     pytest.mark.slow, pytest.mark.timeout(1800),
@@ -91,6 +92,12 @@ def test_workshop_on_the_fake_do_api_firewall_expiry_and_sweep(tmp_path, monkeyp
                                  "messages": [{"role": "user", "content": "hi"}]})
         assert reply.status_code == 200 and reply.json()["usage"]["completion_tokens"] >= 1
         assert httpx.get(card["base_url"] + "/models", verify=ctx, timeout=30).status_code == 401
+        # Every reply says how long the workshop has left.
+        assert 0 <= int(reply.headers["X-Workshop-Ends-In"]) <= up["expires_at"] - time.time() + 2
+        assert "this workshop ends in" in reply.headers["X-Workshop-Warning"]  # 72 s: the last minutes already
+        # Without a deadline token nothing on the droplet removes it: up said what must run instead.
+        said = outputs[1]  # up's progress lines
+        assert up["deadline_kept_by"] == "sweep" and "sweep --expired" in said and "cron" in said
 
         # Before its time, sweep --expired leaves it alone.
         assert time.time() < up["expires_at"], "the deploy took longer than the workshop's hours"
@@ -117,3 +124,71 @@ def test_workshop_on_the_fake_do_api_firewall_expiry_and_sweep(tmp_path, monkeyp
         assert fake.leftovers() == {"droplets": [], "firewalls": [], "ssh_keys": []}
     assert not any(token in text for text in outputs)
     assert not any(card["api_key"] in text for text in outputs[1:] for card in up["cards"])  # only in up's JSON
+
+
+def test_a_workshop_droplet_with_a_deadline_token_removes_itself_when_idle(tmp_path, monkeypatch,
+                                                                         shared_build_cache,  # noqa: F811
+                                                                         llamacpp_bin):
+    """With MISTRAL_LAB_DEADLINE_TOKEN (only the four delete scopes) the droplet needs no sweep: after
+    --idle-minutes with no learner request it removes itself, its firewall, key and tags, long before its end. A
+    token short of a scope stops `up` before anything exists."""
+    token = "dop_v1_" + os.urandom(32).hex()
+    narrow = "dop_v1_" + os.urandom(32).hex()
+    monkeypatch.setenv("DIGITALOCEAN_TOKEN", token)
+    monkeypatch.setenv("MISTRAL_LAB_HOME", str(tmp_path / "home"))
+    outputs: list[str] = []
+    args = ["workshop", "up", "--name", "wsidle", "--learners", "1", "--model", "tiny-random",
+            "--target", "digitalocean", "--engine", "llamacpp", "--gpu", "gpu-l40sx1-48gb", "--hours", "0.1",
+            "--idle-minutes", "1", "--allow", ",".join(ROOM), "--ssh-from", SSH_FROM, "--user", droplet_user(),
+            "--option", "poll_interval=0.1", "--option", f"host_cache={shared_build_cache}", "--json", "--yes"]
+    with fakedo.serve(token, backend=SshdBackend(tmp_path / "machines"), polls_to_active=2,
+                      other_tokens={narrow: frozenset(deadline.SCOPES) - {"tag:delete"}}) as fake:
+        monkeypatch.setenv("DIGITALOCEAN_API_URL", fake.url)
+        args += ["--https-port", str(free_port()), "--ssh-port", str(fake.ssh_port)]
+
+        # --idle-minutes without a deadline token: refused, naming the variable.
+        r = _cli(*args)
+        outputs += [r.stdout, r.stderr]
+        assert r.returncode != 0 and deadline.TOKEN_ENV in r.stderr
+        # A token short of a scope: refused by the deletes it would make, before any droplet exists.
+        monkeypatch.setenv(deadline.TOKEN_ENV, narrow)
+        r = _cli(*args)
+        outputs += [r.stdout, r.stderr]
+        assert r.returncode != 0 and "tag:delete" in r.stderr, r.stderr
+        assert fake.count("POST /v2/droplets") == 0 and not ws_mod.exists("wsidle")
+
+        fake.state.other_tokens[narrow] = frozenset(deadline.SCOPES)
+        r = _cli(*args)
+        outputs += [r.stdout, r.stderr]
+        assert r.returncode == 0, r.stderr
+        up = json.loads(r.stdout)
+        assert up["deadline_kept_by"] == "droplet"
+        dep = state.load("wsidle")
+        (loop,) = [c for c in dep.companions if c.engine == "deadline"]  # teardown would stop it first
+        env_file = Path(loop.root) / "env"
+        assert "IDLE_S=60" in env_file.read_text() and "usage.jsonl" in env_file.read_text()
+
+        card = up["cards"][0]
+        (droplet,) = fake.state.droplets.values()
+        ctx = ws_mod.pinned_context(droplet.address, int(card["base_url"].rsplit(":", 1)[1].split("/")[0]),
+                                    card["fingerprint"])
+        reply = httpx.post(card["base_url"] + "/chat/completions", verify=ctx, timeout=120,
+                           headers={"Authorization": f"Bearer {card['api_key']}"},
+                           json={"model": "tiny-random", "max_tokens": 4,
+                                 "messages": [{"role": "user", "content": "hi"}]})
+        assert reply.status_code == 200
+        last_request = time.time()
+        end = last_request + 60 + 30 + 30  # idle limit + the loop's interval + its deletes
+        while time.time() < end and fake.leftovers() != {"droplets": [], "firewalls": [], "ssh_keys": []}:
+            time.sleep(1)
+        assert fake.leftovers() == {"droplets": [], "firewalls": [], "ssh_keys": []}
+        assert time.time() - last_request >= 60, "removed before the idle limit"
+        assert time.time() < up["expires_at"], "removed at its end, not for being idle"
+        assert res.Names("wsidle", state.installation_id()).tag not in fake.state.tags
+        assert fake.count("DELETE /v2/droplets/{id}", status=204) >= 1
+
+        r = _cli("workshop", "down", "wsidle", "--yes")
+        outputs += [r.stdout, r.stderr]
+        assert r.returncode == 0, r.stderr
+        assert not state.exists("wsidle") and not ws_mod.exists("wsidle")
+    assert not any(secret in text for text in outputs for secret in (token, narrow))

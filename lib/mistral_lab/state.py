@@ -74,6 +74,8 @@ class Companion(BaseModel):
     root: str
     mode: Literal["systemd", "process"]
     engine: str = "?"
+    user: str | None = Field(default=None, description="who it runs as when not the login user (root: a deadline)")
+    instance: str | None = Field(default=None, description="its name on the host (its unit's), when not `name`")
 
 
 class Deployment(BaseModel):

@@ -40,6 +40,7 @@ import hashlib
 import io
 import ipaddress
 import json
+import posixpath
 import re
 import secrets
 import shlex
@@ -55,10 +56,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from mistral_lab import infra_files, session, state
 from mistral_lab.engines import service
 from mistral_lab.errors import BadInput, EngineError, MistralLabError, TargetError
+from mistral_lab.hosts import do_api
 from mistral_lab.hosts import do_resources as res
 from mistral_lab.hosts.base import Host, LineSink
 from mistral_lab.hosts.ports import free_port
-from mistral_lab.lifecycle import services
+from mistral_lab.lifecycle import deadline, services
 from mistral_lab.lifecycle.deploy import deploy
 from mistral_lab.lifecycle.status import cost_so_far, hours_up
 from mistral_lab.lifecycle.steps import print_line
@@ -130,6 +132,7 @@ class RoomRequest(BaseModel):
     acme_email: str | None = None
     acme_http_port: int = Field(default=ACME_HTTP_PORT, ge=1, le=65535)
     acme_ca_bundle: str | None = None  # a private ACME CA's own HTTPS certificate(s), a file on the host
+    idle_minutes: int | None = Field(default=None, ge=1, le=int(MAX_HOURS * 60))
 
     @classmethod
     def of(cls, **fields: Any) -> RoomRequest:
@@ -143,7 +146,8 @@ class RoomRequest(BaseModel):
                  "max_tokens": "give --max-tokens between 16 and 131072 (tokens one reply may have)",
                  "tokens_per_learner": "give --tokens-per-learner of 1 or more (prompt + completion tokens a "
                                        "learner may use in the whole workshop)",
-                 "acme_http_port": "give a port between 1 and 65535 (the CA checks port 80 on the internet)"}
+                 "acme_http_port": "give a port between 1 and 65535 (the CA checks port 80 on the internet)",
+                 "idle_minutes": f"give --idle-minutes between 1 and {int(MAX_HOURS * 60)}"}
         try:
             req = cls(**{k: v for k, v in fields.items() if v is not None})
         except ValidationError as e:
@@ -226,6 +230,9 @@ def plan_room(req: RoomRequest) -> RoomPlan:
                        fix="drop it; on local and ssh hosts SSH is not ours to open")
     if req.ssh_from is not None:
         res.parse_allow_from(req.ssh_from)
+    if req.idle_minutes is not None and req.target != "digitalocean":
+        raise BadInput("--idle-minutes only applies to DigitalOcean droplets (they remove themselves)",
+                       field="idle_minutes", fix="drop it; `workshop down` ends a workshop on a local or ssh host")
     state.check_name(req.name)
     local_only = req.target == "local" and _loopback_only(allow)
     if req.target == "local" and not local_only and not req.public_host:
@@ -282,6 +289,11 @@ class Workshop(BaseModel):
     acme_server: str | None = None
     acme_http_port: int | None = None
     acme_ca_bundle: str | None = None
+    idle_minutes: int | None = Field(default=None, description="DigitalOcean: the droplet removes itself after this "
+                                                               "long with no learner request")
+    deadline_kept_by: Literal["droplet", "sweep"] | None = Field(
+        default=None, description="DigitalOcean: who removes the droplet at its end: itself (a scoped token on it), "
+                                  "or `mistral-lab sweep --expired` run by the instructor")
     conns_per_learner: int = CONNS_PER_LEARNER
     fingerprint: str | None = Field(default=None, description="SHA-256 of the proxy's certificate, AB:CD:... form")
     proxy_root: str | None = None
@@ -523,7 +535,7 @@ def render_nginx_conf(ws: Workshop, *, root: str, backend_port: int, worker_user
         rate_per_min=ws.rate_per_min, burst=ws.burst, conns_per_learner=ws.conns_per_learner,
         max_tokens=ws.max_tokens, modules=modules, accounting=accounting,
         token_budget=ws.tokens_per_learner or 0, usage_dict_mb=USAGE_DICT_MB,
-        page_csp=render_chat_page(ws).csp, acme_http_port=ws.acme_http_port if ws.domain else None,
+        page_csp=render_chat_page(ws).csp, expires_at=ws.expires_at, acme_http_port=ws.acme_http_port if ws.domain else None,
         backend_port=backend_port, read_timeout_s=READ_TIMEOUT_S, max_body_mb=MAX_BODY_MB,
         retry_after_s=max(1, -(-60 // ws.rate_per_min)),
     )
@@ -874,6 +886,8 @@ def up(req: RoomRequest | RoomPlan, *, options: dict[str, Any] | None = None, sa
     if exists(req.name) or state.exists(req.name):
         raise BadInput(f"{req.name} already exists", field="name",
                        fix=f"pick another --name, or `mistral-lab workshop down {req.name}` first")
+    opts = dict(options or {})
+    keeper, deadline_token = _deadline_keeper(req, opts, say)  # before anything exists: a bad token stops here
     expires_at = int(time.time() + req.hours * 3600)
     ids = learner_ids(req.learners)
     keys = {i: new_key() for i in ids}
@@ -885,10 +899,10 @@ def up(req: RoomRequest | RoomPlan, *, options: dict[str, Any] | None = None, sa
                   tokens_per_learner=req.tokens_per_learner, domain=req.domain,
                   acme_server=req.acme_server if req.domain else None,
                   acme_http_port=req.acme_http_port if req.domain else None,
-                  acme_ca_bundle=req.acme_ca_bundle if req.domain else None)
+                  acme_ca_bundle=req.acme_ca_bundle if req.domain else None, idle_minutes=req.idle_minutes,
+                  deadline_kept_by=keeper)
     save(ws)
     state.write_secret(req.name, KEYS_FILE, json.dumps(keys, indent=2))
-    opts = dict(options or {})
     if req.target == "digitalocean":
         opts.update(https_from=room.allow, https_port=room.port, expires_at=expires_at)
         if req.ssh_from:
@@ -906,6 +920,8 @@ def up(req: RoomRequest | RoomPlan, *, options: dict[str, Any] | None = None, sa
             install_proxy(host, ws, dep, keys, cert, say)
             if ws.domain:
                 obtain_certificate(host, ws, req.acme_email, say)
+            if deadline_token:
+                _keep_deadline(host, ws, dep, deadline_token, opts, say)
         save(ws)
         _check_reachable(ws, say)
         say(f"✔ proxy in {time.monotonic() - t0:.1f}s: {ws.base_url}, certificate {ws.fingerprint}")
@@ -921,6 +937,40 @@ def up(req: RoomRequest | RoomPlan, *, options: dict[str, Any] | None = None, sa
         say(f"✘ workshop up failed; removing what it made ({ws.error.splitlines()[0]})")
         _remove(ws, say)
         raise
+
+
+def _deadline_keeper(req: RoomRequest, opts: dict[str, Any], say: LineSink) -> tuple[str | None, str | None]:
+    """Who removes a droplet at its end: the droplet itself when the instructor gave it a scoped token (checked
+    here by the calls it will make), else only `sweep --expired`, which the instructor must keep running."""
+    if req.target != "digitalocean":
+        return None, None
+    token = deadline.token_from_env()
+    if token:
+        deadline.check_token(token, do_api.api_url(opts.get("api_url")))
+        idle = f", or after {req.idle_minutes} min with no request" if req.idle_minutes else ""
+        say(f"  the droplet removes itself at its end{idle} ({deadline.TOKEN_ENV}: {', '.join(deadline.SCOPES)})")
+        return "droplet", token
+    if req.idle_minutes:
+        raise BadInput("--idle-minutes needs the droplet to keep its own deadline", field=deadline.TOKEN_ENV,
+                       fix=f"make a token with only {', '.join(deadline.SCOPES)} and export it as "
+                           f"{deadline.TOKEN_ENV}; or drop --idle-minutes")
+    say(f"  nothing on the droplet removes it at its end: keep `mistral-lab sweep --expired` running (cron: "
+        f"{deadline.cron_line()}), or export {deadline.TOKEN_ENV} (a token with only {', '.join(deadline.SCOPES)}) "
+        "so the droplet removes itself")
+    return "sweep", None
+
+
+def _keep_deadline(host: Host, ws: Workshop, dep: state.Deployment, token: str, opts: dict[str, Any],
+                   say: LineSink) -> None:
+    assert dep.service is not None and dep.instance and ws.proxy_root
+    # Activity is a learner's request from the room (usage.jsonl), not a scanner's 403 nor the chat page's polling.
+    when = deadline.Deadline(expires_at=ws.expires_at, idle_s=(ws.idle_minutes or 0) * 60,
+                             activity=f"{ws.proxy_root}/{USAGE_FILE}")
+    spec = deadline.install(host, dep.host, name=ws.name, instance=dep.instance, mode=dep.service.kind, token=token,
+                            deadline=when, api_url=do_api.api_url(opts.get("api_url")),
+                            host_root=posixpath.dirname(dep.service.root))
+    services.add_companion(dep.name, spec)  # teardown stops it before the droplet goes
+    say(f"  deadline on the droplet: {spec.unit if dep.service.kind == 'systemd' else spec.name}, as root")
 
 
 def _check_reachable(ws: Workshop, say: LineSink) -> None:

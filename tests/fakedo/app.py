@@ -303,17 +303,22 @@ class FakeDOApp:
     def _gate(self, req: Request, route: str, operation_id: str) -> None:
         """What a request meets before the handler: the token, its rate limits, its scopes."""
         st = self.state
-        if req.headers.get("Authorization") != f"Bearer {st.token}":
+        given = req.headers.get("Authorization", "").removeprefix("Bearer ")
+        if given == st.token:
+            scopes = st.scopes
+        elif given and given in st.other_tokens:
+            scopes = st.other_tokens[given]
+        else:
             raise ApiError(401)
         refused = st.admit(route)
         if refused is not None:
             raise refused
-        if st.scopes is not None:
+        if scopes is not None:
             try:
                 body = json.loads(req.get_data(as_text=True) or "{}")
             except json.JSONDecodeError:
                 body = {}
-            if _missing_scopes(operation_id, req, body, st.scopes):
+            if _missing_scopes(operation_id, req, body, scopes):
                 raise ApiError(403, quirks.NOT_AUTHORIZED)
 
     def handle(self, req: Request) -> Response:

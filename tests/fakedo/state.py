@@ -199,6 +199,8 @@ class State(VolumesMixin):
     images: list[dict[str, Any]] = field(default_factory=catalog.images)
     quirks: Quirks = field(default_factory=Quirks)
     scopes: frozenset[str] | None = None  # a custom-scoped token holds these; None: a full-access token
+    # The account's other tokens and their scopes (None: full access), e.g. a workshop deadline's narrow one.
+    other_tokens: dict[str, frozenset[str] | None] = field(default_factory=dict)
     volume_backend: VolumeBackend | None = None  # volumes as real block devices on the droplets' machine
     volume_action_polls: int = 2  # looks before an attach or detach completes
     volume_limit: int = 100  # the account's (godo's Account.VolumeLimit; the spec's account shows none)

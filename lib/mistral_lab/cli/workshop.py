@@ -64,6 +64,8 @@ def up_cmd(
     acme_email: Annotated[str | None, Opt(help="the CA's contact for expiry notices (optional)")] = None,
     acme_http_port: Annotated[int, Opt(help="where the CA's HTTP-01 check arrives (80 on the internet)")] =
         ws_mod.ACME_HTTP_PORT,
+    idle_minutes: Annotated[int | None, Opt(help="digitalocean: the droplet removes itself after this long with no "
+                                                 "learner request (needs MISTRAL_LAB_DEADLINE_TOKEN)")] = None,
     engine: Annotated[str, Opt(help="auto | vllm | llamacpp")] = "auto",
     gpu: Annotated[str, Opt(help="size slug, GPU name or auto")] = "auto",
     region: Annotated[str | None, Opt(help="digitalocean region")] = None,
@@ -84,7 +86,9 @@ def up_cmd(
     """Deploy one model for N learners behind an HTTPS proxy with a key each; write printable cards.
 
     The planned cost for --hours is shown before anything is created; on DigitalOcean the droplet carries an expiry
-    tag (`mistral-lab sweep --expired` destroys it after) and the firewall opens the proxy to --allow only.
+    tag and the firewall opens the proxy to --allow only. With MISTRAL_LAB_DEADLINE_TOKEN (a token with only
+    droplet:delete, firewall:delete, ssh_key:delete, tag:delete) the droplet removes itself at its end (or when
+    idle, --idle-minutes); without it, `mistral-lab sweep --expired` must run after the end.
     """
     say = _printer(as_json)
     req = ws_mod.RoomRequest.of(name=name, learners=learners, model=model, target=target, hours=hours,
@@ -92,7 +96,8 @@ def up_cmd(
                                 https_port=https_port, public_host=public_host, rate_per_min=rate, burst=burst,
                                 max_tokens=max_tokens, tokens_per_learner=tokens_per_learner, domain=domain,
                                 acme_server=acme_server, acme_email=acme_email, acme_http_port=acme_http_port,
-                                engine=engine, gpu=gpu, region=region, context=context)
+                                idle_minutes=idle_minutes, engine=engine, gpu=gpu, region=region,
+                                context=context)
     room = ws_mod.plan_room(req)
     if room.hourly_usd and not yes and sys.stdin.isatty():
         say(room.summary())
@@ -106,7 +111,8 @@ def up_cmd(
         keys = ws_mod.load_keys(ws.name)
         print(json.dumps({"name": ws.name, "model": ws.model, "base_url": ws.base_url, "fingerprint": ws.fingerprint,
                           "chat_page": ws.page_url, "tokens_per_learner": ws.tokens_per_learner,
-                          "expires_at": ws.expires_at, "planned_cost_usd": ws.planned_cost_usd,
+                          "expires_at": ws.expires_at, "deadline_kept_by": ws.deadline_kept_by,
+                          "planned_cost_usd": ws.planned_cost_usd,
                           "cards_html": files["html"], "cards_csv": files["csv"],
                           "cards": [c.public() for c in ws_mod.cards(ws, keys)]}, indent=2))
         return

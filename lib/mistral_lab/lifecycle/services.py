@@ -33,7 +33,8 @@ def server(dep: state.Deployment) -> ServiceSpec:
 
 def companions(dep: state.Deployment) -> list[ServiceSpec]:
     return [ServiceSpec(name=c.name, model=dep.plan.model, engine=c.engine, root=c.root, argv=[], port=0,
-                        key_var="", mode=c.mode) for c in dep.companions]
+                        key_var="", mode=c.mode, user=c.user, owner=dep.host.user, instance=c.instance)
+            for c in dep.companions]
 
 
 def add_companion(name: str, spec: ServiceSpec) -> None:
@@ -41,5 +42,6 @@ def add_companion(name: str, spec: ServiceSpec) -> None:
     leaves nothing running on the host."""
     dep = state.load(name)
     dep.companions = [c for c in dep.companions if c.root != spec.root]
-    dep.companions.append(state.Companion(name=spec.name, root=spec.root, mode=spec.mode, engine=spec.engine))
+    dep.companions.append(state.Companion(name=spec.name, root=spec.root, mode=spec.mode, engine=spec.engine,
+                                          user=spec.user, instance=spec.instance))
     state.save(dep)
