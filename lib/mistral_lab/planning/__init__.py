@@ -1,6 +1,7 @@
 """Planning: parameters in, a Plan out. `resolve` is pure; `make_plan` adds this machine's facts and live prices;
-`parameters` reads presets and papermill/CLI values; `predict` forecasts decode speed, throughput and $/Mtok. Showing a plan with its engine's serve command is
-`planning.show`, which sits above the engines and is imported from there (or from `mistral_lab`)."""
+`parameters` reads presets and papermill/CLI values; `predict` forecasts decode speed, throughput and $/Mtok.
+Showing a plan with its engine's serve command is `planning.show`, which sits above the engines and is imported
+from there (or from `mistral_lab`)."""
 
 from mistral_lab.planning.make import local_size, make_plan
 from mistral_lab.planning.parameters import collect, load_preset, split
