@@ -128,15 +128,6 @@ def test_the_cache_calls_are_the_specs_with_pydos_statuses_and_apart_from_a_depl
         assert set(op.ok) <= codes and {c for c in codes if c < 300} <= set(op.ok), (name, codes, op.ok)
 
 
-def test_the_mount_script_passes_shellcheck(tmp_path):
-    if shutil.which("shellcheck") is None:
-        pytest.skip("shellcheck is not installed")
-    script = tmp_path / "mount.sh"
-    script.write_text("#!/usr/bin/env bash\n" + vols.MOUNT_SCRIPT)
-    r = subprocess.run(["shellcheck", str(script)], capture_output=True, text=True, timeout=60)
-    assert r.returncode == 0, r.stdout
-
-
 # ---------------------------------------------------------------------------------------------- the API's rules
 
 
@@ -472,3 +463,43 @@ def test_a_repeat_deploy_in_the_region_skips_the_download_and_another_region_mak
         teardown("ams", say=lines3.append, drop_cache=True)
     out, err = capfd.readouterr()
     assert os.environ["DIGITALOCEAN_TOKEN"] not in out + err + "\n".join(lines + lines2 + lines3)
+
+
+@needs_root
+@do_tests.needs_sshd
+def test_a_repeat_workshop_attaches_its_cache_and_down_drop_cache_deletes_it(vfake_seeded, machine_dirs, tiny_gguf):
+    """`workshop up --cache-volume` (the room's plan sizes the volume), `down` keeps it and says its monthly cost,
+    the next `up` in the region attaches it and downloads nothing, `down --drop-cache` deletes it."""
+    from llamacpp_fixtures import free_port
+    from mistral_lab import workshop as ws_mod
+
+    fake = vfake_seeded
+    plan = make_plan(PlanRequest(model="ministral-3b", target="digitalocean", engine="llamacpp", gpu=H100,
+                                 context=4096, vision=False))
+    url_path = f"/{plan.repo}/resolve/main/{plan.gguf_file}"
+    size = tiny_gguf.stat().st_size
+    with serve_files({url_path: tiny_gguf}, bytes_per_s=BANDWIDTH) as hf:
+        options = _options(fake, machine_dirs, hf_endpoint=hf.url)
+        del options["cache_volume"]  # the workshop's own field asks for it
+
+        def room(name: str) -> ws_mod.RoomRequest:
+            return ws_mod.RoomRequest.of(name=name, learners=1, model="ministral-3b", target="digitalocean",
+                                         engine="llamacpp", gpu=H100, context=4096, vision=False, hours=1,
+                                         allow=["127.0.0.0/8"], https_port=free_port(), cache_volume=True)
+
+        lines: list[str] = []
+        planned = ws_mod.plan_room(room("day1"))
+        assert planned.cache_gib == 23 and "cache volume 23 GiB, $2.30/month while kept" in planned.summary()
+        ws, _ = ws_mod.up(planned, options=options, say=lines.append)
+        assert ws.cache_volume == "main" and hf.served[url_path] == size
+        down = ws_mod.down("day1", say=lines.append)
+        assert down.kept == [f"cache volume mistral-lab-cache-main-{OWNER} (23 GiB in nyc2): $2.30/month"]
+        assert any("kept cache volume" in line and "--drop-cache" in line for line in lines)
+        assert len(fake.state.volumes) == 1 and fake.leftovers()["droplets"] == []
+
+        lines2: list[str] = []
+        ws_mod.up(room("day2"), options=options, say=lines2.append)
+        assert "(already done)" in _step(lines2, "model") and hf.served[url_path] == size  # not one byte more
+        down = ws_mod.down("day2", say=lines2.append, drop_cache=True)
+        assert down.dropped == [f"mistral-lab-cache-main-{OWNER} (23 GiB in nyc2): $2.30/month"] and not down.kept
+        assert fake.state.volume_leftovers() == []

@@ -56,7 +56,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from mistral_lab import infra_files, session, state
 from mistral_lab.engines import service
 from mistral_lab.errors import BadInput, EngineError, MistralLabError, TargetError
-from mistral_lab.hosts import do_api
+from mistral_lab.hosts import do_api, do_volumes
 from mistral_lab.hosts import do_resources as res
 from mistral_lab.hosts.base import Host, LineSink
 from mistral_lab.hosts.ports import free_port
@@ -117,6 +117,7 @@ class RoomRequest(BaseModel):
     gpu: str = "auto"
     region: str | None = None
     context: int | None = Field(default=None, gt=0)
+    vision: bool | None = None  # None: the model's own (False: text only, less memory, no image encoder to fetch)
     hours: float = Field(default=2.0, gt=0, le=MAX_HOURS)
     budget_usd: float | None = Field(default=None, gt=0)
     allow: list[str] | None = None
@@ -133,6 +134,7 @@ class RoomRequest(BaseModel):
     acme_http_port: int = Field(default=ACME_HTTP_PORT, ge=1, le=65535)
     acme_ca_bundle: str | None = None  # a private ACME CA's own HTTPS certificate(s), a file on the host
     idle_minutes: int | None = Field(default=None, ge=1, le=int(MAX_HOURS * 60))
+    cache_volume: bool | str | None = None  # DigitalOcean: weights on a Volume kept for the next workshop
 
     @classmethod
     def of(cls, **fields: Any) -> RoomRequest:
@@ -191,7 +193,8 @@ def room_slots(learners: int) -> int:
 def _plan_request(req: RoomRequest) -> PlanRequest:
     """The deployment's request: what the room is priced on is what gets deployed."""
     return PlanRequest(model=req.model, target=req.target, engine=req.engine, gpu=req.gpu, region=req.region,
-                       context=req.context, concurrency=room_slots(req.learners), name=req.name)
+                       context=req.context, vision=req.vision, concurrency=room_slots(req.learners),
+                       name=req.name)
 
 
 @dataclass(frozen=True)
@@ -205,15 +208,18 @@ class RoomPlan:
     listen: str
     hourly_usd: float
     planned_cost_usd: float
+    cache_gib: int | None = None  # the cache volume's size when one is asked for (billed monthly while kept)
 
     def summary(self) -> str:
         p = self.plan
         cost = (f"${self.hourly_usd:.2f}/hour x {self.request.hours:g} h = ${self.planned_cost_usd:.2f}"
                 if self.hourly_usd else "$0.00 (no cloud resources)")
         budget = f", budget ${self.request.budget_usd:.2f}" if self.request.budget_usd else ""
+        cache = (f"; cache volume {self.cache_gib} GiB, ${do_volumes.monthly_usd(self.cache_gib):.2f}/month while "
+                 "kept (reused when it exists)" if self.cache_gib else "")
         return (f"workshop {self.request.name}: {self.request.learners} learners on {p.model} ({p.engine}, "
                 f"{p.gpu_name}, {p.concurrency} slots x {p.context:,} tokens), HTTPS from {', '.join(self.allow)}; "
-                f"planned cost {cost}{budget}")
+                f"planned cost {cost}{budget}{cache}")
 
 
 def plan_room(req: RoomRequest) -> RoomPlan:
@@ -230,6 +236,9 @@ def plan_room(req: RoomRequest) -> RoomPlan:
                        fix="drop it; on local and ssh hosts SSH is not ours to open")
     if req.ssh_from is not None:
         res.parse_allow_from(req.ssh_from)
+    if req.cache_volume and req.target != "digitalocean":
+        raise BadInput("--cache-volume only applies to DigitalOcean (a Volume in the droplet's region)",
+                       field="cache_volume", fix="drop it; a local or ssh host keeps its cache folder by itself")
     if req.idle_minutes is not None and req.target != "digitalocean":
         raise BadInput("--idle-minutes only applies to DigitalOcean droplets (they remove themselves)",
                        field="idle_minutes", fix="drop it; `workshop down` ends a workshop on a local or ssh host")
@@ -248,8 +257,9 @@ def plan_room(req: RoomRequest) -> RoomPlan:
         raise BadInput(f"{req.hours:g} h on {plan.gpu} at ${hourly:.2f}/hour is ${cost:.2f}, over the budget of "
                        f"${req.budget_usd:.2f}", field="budget",
                        fix=f"at most --hours {int(most * 100) / 100:g} on {plan.gpu}, a cheaper --gpu, or a higher --budget")
+    cache_gib = do_volumes.volume_gib(plan.memory["weights_gb"]) if req.cache_volume else None
     return RoomPlan(request=req, plan=plan, allow=allow, port=port, listen="127.0.0.1" if local_only else "0.0.0.0",
-                    hourly_usd=hourly, planned_cost_usd=cost)
+                    hourly_usd=hourly, planned_cost_usd=cost, cache_gib=cache_gib)
 
 
 # ---------------------------------------------------------------------------------------------- the record
@@ -291,6 +301,8 @@ class Workshop(BaseModel):
     acme_ca_bundle: str | None = None
     idle_minutes: int | None = Field(default=None, description="DigitalOcean: the droplet removes itself after this "
                                                                "long with no learner request")
+    cache_volume: str | None = Field(default=None, description="DigitalOcean: the label of the cache volume the "
+                                                               "weights are kept on")
     deadline_kept_by: Literal["droplet", "sweep"] | None = Field(
         default=None, description="DigitalOcean: who removes the droplet at its end: itself (a scoped token on it), "
                                   "or `mistral-lab sweep --expired` run by the instructor")
@@ -900,13 +912,15 @@ def up(req: RoomRequest | RoomPlan, *, options: dict[str, Any] | None = None, sa
                   acme_server=req.acme_server if req.domain else None,
                   acme_http_port=req.acme_http_port if req.domain else None,
                   acme_ca_bundle=req.acme_ca_bundle if req.domain else None, idle_minutes=req.idle_minutes,
-                  deadline_kept_by=keeper)
+                  deadline_kept_by=keeper, cache_volume=do_volumes.label_of(req.cache_volume))
     save(ws)
     state.write_secret(req.name, KEYS_FILE, json.dumps(keys, indent=2))
     if req.target == "digitalocean":
         opts.update(https_from=room.allow, https_port=room.port, expires_at=expires_at)
         if req.ssh_from:
             opts["allow_from"] = req.ssh_from
+        if req.cache_volume:
+            opts.update(cache_volume=req.cache_volume, cache_volume_gib=room.cache_gib)
     try:
         dep = deploy(_plan_request(req), options=opts, say=say, start_timeout=start_timeout, keep_on_failure=False)
         if ws.public_host is None and req.target != "local":
@@ -987,10 +1001,14 @@ def _check_reachable(ws: Workshop, say: LineSink) -> None:
                           fix="read the proxy's config: <deployment folder>/proxy/nginx.conf")
 
 
-def _remove(ws: Workshop, say: LineSink) -> TeardownReport | None:
+def _remove(ws: Workshop, say: LineSink, *, drop_cache: bool = False) -> TeardownReport | None:
     # The proxy is the deployment's companion (install_proxy records it before starting it): teardown stops it on
     # the same connection as the model's server, and says so when the host cannot be reached.
-    report = teardown(ws.name, say=say) if state.exists(ws.name) else None
+    report = teardown(ws.name, say=say, drop_cache=drop_cache) if state.exists(ws.name) else None
+    if drop_cache and ws.cache_volume and report is None:
+        # The deployment's record is gone already (a failed up removed it): the volume is found by owner and label.
+        for gone in do_volumes.drop_cache(owner=state.installation_id(), label=ws.cache_volume, on_line=say):
+            say(f"  deleted cache volume {gone}")
     state.remove(ws.name)  # whatever is left: the workshop's own files, which hold keys
     return report
 
@@ -1024,6 +1042,8 @@ class DownReport:
     leftovers: list[str]
     usage: list[LearnerUsage] = field(default_factory=list)
     usage_csv: str | None = None  # where the per-learner table went
+    kept: list[str] = field(default_factory=list)  # a cache volume kept for the next workshop, with its cost
+    dropped: list[str] = field(default_factory=list)
 
 
 def _last_usage(ws: Workshop, say: LineSink) -> list[LearnerUsage] | None:
@@ -1042,12 +1062,14 @@ def default_usage_csv(name: str) -> Path:
     return state.home() / "reports" / f"workshop-{name}-usage-{stamp}.csv"
 
 
-def down(name: str, *, say: LineSink = print_line, csv_path: Path | None = None) -> DownReport:
+def down(name: str, *, say: LineSink = print_line, csv_path: Path | None = None,
+         drop_cache: bool = False) -> DownReport:
     """Read the learners' usage, stop the proxy, destroy the deployment (the droplet, its firewall and key on
-    DigitalOcean), forget it all; write the usage with the total cost to CSV (no keys in it)."""
+    DigitalOcean), forget it all; write the usage with the total cost to CSV (no keys in it). A cache volume is
+    kept for the next workshop in the region (its monthly cost said) unless `drop_cache`."""
     ws = load(name)
     rows = _last_usage(ws, say)
-    report = _remove(ws, say)
+    report = _remove(ws, say, drop_cache=drop_cache)
     hours = report.hours if report else 0.0
     cost = report.cost_usd if report else 0.0
     written = None
@@ -1061,7 +1083,8 @@ def down(name: str, *, say: LineSink = print_line, csv_path: Path | None = None)
     say(f"✔ workshop {name} is gone after {hours:.2f} h: total cost about ${cost:.2f} "
         f"(planned ${ws.planned_cost_usd:.2f})")
     return DownReport(name=name, hours=hours, cost_usd=cost, planned_cost_usd=ws.planned_cost_usd,
-                      leftovers=report.leftovers if report else [], usage=rows or [], usage_csv=written)
+                      leftovers=report.leftovers if report else [], usage=rows or [], usage_csv=written,
+                      kept=report.kept if report else [], dropped=report.dropped if report else [])
 
 
 def status(name: str, *, with_usage: bool = False) -> dict[str, Any]:

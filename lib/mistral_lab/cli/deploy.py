@@ -45,6 +45,7 @@ def deploy_cmd(
     trust_on_first_use: flags.TrustOnFirstUse = False,
     api_url: flags.ApiUrl = None,
     allow_from: flags.AllowFrom = None,
+    cache_volume: flags.CacheVolume = None,
     option: flags.Option = None,
     timeout: Annotated[float, Opt(help="seconds to wait for the server to become ready")] = 900,
     keep_on_failure: Annotated[bool, Opt(help="keep a billed droplet when deploy fails")] = False,
@@ -57,7 +58,7 @@ def deploy_cmd(
     values.update({k: v for k, v in plan_flags.items() if v is not None})
     values.update(flags.host_options(host=host, ssh_port=ssh_port, user=user, key=key, known_hosts=known_hosts,
                                      host_key=host_key, trust_on_first_use=trust_on_first_use, api_url=api_url,
-                                     allow_from=allow_from))
+                                     allow_from=allow_from, cache_volume=cache_volume))
     values.update(option_pairs(option or []))
     req, options = planning.split(values)
     dep = deploy(req, options=options, start_timeout=timeout, keep_on_failure=keep_on_failure)
@@ -115,10 +116,13 @@ def logs_cmd(
 def teardown_cmd(
     name: Annotated[str, typer.Argument()],
     yes: Annotated[bool, Opt("--yes", "-y", help="do not ask")] = False,
+    drop_cache: Annotated[bool, Opt(help="digitalocean: delete the cache volume too (kept otherwise, billed "
+                                         "monthly)")] = False,
 ) -> None:
-    """Stop the server and destroy what deploy created (the droplet, its firewall and key on DigitalOcean)."""
+    """Stop the server and destroy what deploy created (the droplet, its firewall and key on DigitalOcean); a cache
+    volume is kept for the next deploy in its region unless --drop-cache."""
     dep = state.load(name)
     if not yes:
         typer.confirm(f"tear down {name} ({dep.plan.model} on {dep.plan.target}, {dep.host.address})?", abort=True)
-    report = teardown(name)
+    report = teardown(name, drop_cache=drop_cache)
     console.print(Text.assemble(("torn down", "green"), f" {name}: {report.hours:.2f} h, about ${report.cost_usd:.2f}"))

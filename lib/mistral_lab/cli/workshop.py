@@ -66,10 +66,13 @@ def up_cmd(
         ws_mod.ACME_HTTP_PORT,
     idle_minutes: Annotated[int | None, Opt(help="digitalocean: the droplet removes itself after this long with no "
                                                  "learner request (needs MISTRAL_LAB_DEADLINE_TOKEN)")] = None,
+    cache_volume: flags.CacheVolume = None,
     engine: Annotated[str, Opt(help="auto | vllm | llamacpp")] = "auto",
     gpu: Annotated[str, Opt(help="size slug, GPU name or auto")] = "auto",
     region: Annotated[str | None, Opt(help="digitalocean region")] = None,
     context: Annotated[int | None, Opt(help="tokens per learner (default: what fits)")] = None,
+    vision: Annotated[bool | None, Opt("--vision/--no-vision", help="images too (default: when the model has an "
+                                                                   "image encoder)")] = None,
     host: flags.Host = None,
     ssh_port: flags.SSHPort = None,
     user: flags.User = None,
@@ -96,8 +99,9 @@ def up_cmd(
                                 https_port=https_port, public_host=public_host, rate_per_min=rate, burst=burst,
                                 max_tokens=max_tokens, tokens_per_learner=tokens_per_learner, domain=domain,
                                 acme_server=acme_server, acme_email=acme_email, acme_http_port=acme_http_port,
-                                idle_minutes=idle_minutes, engine=engine, gpu=gpu, region=region,
-                                context=context)
+                                idle_minutes=idle_minutes, cache_volume=flags.cache_option(cache_volume),
+                                engine=engine, gpu=gpu, region=region,
+                                context=context, vision=vision)
     room = ws_mod.plan_room(req)
     if room.hourly_usd and not yes and sys.stdin.isatty():
         say(room.summary())
@@ -112,6 +116,7 @@ def up_cmd(
         print(json.dumps({"name": ws.name, "model": ws.model, "base_url": ws.base_url, "fingerprint": ws.fingerprint,
                           "chat_page": ws.page_url, "tokens_per_learner": ws.tokens_per_learner,
                           "expires_at": ws.expires_at, "deadline_kept_by": ws.deadline_kept_by,
+                          "cache_volume": ws.cache_volume,
                           "planned_cost_usd": ws.planned_cost_usd,
                           "cards_html": files["html"], "cards_csv": files["csv"],
                           "cards": [c.public() for c in ws_mod.cards(ws, keys)]}, indent=2))
@@ -129,13 +134,15 @@ def down_cmd(
     yes: Annotated[bool, Opt("--yes", "-y", help="do not ask")] = False,
     csv_path: Annotated[Path | None, Opt("--csv", help="where the per-learner usage goes (default: "
                                                      "<home>/reports/workshop-NAME-usage-<time>.csv)")] = None,
+    drop_cache: Annotated[bool, Opt(help="digitalocean: delete the cache volume too (kept for the next workshop "
+                                         "otherwise, billed monthly)")] = False,
 ) -> None:
     """Write each learner's usage with the total cost to CSV, stop the proxy and destroy the deployment (droplet,
     firewall, key); print the total cost."""
     ws = ws_mod.load(name)
     if not yes:
         typer.confirm(f"end workshop {name} ({len(ws.active)} active keys, {ws.model} on {ws.target})?", abort=True)
-    report = ws_mod.down(name, say=_printer(False), csv_path=csv_path)
+    report = ws_mod.down(name, say=_printer(False), csv_path=csv_path, drop_cache=drop_cache)
     for left in report.leftovers:
         console_err.print(Text.assemble(("left behind", "yellow"), f" {left}"))
 

@@ -17,7 +17,7 @@ from mistral_lab.catalog import get_model
 from mistral_lab.engines import get_engine, service, weights
 from mistral_lab.engines.base import Engine, Installed, Layout, ModelFiles
 from mistral_lab.errors import BadInput, EngineError, MistralLabError
-from mistral_lab.hosts import get_target
+from mistral_lab.hosts import do_volumes, get_target
 from mistral_lab.hosts.base import Host, HostFacts, LineSink, ProvisionRequest
 from mistral_lab.hosts.ports import free_port
 from mistral_lab.lifecycle import services
@@ -61,6 +61,8 @@ def deploy(
     if plan.target == "digitalocean":
         require_fit(plan)
         options.setdefault("owner", state.installation_id())
+        if options.get("cache_volume"):  # sized for this plan's weights, not the GPU's memory
+            options.setdefault("cache_volume_gib", do_volumes.volume_gib(plan.memory["weights_gb"]))
     with state.lock(name, wait_note=say):
         return _deploy(req, plan, name, options, secrets, say, start_timeout, keep_on_failure)
 

@@ -77,4 +77,6 @@ def teardown(name: str, *, say: LineSink = print_line, drop_cache: bool = False)
     state.save(dep)
     state.remove(name)
     say(f"✔ {name} torn down after {report.hours:.2f} h" + (f", about ${report.cost_usd:.2f}" if report.cost_usd else ""))
+    for what in kept:
+        say(f"  kept {what} for the next deploy in its region (--drop-cache deletes it; `mistral-lab sweep` lists it)")
     return report
