@@ -7,9 +7,11 @@ from __future__ import annotations
 import ast
 import io
 import json
+import os
 import selectors
 import socket
 import socketserver
+import subprocess
 import sys
 import threading
 from pathlib import Path
@@ -615,9 +617,11 @@ def test_peers_run_with_our_prompts_duration_and_warm_up():
                             dataset="/d.jsonl", duration_s=25, concurrency=4, rate=None, warmup_s=1.5, out_path="/o.json")
     joined = " ".join(g)
     assert "kind=max_duration,seconds=25" in joined and "kind=concurrent,streams=4,warmup=1.5" in joined
-    assert "kind=json_file,path=/d.jsonl" in joined and "api_key=sk-secret" in joined
-    saved = peers.redacted(g, "sk-secret")  # what the run keeps: no key
-    assert "sk-secret" not in saved and "api_key=***" in saved
+    assert "kind=json_file,path=/d.jsonl" in joined and "sk-secret" not in joined  # never on a command line
+    assert g[:2] == ["/g/bin/python", "-c"] and f"api_key={peers.KEY_MARK}" in joined
+    assert peers.guidellm_env("sk-secret")[peers.KEY_ENV] == "sk-secret"
+    saved = peers.redacted(g, "sk-secret")  # what the run keeps: no key, no launcher
+    assert "sk-secret" not in saved and "<guidellm>" in saved
     assert "<vllm bench serve script>" in peers.redacted(argv, None)
     lines = peers.prompts_jsonl(["a b", "b a"], 16).splitlines()
     assert [json.loads(x) for x in lines] == [{"prompt": p, "output_tokens": 16, "output_tokens_count": 16}
@@ -730,3 +734,28 @@ def test_the_read_window_waits_only_once_every_stream_has_its_first_token(monkey
     r.feed(b"%x\r\n%s\r\n" % (len(e), e), 1.0)
     r.feed(b"%x\r\n%s\r\n0\r\n\r\n" % (len(e), e), 2.0)
     assert counts == [1, -1]  # released once, not again at the second token or the end
+
+
+def test_the_guidellm_launcher_puts_the_key_in_its_argument_inside_the_process(tmp_path):
+    """GuideLLM takes its key only as an argument: the launcher puts it there from the environment after exec, so
+    the process's command line (what `ps` shows) never holds it. A stand-in `guidellm` package reports what its
+    CLI received and what its own /proc/self/cmdline says."""
+    pkg = tmp_path / "guidellm"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    (pkg / "__main__.py").write_text(
+        "import json, os, sys\n"
+        "def cli():\n"
+        "    cmdline = open('/proc/self/cmdline', 'rb').read().decode()\n"
+        "    print(json.dumps({'argv': sys.argv, 'cmdline': cmdline, 'env': os.environ.get('MISTRAL_LAB_PEER_KEY')}))\n"
+        "    return 0\n")
+    argv = peers.guidellm_argv(f"{sys.executable.rsplit('/', 1)[0]}/guidellm", base_url="http://h:1",
+                               api_key="sk-secret", model="m", tokenizer="/t", dataset="/d", duration_s=5,
+                               concurrency=1, rate=None, warmup_s=0, out_path="/o")
+    env = {**os.environ, "PYTHONPATH": str(tmp_path), **peers.guidellm_env("sk-secret")}
+    r = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=60)
+    assert r.returncode == 0, r.stderr
+    seen = json.loads(r.stdout)
+    backend = seen["argv"][seen["argv"].index("--backend") + 1]
+    assert backend.endswith(",api_key=sk-secret") and seen["argv"][:2] == ["guidellm", "run"]
+    assert "sk-secret" not in seen["cmdline"] and seen["env"] is None  # out of the environment once read

@@ -46,6 +46,17 @@ def _load(self):
 CustomDataset.load_data = _load
 """ + VLLM_BENCH_SERVE
 PEER_NAMES = {"vllm": "vllm bench serve", "guidellm": "guidellm"}
+# GuideLLM 0.8 reads its API key only from its backend argument. Its own Python runs this in its place: the key
+# comes from the environment into the argument inside the process, so no command line (/proc/PID/cmdline, ps)
+# ever holds it.
+KEY_ENV = "MISTRAL_LAB_PEER_KEY"
+KEY_MARK = "@" + KEY_ENV + "@"
+GUIDELLM_LAUNCHER = f"""import os, sys
+from guidellm.__main__ import cli
+key = os.environ.pop({KEY_ENV!r}, "")
+sys.argv = ["guidellm"] + [a.replace({KEY_MARK!r}, key) for a in sys.argv[1:]]
+sys.exit(cli())
+"""
 PEER_TIMEOUT_S = 1800
 
 
@@ -127,18 +138,28 @@ def guidellm_argv(command: str, *, base_url: str, api_key: str | None, model: st
                   out_path: str) -> list[str]:
     """`guidellm run` (0.8) for one load level, bounded by time, with our prompts and a warm-up of `warmup_s`.
 
-    GuideLLM 0.8 takes the API key only among its backend arguments (neither its settings' environment nor a
-    scenario file carried it here): it is on the command line for the run, and `redacted` takes it out of the
-    command the run saves."""
-    backend = f"kind=openai_http,target={base_url},model={model}" + (f",api_key={api_key}" if api_key else "")
+    GuideLLM 0.8 takes the API key only among its backend arguments: the command carries a mark in its place,
+    which GUIDELLM_LAUNCHER, run by the Python beside `command` (its virtual environment's), replaces with the key
+    from the environment (`peer_env`)."""
+    backend = f"kind=openai_http,target={base_url},model={model}" + (f",api_key={KEY_MARK}" if api_key else "")
     profile = (f"kind=poisson,rate={rate:g}" if rate is not None else f"kind=concurrent,streams={concurrency or 1}")
     if warmup_s > 0:
         profile += f",warmup={warmup_s:g}"  # seconds before its clock, like our warm-up requests
-    return [*shlex.split(command), "run", "--backend", backend, "--profile", profile,
+    return [_python_of(command), "-c", GUIDELLM_LAUNCHER, "run", "--backend", backend, "--profile", profile,
             "--constraint", f"kind=max_duration,seconds={duration_s:g}",
             "--tokenizer", f"kind=huggingface_auto,model={tokenizer}",
             "--data", f"kind=json_file,path={dataset}", "--output", f"kind=json,path={out_path}",
             "--disable-console-interactive"]
+
+
+def _python_of(command: str) -> str:
+    """The Python that runs the guidellm command: the one beside it in its virtual environment."""
+    exe = shlex.split(command)[0]
+    return exe.rsplit("/", 1)[0] + "/python" if "/" in exe else "python3"
+
+
+def guidellm_env(api_key: str | None) -> dict[str, str]:
+    return {"HF_HUB_OFFLINE": "1", **({KEY_ENV: api_key} if api_key else {})}
 
 
 def _stat(metrics: dict[str, Any], name: str, what: str = "median") -> float | None:
@@ -166,7 +187,9 @@ def parse_guidellm(doc: dict[str, Any]) -> dict[str, Any]:
 
 def redacted(argv: list[str], secret: str | None) -> str:
     """The command as saved: no key, and the inline vLLM script shortened (the same every time)."""
-    out = [a if a not in (VLLM_BENCH_SERVE, VLLM_PEER_SCRIPT) else "<vllm bench serve script>" for a in argv]
+    scripts = {VLLM_BENCH_SERVE: "<vllm bench serve script>", VLLM_PEER_SCRIPT: "<vllm bench serve script>",
+               GUIDELLM_LAUNCHER: "<guidellm>"}
+    out = [scripts.get(a, a) for a in argv]
     if secret:
         out = [a.replace(secret, "***") for a in out]
     return shlex.join(out)

@@ -350,7 +350,7 @@ def _peer(tool: str, spec: BenchSpec, target: Target, sized: Sized, where: Place
                                    tokenizer=tools.tokenizer, dataset=data, duration_s=spec.duration_s,
                                    concurrency=conc, rate=rate, warmup_s=max((r["e2e_s"] for r in warm), default=0.0),
                                    out_path=result)
-        env = {"HF_HUB_OFFLINE": "1"}
+        env = peers.guidellm_env(target.api_key)
     say(f"▶ {peers.PEER_NAMES[tool]} at {w.label} " + (f"c={conc}" if rate is None else f"{rate:g}/s"))
     before = _server_counters(target)
     cpu0 = children_cpu_s()

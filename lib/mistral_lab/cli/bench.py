@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.text import Text
 
 from mistral_lab.errors import BadInput
 
@@ -61,9 +62,9 @@ def _list(deployment: str | None, as_json: bool) -> None:
     if not rows:
         console.print("no saved benchmark runs yet: mistral-lab bench NAME")
     for r in rows:
-        console.print(f"{r['run']}  {r['model']} {r['engine']} · {r['gpu']} · {r['where']}  "
-                      f"{', '.join(r['workloads'])}  best {r['best_output_tokens_per_s']:.1f} tok/s"
-                      + ("  [red]ended early[/red]" if r["aborted"] else ""))
+        console.print(Text.assemble(f"{r['run']}  {r['model']} {r['engine']} · {r['gpu']} · {r['where']}  "
+                                    f"{', '.join(r['workloads'])}  best {r['best_output_tokens_per_s']:.1f} tok/s",
+                                    ("  ended early", "red") if r["aborted"] else ""))
 
 
 @app.command("bench")
