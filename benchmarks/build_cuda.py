@@ -46,7 +46,7 @@ import tempfile
 import threading
 import time
 import zipfile
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -56,6 +56,7 @@ from mistral_lab import hardware  # noqa: E402
 from mistral_lab.engines import llamacpp_build as lb  # noqa: E402
 
 OUT = ROOT / "benchmarks" / "results" / "build_cuda.json"
+FAILED_OUT = Path(tempfile.gettempdir()) / "build_cuda_failed.json"
 SCRIPT = ROOT / "infra" / lb.SCRIPT
 CACHE = Path(os.environ.get("MISTRAL_LAB_CACHE", Path.home() / ".cache" / "mistral-lab"))
 SAMPLE_S = 15.0
@@ -151,7 +152,10 @@ def driver_calls(cache: Path) -> list[str]:
 
 
 def make_driver_stub(toolkit: Toolkit, names: list[str], dest: Path) -> Path:
-    """A libcuda.so (soname libcuda.so.1) defining `names` for the linker, as the toolkit's stubs/ folder does.
+    """A libcuda.so (soname libcuda.so.1) defining `names` for the linker, as the toolkit's stubs/ folder does,
+    and link/libcuda.so.1 beside it: the programs linked against libggml-cuda.so make the linker look for its
+    NEEDED libcuda.so.1, which a build machine without a driver lacks. That name sits in its own folder, handed to
+    the linker alone (-rpath-link), so no program finds the stub at run time through its RUNPATH.
 
     cuda.h maps some names to versioned symbols (cuMemGetInfo -> cuMemGetInfo_v2), so the symbols are read off
     an object that references each name through cuda.h, not taken from the names themselves."""
@@ -167,6 +171,9 @@ def make_driver_stub(toolkit: Toolkit, names: list[str], dest: Path) -> Path:
         body.write_text("".join(f"int {s}(void) {{ return 999; }}\n" for s in symbols))
         subprocess.run(["cc", "-shared", "-fPIC", "-Wl,-soname,libcuda.so.1", str(body), "-o", str(stub)],
                        check=True)
+    (dest / "link").mkdir(exist_ok=True)
+    (dest / "link" / "libcuda.so.1").unlink(missing_ok=True)
+    (dest / "link" / "libcuda.so.1").symlink_to("../libcuda.so")
     return stub
 
 
@@ -181,7 +188,9 @@ def cmake_extra(toolkit: Toolkit, cache: Path) -> list[str]:
                  f"-DCMAKE_CUDA_FLAGS=-I{cublas}/include"]
     if not toolkit.has_driver_stub:
         stub = make_driver_stub(toolkit, driver_calls(cache), extra_root / "stubs")
-        args.append(f"-DCUDA_cuda_driver_LIBRARY={stub}")
+        link = f"-Wl,-rpath-link,{stub.parent / 'link'}"
+        args += [f"-DCUDA_cuda_driver_LIBRARY={stub}", f"-DCMAKE_EXE_LINKER_FLAGS={link}",
+                 f"-DCMAKE_SHARED_LINKER_FLAGS={link}"]
     return args
 
 
@@ -295,19 +304,27 @@ def machine_facts(toolkit: Toolkit) -> dict:
                                      "driver_stub_compiled_here": not toolkit.has_driver_stub}}
 
 
-def run_one(arch: str, toolkit: Toolkit, extra: list[str], cache: Path, rebuild: bool, jobs: int) -> dict | None:
+def run_one(arch: str, toolkit: Toolkit, extra: list[str], cache: Path, rebuild: bool, jobs: int,
+            resume: bool = False) -> dict | None:
     key = lb.BuildKey(source=lb.DEFAULT_SOURCE, version=lb.DEFAULT_VERSION, backend="cuda", arch=arch)
     kdir = Path(lb.key_dir(key, str(cache)))
     if (kdir / "build.json").exists() and not rebuild:
         print(f"build_cuda: {key.dirname} is cached; --rebuild times it again", flush=True)
         return None
-    shutil.rmtree(kdir, ignore_errors=True)  # a timed build starts from nothing (the source stays cached)
+    if not resume:
+        shutil.rmtree(kdir, ignore_errors=True)  # a timed build starts from nothing (the source stays cached)
     env = {**os.environ, **lb.build_env(key, cache=str(cache), jobs=jobs), "CMAKE_EXTRA": " ".join(extra)}
-    print(f"build_cuda: building {key.dirname} (nice 19, {jobs} jobs)", flush=True)
+    print(f"build_cuda: building {key.dirname} (nice 19, {jobs} jobs{', resuming the kept tree' if resume else ''})",
+          flush=True)
     m = measure(["nice", "-n", "19", "bash", str(SCRIPT)], env)
     if m.returncode != 0:
-        raise SystemExit(f"build of {arch} failed ({m.returncode}):\n{m.stdout_tail}")
+        # A failed build's time is still a measurement of the steps it got through: keep it beside the log tail.
+        failed = {k: v for k, v in asdict(m).items() if k != "stdout_tail"}
+        FAILED_OUT.write_text(json.dumps({"arch": arch, **failed, "tail": m.stdout_tail[-2000:]}, indent=2))
+        raise SystemExit(f"build of {arch} failed ({m.returncode}, {m.wall_s:.0f} s wall, {m.cpu_s:.0f} CPU s; "
+                         f"{FAILED_OUT}):\n{m.stdout_tail}")
     rec = build_record(arch, key, m, cache)
+    rec["resumed"] = resume
     print(f"build_cuda: {arch}: {m.wall_s:.0f} s wall, {m.cpu_s:.0f} CPU s, load {m.load_mean_1m} mean", flush=True)
     return rec
 
@@ -467,6 +484,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--arch", action="append", help="CUDA arch(s), e.g. 90 or '89;90' (repeatable)")
     ap.add_argument("--rebuild", action="store_true", help="time a build again even where the cache has it")
+    ap.add_argument("--resume", action="store_true", help="continue a failed build's kept cmake tree (timed as such)")
     ap.add_argument("--jobs", type=int, default=os.cpu_count() or 2)
     ap.add_argument("--cache", type=Path, default=CACHE)
     ap.add_argument("--sample", nargs="?", const=",".join(SAMPLE), default=None, metavar="UNIT,...",
@@ -496,7 +514,7 @@ def main() -> None:
     archs = args.arch or ["90", "89", "89;90"]
     toolkit = find_toolkit()
     extra = cmake_extra(toolkit, args.cache)
-    records = [r for a in archs if (r := run_one(a, toolkit, extra, args.cache, args.rebuild, args.jobs))]
+    records = [r for a in archs if (r := run_one(a, toolkit, extra, args.cache, args.rebuild, args.jobs, args.resume))]
     old = json.loads(OUT.read_text()) if OUT.exists() else {}
     OUT.write_text(json.dumps(merge(old, records, machine_facts(toolkit)), indent=2) + "\n")
     print(f"build_cuda: wrote {OUT.relative_to(ROOT)}")
