@@ -339,9 +339,17 @@ def test_make_model_names_the_bad_field_and_the_fix(capsys):
         main(["make-model", "--like", "ministral-3b", "--quant", "Q4_X", "--dry-run"])
     err = capsys.readouterr().err
     assert e.value.code != 0 and "quant" in err and "Q4_K_M" in err and "BF16" in err
-    with pytest.raises(SystemExit):
-        main(["make-model", "--like", "mistral-large-3", "--dry-run"])
-    assert "dense" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # one dense and one MoE layer need two
+        main(["make-model", "--like", "mistral-large-3", "--layers", "1", "--dry-run"])
+    assert "layers" in capsys.readouterr().err
+    # MLA + MoE: written at a reduced depth by default, and the output says so beside the full size.
+    main(["make-model", "--like", "mistral-large-3", "--dry-run", "--json"])
+    large = json.loads(capsys.readouterr().out)
+    assert large["depth"] == "reduced depth 2 of 61 layers" and large["layers_written"] == 2
+    assert large["parameters"] < large["parameters_full_depth"] and 6.6e11 < large["parameters_full_depth"] < 6.8e11
+    main(["make-model", "--like", "mistral-small-4", "--dry-run"])
+    said = capsys.readouterr().out
+    assert "reduced depth 2 of 36 layers" in said and "MLA" in said and "None" not in said
 
     main(["make-model", "--like", "ministral-3b", "--quant", "Q4_K_M", "--dry-run", "--json"])
     arch = json.loads(capsys.readouterr().out)

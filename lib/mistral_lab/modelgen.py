@@ -425,6 +425,12 @@ def _mla_for(arch: Architecture, mla: MlaMoe | None) -> MlaMoe | None:
     return mla or mla_moe_details(arch)
 
 
+def default_layers(arch: Architecture) -> int | None:
+    """The depth `make_model` writes when none is asked: whole for dense models, DEFAULT_REDUCED_LAYERS for MLA +
+    MoE ones (a whole one would not fit a test machine)."""
+    return min(DEFAULT_REDUCED_LAYERS, arch.layers) if _mla_for(arch, None) is not None else None
+
+
 def plan_depth(arch: Architecture, layers: int | None = None, mla: MlaMoe | None = None) -> Depth:
     """The first `layers` of the model's layers (all by default). Leading dense-FFN layers keep their share of
     the depth, but a model that has both kinds keeps at least one dense and one MoE layer."""
@@ -1108,8 +1114,8 @@ def make_model(
     model = get_model(model_id)
     arch = model.architecture
     mla = _mla_for(arch, None)
-    if layers is None and mla is not None:
-        layers = min(DEFAULT_REDUCED_LAYERS, arch.layers)
+    if layers is None:
+        layers = default_layers(arch)
     depth = plan_depth(arch, layers, mla)
     quant = (quant or "F16").strip()
     context = model.capabilities.max_context

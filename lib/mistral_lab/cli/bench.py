@@ -182,6 +182,8 @@ def make_model_cmd(
                               "folder")] = "Q4_K_M",
     out: Annotated[str | None, Opt("--out", "-o", help="file (or folder for hf); default: the model cache")] = None,
     seed: Annotated[int, Opt("--seed")] = 0,
+    layers: Annotated[int | None, Opt("--layers", help="write only the first N layers, real-shaped (default: all; "
+                                      "2 for MLA + MoE models such as mistral-small-4 and mistral-large-3)")] = None,
     dry_run: Annotated[bool, Opt("--dry-run", help="print the architecture and the size, write nothing")] = False,
     as_json: Annotated[bool, Opt("--json")] = False,
 ) -> None:
@@ -195,23 +197,30 @@ def make_model_cmd(
     arch = model.architecture
     if quant.lower() != "hf":
         quant = modelgen.check_quant(quant)
-    specs = modelgen.tensor_specs(arch)
+    depth = modelgen.plan_depth(arch, layers if layers is not None else modelgen.default_layers(arch))
+    specs = modelgen.tensor_specs(arch, depth.layers)
     params = sum(math.prod(s.shape) for s in specs)
+    full = params if not depth.reduced else sum(math.prod(s.shape) for s in modelgen.tensor_specs(arch))
     info = {"like": model.id, "quant": quant, "layers": arch.layers, "hidden_size": arch.hidden_size,
             "heads": arch.heads, "kv_heads": arch.kv_heads, "head_dim": arch.head_dim,
             "intermediate_size": arch.intermediate_size, "vocab_size": arch.vocab_size,
-            "experts": arch.experts, "tensors": len(specs), "parameters": params,
-            "context_length": model.capabilities.max_context}
+            "experts": arch.experts, "attention": arch.attention, "depth": depth.label,
+            "layers_written": depth.layers, "tensors": len(specs), "parameters": params,
+            "parameters_full_depth": full, "context_length": model.capabilities.max_context}
     if not dry_run:
-        path = modelgen.make_model(model.id, quant, out, seed=seed)
+        path = modelgen.make_model(model.id, quant, out, seed=seed, layers=depth.layers)
         size = sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) if path.is_dir() else path.stat().st_size
         info.update(path=str(path), bytes=size)
     if as_json:
         print(json.dumps(info, indent=2))
         return
-    console.print(f"{model.name} architecture: {arch.layers} layers, hidden {arch.hidden_size}, {arch.heads} heads / "
-                  f"{arch.kv_heads} KV heads x {arch.head_dim}, FFN {arch.intermediate_size}, vocab {arch.vocab_size}; "
-                  f"{params / 1e9:.3f} B parameters in {len(specs)} tensors (text model, random weights)")
+    attention = (f"MLA (KV rank {arch.kv_lora_rank}), {arch.experts} experts" if arch.attention == "mla" else
+                 f"{arch.heads} heads / {arch.kv_heads} KV heads x {arch.head_dim}")
+    ffn = f", FFN {arch.intermediate_size}" if arch.intermediate_size else ""
+    written = (f"{depth.label}: {params / 1e9:.3f} B of its {full / 1e9:.3f} B parameters" if depth.reduced
+               else f"{params / 1e9:.3f} B parameters")
+    console.print(f"{model.name} architecture: {arch.layers} layers, hidden {arch.hidden_size}, {attention}{ffn}, "
+                  f"vocab {arch.vocab_size}; {written} in {len(specs)} tensors (text model, random weights)")
     if dry_run:
         console.print("dry run: nothing written")
     else:
