@@ -101,11 +101,11 @@ def test_deploy_notebook_in_jupyterlab_with_chromium(jupyterlab):
         shutil.copy(q, keep / q.name)
 
 
-def _drive(page, base: str, token: str, shots: Path) -> None:
+def open_and_run_all(page, base: str, token: str, notebook: str) -> None:
+    """Open a notebook in JupyterLab as a user would, take its kernel, and Run All Cells from the menu."""
     from playwright.sync_api import TimeoutError as PlaywrightTimeout
-    from playwright.sync_api import expect
 
-    page.goto(f"{base}/lab/tree/deploy.ipynb?token={token}")
+    page.goto(f"{base}/lab/tree/{notebook}?token={token}")
     page.locator(".jp-NotebookPanel").first.wait_for(timeout=90_000)
     # JupyterLab starts the notebook's kernel (python3 from its metadata) when it opens; if it asks, take it.
     dialog = page.locator(".jp-Dialog button.jp-mod-accept")
@@ -117,6 +117,12 @@ def _drive(page, base: str, token: str, shots: Path) -> None:
     page.locator(".jp-Notebook-ExecutionIndicator[data-status='idle']").first.wait_for(timeout=90_000)
     page.locator(".lm-MenuBar-itemLabel", has_text="Run").first.click()
     page.locator(".lm-Menu-itemLabel", has_text="Run All Cells").first.click()
+
+
+def _drive(page, base: str, token: str, shots: Path) -> None:
+    from playwright.sync_api import expect
+
+    open_and_run_all(page, base, token, "deploy.ipynb")
 
     panel = page.locator(".ml-deploy-panel")
     panel.wait_for(timeout=120_000)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from test_browser import CHROMIUM, jupyterlab  # noqa: F401  (the fixture)
+from test_browser import CHROMIUM, jupyterlab, open_and_run_all  # noqa: F401  (the fixture)
 
 NAME = "wspanel"
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
@@ -64,7 +64,6 @@ def _ask_as_l01(home: Path) -> int:
 def test_the_instructor_panel_follows_the_room_in_jupyterlab(jupyterlab):  # noqa: F811
     if not (shutil.which("nginx") or os.path.exists("/usr/sbin/nginx")):
         pytest.skip("nginx is not installed (scripts/bootstrap.sh installs it)")
-    from playwright.sync_api import TimeoutError as PlaywrightTimeout
     from playwright.sync_api import expect, sync_playwright
 
     base, token, tmp = jupyterlab
@@ -74,17 +73,7 @@ def test_the_instructor_panel_follows_the_room_in_jupyterlab(jupyterlab):  # noq
                                     args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"])
         page = browser.new_page(viewport={"width": 1400, "height": 1000})
         try:
-            page.goto(f"{base}/lab/tree/panel.ipynb?token={token}")
-            page.locator(".jp-NotebookPanel").first.wait_for(timeout=90_000)
-            dialog = page.locator(".jp-Dialog button.jp-mod-accept")
-            try:
-                dialog.first.wait_for(timeout=20_000)
-                dialog.first.click()
-            except PlaywrightTimeout:
-                pass
-            page.locator(".jp-Notebook-ExecutionIndicator[data-status='idle']").first.wait_for(timeout=90_000)
-            page.locator(".lm-MenuBar-itemLabel", has_text="Run").first.click()
-            page.locator(".lm-Menu-itemLabel", has_text="Run All Cells").first.click()
+            open_and_run_all(page, base, token, "panel.ipynb")
             row = page.locator(".ml-workshop-panel tr[data-learner='l01']")
             row.wait_for(timeout=600_000)
             # The widget redraws its table on every tick: locators, not element handles, follow it.
