@@ -458,6 +458,11 @@ def weighted_estimate(rows: list[dict], counts: dict[str, int], archs: list[str]
     return {"cuda_units_cpu_s": est, "ratio_to_90": {a: round(v / base, 2) for a, v in est.items()}}
 
 
+def write_out(doc: dict) -> None:
+    """The result file, with this machine's home folder written as ~ (the paths are the recipe's, not a place)."""
+    OUT.write_text(json.dumps(doc, indent=2).replace(str(Path.home()) + "/", "~/") + "\n")
+
+
 def merge(old: dict, new_records: list[dict], facts: dict) -> dict:
     records = {r["arch"]: r for r in old.get("builds", [])}
     records.update({r["arch"]: r for r in new_records})
@@ -465,7 +470,9 @@ def merge(old: dict, new_records: list[dict], facts: dict) -> dict:
     return {
         "what": "llama.cpp (llama-cpp-python 0.3.36 sdist) compiled with CUDA by infra/llamacpp-build.sh, "
                 "per DigitalOcean GPU architecture and both",
-        "how": "each build from an empty build folder (source extracted once), under nice -n 19; cpu_s = user+sys "
+        "how": "each build from an empty build folder (source extracted once; a record with resumed: true "
+               "continued a failed build's kept tree, and its first_attempt says how far that got), under nice -n 19; "
+               "cpu_s = user+sys "
                "of the whole process tree (wait4 rusage); load_avg_* = 1-minute load sampled every 15 s; "
                "others_core_s = CPU seconds the rest of the machine used meanwhile (/proc/stat). The machine is "
                "shared with other developers: compare cpu_s between builds, wall_s only with the load beside it.",
@@ -477,6 +484,7 @@ def merge(old: dict, new_records: list[dict], facts: dict) -> dict:
         "recipe_needs": RECIPE_NEEDS,
         "configure_checks": old.get("configure_checks", {}),
         "pack": old.get("pack"),  # benchmarks/gpu/pack.sh's sizes of the sm_90 build, as carried to a GPU
+        "full_build_cpu_s_estimate": old.get("full_build_cpu_s_estimate"),
     }
 
 
@@ -497,7 +505,7 @@ def main() -> None:
         check = configure_check(args.configure_with, args.cache, cmake_extra(toolkit, args.cache))
         doc = merge(json.loads(OUT.read_text()) if OUT.exists() else {}, [], machine_facts(find_toolkit()))
         doc["configure_checks"][check["cmake"]] = check
-        OUT.write_text(json.dumps(doc, indent=2) + "\n")
+        write_out(doc)
         print(json.dumps(check, indent=2))
         return
     if args.sample:
@@ -508,7 +516,7 @@ def main() -> None:
         result = sample_units(build_dir, ["90", "89", "89;90"], args.sample.split(","), earlier)
         doc["sampled_units"] = {"how": "each unit compiled alone under nice -n 19 with the sm_90 build's nvcc "
                                        "command, its --generate-code swapped; cpu_s = user+sys (wait4)", **result}
-        OUT.write_text(json.dumps(doc, indent=2) + "\n")
+        write_out(doc)
         print(f"build_cuda: wrote {OUT.relative_to(ROOT)}")
         return
     archs = args.arch or ["90", "89", "89;90"]
@@ -516,7 +524,7 @@ def main() -> None:
     extra = cmake_extra(toolkit, args.cache)
     records = [r for a in archs if (r := run_one(a, toolkit, extra, args.cache, args.rebuild, args.jobs, args.resume))]
     old = json.loads(OUT.read_text()) if OUT.exists() else {}
-    OUT.write_text(json.dumps(merge(old, records, machine_facts(toolkit)), indent=2) + "\n")
+    write_out(merge(old, records, machine_facts(toolkit)))
     print(f"build_cuda: wrote {OUT.relative_to(ROOT)}")
 
 
