@@ -603,3 +603,17 @@ def test_reduced_depth_mla_moe_runs_in_llamacpp_with_the_catalog_shapes(
         )
     finally:
         path.unlink(missing_ok=True)  # pytest keeps the last runs' tmp folders: not gigabytes of them
+
+
+def test_llama_quantize_is_one_that_starts_here(tmp_path):
+    """A CUDA build on a machine without the GPU driver cannot start (libcuda.so.1 missing): the newest build
+    that loads is taken instead of the newest build."""
+    old, new = tmp_path / "llama.cpp" / "0.1-cpu" / "bin", tmp_path / "llama.cpp" / "0.2-cuda-90" / "bin"
+    for folder, script in ((old, "#!/bin/sh\necho usage\nexit 1\n"),
+                           (new, "#!/bin/sh\necho 'error while loading shared libraries: libcuda.so.1' >&2\n"
+                                 "exit 127\n")):
+        folder.mkdir(parents=True)
+        (folder / "llama-quantize").write_text(script)
+        (folder / "llama-quantize").chmod(0o755)
+        time.sleep(0.01)
+    assert modelgen.find_llama_quantize(tmp_path) == old / "llama-quantize"

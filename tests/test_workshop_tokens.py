@@ -131,9 +131,12 @@ def _stream(c: httpx.Client, **body) -> list[dict | str]:
 
 
 def _me(c: httpx.Client) -> dict:
+    """A learner's counts (the workshop's remaining seconds, which tick, are checked apart)."""
     r = c.get("/workshop/me")
     assert r.status_code == 200, r.text
-    return r.json()
+    me = r.json()
+    assert 0 < me.pop("ends_in_s") <= 3600
+    return me
 
 
 def _row(learner: str) -> ws_mod.LearnerUsage:

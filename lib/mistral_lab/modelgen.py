@@ -1036,20 +1036,32 @@ def write_hf(
 
 
 def find_llama_quantize(cache: Path | None = None) -> Path:
-    """llama-quantize from PATH or from a llama.cpp build in the cache (any backend: it only reads and writes files)."""
+    """llama-quantize from PATH or from a llama.cpp build in the cache (any backend: it only reads and writes files),
+    newest first, skipping a build that cannot start here (a CUDA build on a machine without the driver's
+    libcuda.so.1)."""
     on_path = shutil.which("llama-quantize")
     if on_path:
         return Path(on_path)
     root = (cache or DEFAULT_CACHE) / "llama.cpp"
     found = sorted(root.glob("*/bin/llama-quantize"), key=lambda p: p.stat().st_mtime, reverse=True)
-    if found:
-        return found[0]
+    for tool in found:
+        if _starts(tool):
+            return tool
     raise MistralLabError(
         "llama-quantize not found (needed for K-quants such as Q4_K_M)",
         field="quant",
         fix="build llama.cpp with infra/llamacpp-build.sh (it builds llama-quantize), "
         "or pick F16, BF16 or Q8_0",
     )
+
+
+def _starts(tool: Path) -> bool:
+    """Whether the program loads here: the dynamic loader fails with 127 before main when a library is missing."""
+    try:
+        r = subprocess.run([str(tool), "--help"], capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return r.returncode != 127 and "error while loading shared libraries" not in r.stderr
 
 
 def model_fingerprint(
