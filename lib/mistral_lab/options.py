@@ -135,6 +135,10 @@ class DigitalOceanOptions(HostOptions):
                                                                    "(default: this machine's public address)")
     https_from: list[str] | None = Field(default=None, description="digitalocean: CIDRs allowed to reach https_port")
     https_port: int = Field(default=443, ge=1, le=65535)
+    acme_http_port: int | None = Field(default=None, ge=1, le=65535,
+                                       description="digitalocean: a port opened to the whole internet for an ACME "
+                                                   "CA's HTTP-01 check (a workshop --domain; the proxy serves only "
+                                                   "the CA's token there)")
     expires_at: int | None = Field(default=None, gt=0, description="unix seconds: the droplet's expiry tag")
     ssh_user: str = Field(default="mistral", validation_alias=AliasChoices("ssh_user", "user"))
     service_user: str = Field(default="mlserve", description="digitalocean: the unprivileged user the model server "

@@ -25,7 +25,10 @@ through the proxy's own nginx, a deploy hook that reloads it, a renewer beside t
 self-signed certificate stays and the cards say how to check its fingerprint.
 
 On DigitalOcean the firewall opens the proxy's port to the same CIDRs only (SSH stays open to the instructor
-only), and the droplet carries an expiry tag that `mistral-lab sweep --expired` acts on.
+only; with a domain, the CA's HTTP-01 port to everyone, where nginx serves only the CA's token, once the name
+resolves to the new droplet), and the droplet carries an expiry tag that `mistral-lab sweep --expired` acts on; with
+a deadline token (`lifecycle/deadline.py`) it also removes itself at its end or when idle. A cache volume
+(`hosts/do_volumes.py`) keeps the weights for the next workshop in the region.
 
 Records: the workshop's files live in the deployment's folder (`state.deployment_dir(name)`): `workshop.json` (no
 secret), and 0600 `learner-keys.json`, `cards.html`, `cards.csv`. `down` destroys all of it with the deployment.
@@ -93,6 +96,9 @@ USAGE_DICT_MB = 1  # the shared dict of per-learner counts: two numbers a learne
 MAX_TOKENS_PER_LEARNER = 1_000_000_000
 LETS_ENCRYPT = "https://acme-v02.api.letsencrypt.org/directory"
 ACME_HTTP_PORT = 80
+# A new droplet's address is known only once it exists: up prints it and waits this long for the domain's A record.
+DNS_WAIT_MINUTES = 30.0
+DNS_LOOK_EVERY_S = 10.0
 ACME_RENEW_EVERY_S = 12 * 3600  # certbot's own advice: try twice a day; it renews only near the end
 _DOMAIN = re.compile(r"^(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z][a-z0-9-]{0,61}[a-z0-9]$")
 _SAFE_PATH = re.compile(r"^/[A-Za-z0-9._/+-]+$")
@@ -133,6 +139,7 @@ class RoomRequest(BaseModel):
     acme_email: str | None = None
     acme_http_port: int = Field(default=ACME_HTTP_PORT, ge=1, le=65535)
     acme_ca_bundle: str | None = None  # a private ACME CA's own HTTPS certificate(s), a file on the host
+    dns_wait_minutes: float = Field(default=DNS_WAIT_MINUTES, gt=0, le=240)  # DigitalOcean: for the A record
     idle_minutes: int | None = Field(default=None, ge=1, le=int(MAX_HOURS * 60))
     cache_volume: bool | str | None = None  # DigitalOcean: weights on a Volume kept for the next workshop
 
@@ -149,7 +156,8 @@ class RoomRequest(BaseModel):
                  "tokens_per_learner": "give --tokens-per-learner of 1 or more (prompt + completion tokens a "
                                        "learner may use in the whole workshop)",
                  "acme_http_port": "give a port between 1 and 65535 (the CA checks port 80 on the internet)",
-                 "idle_minutes": f"give --idle-minutes between 1 and {int(MAX_HOURS * 60)}"}
+                 "idle_minutes": f"give --idle-minutes between 1 and {int(MAX_HOURS * 60)}",
+                 "dns_wait_minutes": "give --dns-wait-minutes above 0 and at most 240"}
         try:
             req = cls(**{k: v for k, v in fields.items() if v is not None})
         except ValidationError as e:
@@ -174,13 +182,6 @@ def _check_domain(req: RoomRequest) -> None:
         raise BadInput(f"{req.domain!r} is not a DNS name a CA can certify", field="domain",
                        fix="give the workshop's own name in lowercase, e.g. --domain ws.example.org, with an A record "
                            "to the host (an address cannot have a Let's Encrypt certificate)")
-    if req.target == "digitalocean":
-        # HTTP-01 needs port 80 open to the CA's addresses (all of them); the droplet's firewall opens the proxy's
-        # port to the room only, and nothing else.
-        raise BadInput("--domain on DigitalOcean needs port 80 open to the internet for the CA's check, which the "
-                       "droplet's firewall does not open", field="domain",
-                       fix="leave --domain out (the cards carry the certificate's fingerprint), or run the workshop "
-                           "on an SSH host whose port 80 is reachable: --target ssh --domain ...")
     if not req.acme_server.startswith("https://"):
         raise BadInput("the ACME directory must be an https:// URL", field="acme_server",
                        fix=f"leave it out for Let's Encrypt ({LETS_ENCRYPT})")
@@ -690,6 +691,36 @@ def served_certificate(host: Host, ws: Workshop) -> str:
     return host.run(f"cat {shlex.quote(ws.proxy_root)}/cert.pem", retry_safe=True).stdout
 
 
+def resolves_to(host: Host, domain: str) -> set[str]:
+    """The IPv4 addresses `domain` resolves to on the host (its resolver: what the CA will see, give or take
+    caching), empty when it does not resolve."""
+    r = host.run(f"getent ahostsv4 {shlex.quote(domain)} | cut -d' ' -f1 | sort -u", check=False, retry_safe=True)
+    return set(r.stdout.split()) if r.ok else set()
+
+
+def wait_for_dns(host: Host, domain: str, address: str, *, minutes: float, say: LineSink,
+                 every_s: float = DNS_LOOK_EVERY_S) -> None:
+    """A droplet's address exists only now: ask for the A record, and wait (bounded, saying so each minute) until
+    the name resolves to it, so certbot does not spend a CA's failed-validation limit on a name not yet there."""
+    if address in resolves_to(host, domain):
+        return
+    say(f"  set {domain}'s DNS A record to {address} now; waiting up to {minutes:g} min for it to resolve")
+    t0 = time.monotonic()
+    said = t0
+    while address not in (seen := resolves_to(host, domain)):
+        if time.monotonic() - t0 > minutes * 60:
+            raise BadInput(f"{domain} does not resolve to the droplet's address {address} after {minutes:g} min "
+                           f"(it resolves to {', '.join(sorted(seen)) or 'nothing'})", field="domain",
+                           fix=f"add an A record {domain} -> {address} and run up again; or leave --domain out "
+                               "(the cards carry the certificate's fingerprint)")
+        if time.monotonic() - said >= 60:
+            said = time.monotonic()
+            say(f"  … {domain} resolves to {', '.join(sorted(seen)) or 'nothing'} so far "
+                f"({(said - t0) / 60:.0f} min)")
+        time.sleep(every_s)
+    say(f"  {domain} resolves to {address}")
+
+
 def obtain_certificate(host: Host, ws: Workshop, email: str | None, say: LineSink) -> None:
     """certbot on the host: the CA checks the domain through the proxy's plain-HTTP port, the deploy hook puts
     the certificate beside nginx.conf and reloads; then the renewer starts. The proxy runs with the self-signed
@@ -921,6 +952,8 @@ def up(req: RoomRequest | RoomPlan, *, options: dict[str, Any] | None = None, sa
             opts["allow_from"] = req.ssh_from
         if req.cache_volume:
             opts.update(cache_volume=req.cache_volume, cache_volume_gib=room.cache_gib)
+        if req.domain:  # the CA's HTTP-01 check comes from anywhere on the internet
+            opts["acme_http_port"] = req.acme_http_port
     try:
         dep = deploy(_plan_request(req), options=opts, say=say, start_timeout=start_timeout, keep_on_failure=False)
         if ws.public_host is None and req.target != "local":
@@ -933,6 +966,8 @@ def up(req: RoomRequest | RoomPlan, *, options: dict[str, Any] | None = None, sa
         with session.open_host(dep) as host:
             install_proxy(host, ws, dep, keys, cert, say)
             if ws.domain:
+                if ws.target == "digitalocean":
+                    wait_for_dns(host, ws.domain, dep.host.address or "", minutes=req.dns_wait_minutes, say=say)
                 obtain_certificate(host, ws, req.acme_email, say)
             if deadline_token:
                 _keep_deadline(host, ws, dep, deadline_token, opts, say)

@@ -64,6 +64,8 @@ def up_cmd(
     acme_email: Annotated[str | None, Opt(help="the CA's contact for expiry notices (optional)")] = None,
     acme_http_port: Annotated[int, Opt(help="where the CA's HTTP-01 check arrives (80 on the internet)")] =
         ws_mod.ACME_HTTP_PORT,
+    dns_wait_minutes: Annotated[float, Opt(help="digitalocean --domain: how long to wait for the A record to the new "
+                                                "droplet's address (up prints it)")] = ws_mod.DNS_WAIT_MINUTES,
     idle_minutes: Annotated[int | None, Opt(help="digitalocean: the droplet removes itself after this long with no "
                                                  "learner request (needs MISTRAL_LAB_DEADLINE_TOKEN)")] = None,
     cache_volume: flags.CacheVolume = None,
@@ -99,6 +101,7 @@ def up_cmd(
                                 https_port=https_port, public_host=public_host, rate_per_min=rate, burst=burst,
                                 max_tokens=max_tokens, tokens_per_learner=tokens_per_learner, domain=domain,
                                 acme_server=acme_server, acme_email=acme_email, acme_http_port=acme_http_port,
+                                dns_wait_minutes=dns_wait_minutes,
                                 idle_minutes=idle_minutes, cache_volume=flags.cache_option(cache_volume),
                                 engine=engine, gpu=gpu, region=region,
                                 context=context, vision=vision)

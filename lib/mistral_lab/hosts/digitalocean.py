@@ -12,6 +12,7 @@ Options (`mistral_lab.options.DigitalOceanOptions`; ProvisionRequest.options ove
                       address as https://api.ipify.org sees it, as a /32 (/128 for IPv6)
   https_from          CIDR(s) allowed to reach `https_port` (a workshop's proxy); default: the port stays closed
   https_port          the port `https_from` opens (default 443)
+  acme_http_port      a port opened to everyone for an ACME CA's HTTP-01 check (a workshop --domain); default: none
   expires_at          unix seconds; the droplet is tagged `mistral-lab-expires:<it>` for `sweep --expired`
   ssh_user (or user)  the non-root sudo user cloud-init creates (default "mistral")
   key                 your own SSH private key (unencrypted) to log in with; default: a key made for the deployment
@@ -366,9 +367,11 @@ class DigitalOceanTarget:
 
     def _ensure_firewall(self, api: DOApi, names: res.Names, allow_from: list[str], say: LineSink,
                          settings: DigitalOceanOptions, *, look: bool) -> dict:
-        wanted = res.firewall_body(names, allow_from, https_from=settings.https_from, https_port=settings.https_port)
+        wanted = res.firewall_body(names, allow_from, https_from=settings.https_from, https_port=settings.https_port,
+                                   acme_port=settings.acme_http_port)
         opened = f"SSH from {', '.join(allow_from)}" + (
-            f", port {settings.https_port} from {', '.join(settings.https_from)}" if settings.https_from else "")
+            f", port {settings.https_port} from {', '.join(settings.https_from)}" if settings.https_from else "") + (
+            f", port {settings.acme_http_port} from anywhere (the CA's check)" if settings.acme_http_port else "")
         for fw in api.list_firewalls() if look else []:
             if fw.get("name") == wanted["name"]:
                 if not res.firewall_matches(fw, wanted):

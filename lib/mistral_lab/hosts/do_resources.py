@@ -219,14 +219,18 @@ def parse_allow_from(value: str | list[str]) -> list[str]:
 
 
 def firewall_body(names: Names, allow_from: list[str], *, https_from: list[str] | None = None,
-                  https_port: int = 443) -> dict[str, Any]:
-    """Inbound: TCP 22 from the caller only, and (a workshop) the HTTPS port from the room's networks only.
+                  https_port: int = 443, acme_port: int | None = None) -> dict[str, Any]:
+    """Inbound: TCP 22 from the caller only, and (a workshop) the HTTPS port from the room's networks only; with a
+    domain, the ACME CA's HTTP-01 port from everywhere (Let's Encrypt checks from several places on the internet
+    and publishes no list of them; the proxy answers there only with the CA's token).
     Outbound: everything; a DO firewall with no outbound rules blocks all outbound traffic, and the droplet must
     download packages and weights."""
     everywhere = {"addresses": ["0.0.0.0/0", "::/0"]}
     inbound = [{"protocol": "tcp", "ports": "22", "sources": {"addresses": list(allow_from)}}]
     if https_from:
         inbound.append({"protocol": "tcp", "ports": str(https_port), "sources": {"addresses": list(https_from)}})
+    if acme_port:
+        inbound.append({"protocol": "tcp", "ports": str(acme_port), "sources": everywhere})
     return {
         "name": names.resource,
         "inbound_rules": inbound,
