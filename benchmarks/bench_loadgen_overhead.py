@@ -9,7 +9,10 @@ Three measurements, each interleaved (A, B, A, B, ...) and repeated, with the lo
   history at 9a99dec) on the same server, as the baseline;
 - against a replay of that server's own stream (one real 256-token response, captured byte for byte, sent again
   as fast as a small standard-library server can): one worker process against two, at concurrency 64, where one
-  process is the limit.
+  process is the limit;
+- against that stream paced like a batching GPU server (one token per stream per 10 ms decode step, all streams in
+  the same step) at concurrency 16, 64 and 128: one small packet per token per stream, which no read window can
+  gather within a stream, at the aggregate rates (1,600 to 12,800 tok/s) where a client could become the limit.
 
 CPU time is the load generator's own accounting: each process's `time.process_time()` over the point (the
 coordinator and every worker), as `bench` records it; and, for the whole process tree from start to exit
@@ -22,9 +25,12 @@ load; wall-clock throughput is not (read the load average).
 from __future__ import annotations
 
 import argparse
+import asyncio
+import contextlib
 import json
 import os
 import platform
+import re
 import resource
 import signal
 import statistics
@@ -34,6 +40,7 @@ import tempfile
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -41,6 +48,10 @@ OUT = ROOT / "benchmarks" / "results" / "bench_loadgen_overhead.json"
 TOKENS = 256
 KEY = "ml-overhead-key"
 BASELINE_COMMIT = "9a99dec"  # the last commit with loadgen v1
+# A decode step of 10 ms (100 tok/s per stream) is a mid-size model's pace on one data-centre GPU under load; at
+# 16 to 128 streams that is 1,600 to 12,800 tok/s in all, the aggregate rates a client has to keep up with.
+PACED_STEP_S = 0.010
+PACED_LEVELS = (16, 64, 128)
 
 
 def _children_cpu() -> float:
@@ -151,6 +162,62 @@ def _replay_server(events: list[bytes]) -> ThreadingHTTPServer:
     return server
 
 
+def _paced_server(events: list[bytes], step_s: float) -> tuple[int, Callable[[], None]]:
+    """The same captured events, one per stream per decode step of `step_s`, every stream's in the same step, as
+    a batching GPU server sends them (each running sequence gets its next token in each forward pass): one small
+    packet per token per stream, the case a read window cannot gather within one stream."""
+    loop = asyncio.new_event_loop()
+    streams: list[list] = []  # [writer, next event, future set when the last event is out]
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                length = re.search(rb"(?i)content-length:\s*(\d+)", head)
+                await reader.readexactly(int(length.group(1)) if length else 0)
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n")
+                done = loop.create_future()
+                streams.append([writer, 0, done])
+                await done
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+    async def decode() -> None:
+        t = loop.time()
+        while True:
+            t += step_s
+            await asyncio.sleep(max(0.0, t - loop.time()))
+            for s in list(streams):
+                e = events[s[1]]
+                s[0].write(b"%x\r\n%s\r\n" % (len(e), e))
+                s[1] += 1
+                if s[1] == len(events):
+                    s[0].write(b"0\r\n\r\n")
+                    streams.remove(s)
+                    s[2].set_result(None)
+
+    server = loop.run_until_complete(asyncio.start_server(handle, "127.0.0.1", 0))
+    port = server.sockets[0].getsockname()[1]
+    task = loop.create_task(decode())
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+
+    async def shutdown() -> None:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        server.close()
+
+    def stop() -> None:
+        asyncio.run_coroutine_threadsafe(shutdown(), loop).result(5)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(5)
+
+    return port, stop
+
+
 def _summary(rows: list[dict]) -> list[dict]:
     """Mean and spread over repeats, per client and concurrency."""
     out = []
@@ -224,6 +291,20 @@ def main() -> None:
                       f"{replay[-1]['core_pct_per_1k_tok_s']:.2f}% of a core per 1,000 tok/s", flush=True)
     finally:
         server.shutdown()
+    paced: list[dict] = []
+    port, stop = _paced_server(events, PACED_STEP_S)
+    try:
+        url = f"http://127.0.0.1:{port}/v1"
+        for rep in range(args.repeats):
+            for c in PACED_LEVELS:
+                label = f"paced, {PACED_STEP_S * 1000:g} ms steps"
+                docs, tree = _loadgen(new, _spec(url, [c], args.seconds, {}, read_window_s=0.002), None)
+                paced += _rows(docs, tree, label, rep)
+                print(f"{label:>30} c={c:<3} #{rep + 1}: {paced[-1]['tokens_per_s']:7.0f} tok/s, "
+                      f"{paced[-1]['core_pct_per_1k_tok_s']:.2f}% of a core per 1,000 tok/s "
+                      f"({paced[-1]['workers']} worker(s), load {os.getloadavg()[0]:.1f})", flush=True)
+    finally:
+        stop()
     result = {
         "what": "client CPU of the load generator (all its processes) per 1,000 streamed tokens, as % of one core "
                 "per 1,000 tok/s (goal: 2% or less)",
@@ -231,6 +312,10 @@ def main() -> None:
         "real_llama_server": {"summary": _summary(real), "points": real},
         "replayed_at_full_speed": {"summary": _summary(replay), "points": replay,
                                    "events_per_request": len(events)},
+        "paced_like_a_gpu": {"summary": _summary(paced), "points": paced, "step_s": PACED_STEP_S,
+                             "what": "every stream gets one token per decode step, all streams in the same step, "
+                                     "as a batching server sends them; the client as `bench` runs it (2 ms read "
+                                     "window, workers as the load needs)"},
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform(),
                     "gpu": None, "loadavg_before": [round(x, 2) for x in load_before],
                     "loadavg_after": [round(x, 2) for x in os.getloadavg()],
@@ -239,7 +324,8 @@ def main() -> None:
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
-    for s in result["real_llama_server"]["summary"] + result["replayed_at_full_speed"]["summary"]:
+    for s in (result["real_llama_server"]["summary"] + result["replayed_at_full_speed"]["summary"]
+              + result["paced_like_a_gpu"]["summary"]):
         p = s["core_pct_per_1k_tok_s"]
         print(f"{s['client']:>30} c={s['concurrency']:<2}: {p['mean']:.2f}% ± {p['stdev']:.2f} of a core per 1,000 "
               f"tok/s at {s['tokens_per_s_mean']:.0f} tok/s (whole tree {s['tree_core_pct_per_1k_tok_s_mean']:.2f}%; "

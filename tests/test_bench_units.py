@@ -668,6 +668,17 @@ class _SlowStream(socketserver.BaseRequestHandler):
             self.request.sendall(b"%x\r\n%s\r\n0\r\n\r\n" % (len(e), e))
 
 
+def test_one_worker_takes_hundreds_of_streams_unless_told(monkeypatch):
+    # A second process halves the tokens each wake-up gathers and cost 2.5-3x the CPU at 64-128 paced streams
+    # (benchmarks/results/bench_loadgen_overhead.json): it starts only past 256 streams, or when one is busy.
+    monkeypatch.setattr(os, "cpu_count", lambda: 16)
+    assert [loadgen.workers_for({"concurrency": c}, {}) for c in (1, 64, 128, 256, 257, 1024)] == [1, 1, 1, 1, 2, 4]
+    assert loadgen.workers_for({"max_concurrency": 600}, {}) == 3
+    assert loadgen.workers_for({"concurrency": 128}, {"workers": 3}) == 3
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    assert loadgen.workers_for({"concurrency": 4096}, {}) == 2
+
+
 @pytest.mark.parametrize(("workers", "window"), [(1, 0.0), (2, 0.0), (2, 0.004)])
 def test_points_are_bounded_by_time_and_split_over_workers(tmp_path, workers, window):
     server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), _SlowStream)

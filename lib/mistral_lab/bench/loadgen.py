@@ -54,8 +54,12 @@ MAX_ERROR_BODY = 65536
 MAX_HEAD = 65536
 # A worker busier than this share of a core may set the pace itself: the next point gets more workers.
 WORKER_BUSY = 0.5
-# Closed-loop streams one worker takes before a second one starts (a priori; WORKER_BUSY corrects it).
-STREAMS_PER_WORKER = 64
+# Closed-loop streams one worker takes before a second one starts (a priori; WORKER_BUSY corrects it). A second
+# process is no free help: each then gathers half the tokens per wake-up, and at 64 and 128 streams paced like a GPU
+# (10 ms steps, 6,600 and 13,000 tok/s) two workers took 2.5 to 3 times the CPU of one (3.3% against 1.1-1.5% of a
+# core per 1,000 tok/s; benchmarks/bench_loadgen_overhead.py), while one worker streamed 80,000-135,000 tok/s of
+# replay before it was half busy. So one worker per 256 streams, and more only when one is seen to be busy.
+STREAMS_PER_WORKER = 256
 # Workers start together this long after they are told to, so every one is waiting when the clock starts.
 START_LEAD_S = 0.1
 # The server's counters are read until two reads this far apart agree: servers update them just after the
