@@ -5,6 +5,7 @@ load generator's portability, its SSE accounting, its worker processes and its t
 from __future__ import annotations
 
 import ast
+import contextlib
 import io
 import json
 import os
@@ -14,6 +15,7 @@ import socketserver
 import subprocess
 import sys
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -253,6 +255,25 @@ def test_vllm_bench_serve_command_forces_length_and_saves():
     assert fig.tokens_per_s == 900.0 and fig.detail["completed"] == 64
 
 
+@contextlib.contextmanager
+def _stub_server(handler: type) -> Iterator[str]:
+    """A threaded stand-in server on loopback, for the load generator's own behaviour; yields its base URL."""
+    server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), handler)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def _run_loadgen(tmp_path: Path, spec: dict) -> list[dict]:
+    out = tmp_path / "records.jsonl"
+    assert loadgen.run(spec, str(out), None) is None
+    return [json.loads(line) for line in out.read_text().splitlines()]
+
+
 class _OneRequestPerConnection(socketserver.BaseRequestHandler):
     """Answers the first request on a connection with a short SSE stream, then closes the connection when the next
     request arrives, without answering it and without having said `Connection: close` (HTTP/1.1 allows it)."""
@@ -275,19 +296,12 @@ class _OneRequestPerConnection(socketserver.BaseRequestHandler):
 
 
 def test_a_kept_alive_connection_closed_under_us_is_retried_on_a_new_one(tmp_path):
-    server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), _OneRequestPerConnection)
-    server.daemon_threads = True
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        spec = {"model": "m", "base_url": f"http://127.0.0.1:{server.server_address[1]}/v1", "points": [
-            {"index": 0, "workload": "w", "concurrency": 1, "max_requests": 12, "max_duration_s": 30, "warmup": 4}],
-            "workloads": {"w": {"kind": "chat", "prompts": ["hi"], "max_tokens": 3}}, "max_total_s": 60}
-        out = tmp_path / "records.jsonl"
-        assert loadgen.run(spec, str(out), None) is None
-    finally:
-        server.shutdown()
-        server.server_close()
-    docs = [json.loads(line) for line in out.read_text().splitlines()]
+    with _stub_server(_OneRequestPerConnection) as url:
+        docs = _run_loadgen(tmp_path, {
+            "model": "m", "base_url": url + "/v1", "points": [
+                {"index": 0, "workload": "w", "concurrency": 1, "max_requests": 12, "max_duration_s": 30,
+                 "warmup": 4}],
+            "workloads": {"w": {"kind": "chat", "prompts": ["hi"], "max_tokens": 3}}, "max_total_s": 60})
     recs = [d for d in docs if d["type"] == "request" and not d["warmup"]]
     # The warm-up leaves four idle connections, all of which the server drops on their next request: a retry that
     # took another one from the pool would fail again.
@@ -681,23 +695,14 @@ def test_one_worker_takes_hundreds_of_streams_unless_told(monkeypatch):
 
 @pytest.mark.parametrize(("workers", "window"), [(1, 0.0), (2, 0.0), (2, 0.004)])
 def test_points_are_bounded_by_time_and_split_over_workers(tmp_path, workers, window):
-    server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), _SlowStream)
-    server.daemon_threads = True
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    url = f"http://127.0.0.1:{server.server_address[1]}"
-    try:
-        spec = {"model": "m", "base_url": url + "/v1", "metrics_url": url + "/metrics", "workers": workers,
-                "read_window_s": window, "workloads": {"w": {"kind": "chat", "prompts": ["hi"], "max_tokens": 8}},
-                "points": [{"index": 0, "workload": "w", "concurrency": 4, "max_requests": 100000,
-                            "max_duration_s": 1.0, "warmup": 4},
-                           {"index": 1, "workload": "w", "concurrency": 2, "max_requests": 3,
-                            "max_duration_s": 30.0, "warmup": 0}], "max_total_s": 120}
-        out = tmp_path / "records.jsonl"
-        assert loadgen.run(spec, str(out), None) is None
-    finally:
-        server.shutdown()
-        server.server_close()
-    docs = [json.loads(line) for line in out.read_text().splitlines()]
+    with _stub_server(_SlowStream) as url:
+        docs = _run_loadgen(tmp_path, {
+            "model": "m", "base_url": url + "/v1", "metrics_url": url + "/metrics", "workers": workers,
+            "read_window_s": window, "workloads": {"w": {"kind": "chat", "prompts": ["hi"], "max_tokens": 8}},
+            "points": [{"index": 0, "workload": "w", "concurrency": 4, "max_requests": 100000,
+                        "max_duration_s": 1.0, "warmup": 4},
+                       {"index": 1, "workload": "w", "concurrency": 2, "max_requests": 3,
+                        "max_duration_s": 30.0, "warmup": 0}], "max_total_s": 120})
     timed, capped = (d for d in docs if d["type"] == "point")
     recs = [d for d in docs if d["type"] == "request" and not d["warmup"] and d["point"] == 0]
     # The clock, not a count, ended the first point; every request started inside it, none was lost.
