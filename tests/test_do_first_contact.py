@@ -54,15 +54,21 @@ def test_hf_token_in_the_environment_and_ctrl_c_while_waiting_destroys_the_dropl
     destroys it, says so, and leaves no record: nothing bills."""
     monkeypatch.setenv("HF_TOKEN", "hf_" + "x" * 34)
     fake.state.quirks.create_failure = "stuck"  # the droplet stays `new`: the deploy waits, as on a slow day
+    # The CLI starts with Ctrl-C's default meaning, as from a terminal: a test process may have inherited it ignored
+    # (a child inherits an ignored signal, and Python then leaves it ignored).
     proc = subprocess.Popen(_deploy_cli(fake, "intr"), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env=dict(os.environ))
+                            env=dict(os.environ), preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 60
     while not fake.state.droplets and time.monotonic() < deadline and proc.poll() is None:
         time.sleep(0.05)
     assert fake.state.droplets, proc.communicate()[0] if proc.poll() is not None else "no droplet was created"
     time.sleep(0.5)  # well inside the wait for it to become active
     proc.send_signal(signal.SIGINT)
-    out = proc.communicate(timeout=120)[0]
+    try:
+        out = proc.communicate(timeout=120)[0]
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        pytest.fail("the deploy did not end within 120 s of its Ctrl-C; it said:\n" + proc.communicate()[0])
     assert proc.returncode == 130, out
     assert "secrets are not" not in out and "interrupted; destroying intr" in out, out
     assert fake.state.droplets == {} and fake.leftovers() == {"droplets": [], "firewalls": [], "ssh_keys": []}, out
