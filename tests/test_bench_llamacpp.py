@@ -146,10 +146,18 @@ def test_repeats_give_a_spread_and_the_server_catches_a_miscounted_run(llama_ser
         mine = [r for r in records if r["point"] == p.index]
         gap = next(c for c in p.witness.checks if c.quantity == "output tokens").gap
         assert gap == pytest.approx(sum(r["chunks"] for r in mine) / sum(r["completion_tokens"] for r in mine) - 1)
-    lost = [d for d in docs if not (d.get("type") == "request" and not d["warmup"] and d["i"] % 4 == 3)]
+    # Every second request of each point is lost (each point has at least two: two streams start at its clock),
+    # so the gap is what those carried, however few requests a slow machine fits in 1.5 s.
+    measured = [d for d in docs if d.get("type") == "request" and not d["warmup"]]
+    dropped = {(d["point"], d["i"]) for d in measured
+               if sorted(x["i"] for x in measured if x["point"] == d["point"]).index(d["i"]) % 2 == 1}
+    lost = [d for d in docs if not (d.get("type") == "request" and (d["point"], d.get("i")) in dropped)]
     for p in metrics.summarize_all(lost):
+        mine = [r for r in records if r["point"] == p.index]
+        share = sum(r["completion_tokens"] for r in mine if (r["point"], r["i"]) in dropped) / sum(
+            r["completion_tokens"] for r in mine)
         flagged = {c.quantity: c.gap for c in p.witness.flagged}
-        assert flagged["output tokens"] == pytest.approx(-0.25, abs=0.1), p.witness.summary()
+        assert share > 0.05 and flagged["output tokens"] == pytest.approx(-share, abs=0.01), p.witness.summary()
 
 
 def test_poisson_arrivals_stop_by_count_or_by_time(llama_server, tmp_path):
