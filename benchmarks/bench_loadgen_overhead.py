@@ -31,7 +31,6 @@ import json
 import os
 import platform
 import re
-import resource
 import signal
 import statistics
 import subprocess
@@ -43,6 +42,9 @@ from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+from mistral_lab.bench import loadgen
+from mistral_lab.bench.placement import children_cpu_s
+
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "benchmarks" / "results" / "bench_loadgen_overhead.json"
 TOKENS = 256
@@ -52,11 +54,6 @@ BASELINE_COMMIT = "9a99dec"  # the last commit with loadgen v1
 # 16 to 128 streams that is 1,600 to 12,800 tok/s in all, the aggregate rates a client has to keep up with.
 PACED_STEP_S = 0.010
 PACED_LEVELS = (16, 64, 128)
-
-
-def _children_cpu() -> float:
-    r = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return r.ru_utime + r.ru_stime
 
 
 def _spec(base_url: str, levels: list[int], seconds: float, extra: dict, **over: object) -> dict:
@@ -71,11 +68,11 @@ def _spec(base_url: str, levels: list[int], seconds: float, extra: dict, **over:
 def _loadgen(script: Path, spec: dict, api_key: str | None) -> tuple[list[dict], float]:
     with tempfile.TemporaryDirectory(prefix="ml-overhead-") as tmp:
         (Path(tmp) / "spec.json").write_text(json.dumps(spec))
-        env = {**os.environ, "ML_BENCH_API_KEY": api_key or ""}
-        cpu0 = _children_cpu()
+        env = {**os.environ, loadgen.KEY_ENV: api_key or ""}
+        cpu0 = children_cpu_s()
         subprocess.run([sys.executable, str(script), "--spec", f"{tmp}/spec.json", "--out", f"{tmp}/out.jsonl"],
                        check=True, env=env, stdout=subprocess.DEVNULL)
-        tree = _children_cpu() - cpu0
+        tree = children_cpu_s() - cpu0
         docs = [json.loads(line) for line in (Path(tmp) / "out.jsonl").read_text().splitlines() if line.strip()]
     return docs, tree
 
@@ -247,7 +244,6 @@ def main() -> None:
     sys.path.insert(0, str(ROOT / "tests"))
     from llamacpp_fixtures import CACHE, run_build
     from mistral_lab import modelgen
-    from mistral_lab.bench import loadgen
     from mistral_lab.engines import llamacpp_build as lb
 
     build = run_build()

@@ -503,7 +503,7 @@ def main() -> None:
     if args.configure_with:
         toolkit = find_toolkit()
         check = configure_check(args.configure_with, args.cache, cmake_extra(toolkit, args.cache))
-        doc = merge(json.loads(OUT.read_text()) if OUT.exists() else {}, [], machine_facts(find_toolkit()))
+        doc = merge(json.loads(OUT.read_text()) if OUT.exists() else {}, [], machine_facts(toolkit))
         doc["configure_checks"][check["cmake"]] = check
         write_out(doc)
         print(json.dumps(check, indent=2))

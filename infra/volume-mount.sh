@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # A DigitalOcean cache volume mounted at the host cache (hosts/do_volumes.py), formatted ext4 on first use.
 # Runs as the login user; what needs root goes through its sudo (-n: never a prompt). Env: DEVICE (the volume's
-# by-id link), MOUNT (the host cache), OWNER (the login user), LABEL (ext4 label), WAIT (seconds for the link).
+# by-id link), MOUNT (the host cache), OWNER (the login user), LABEL (ext4 label), OPTIONS (mount options),
+# WAIT (seconds for the link).
 # Output: "volume: ..." lines, "volume: formatted" when it made the filesystem. Exit 3: no device, 4: something
 # else is mounted there, 5: the device cannot be read.
 set -euo pipefail
 DEVICE="${DEVICE:?}" MOUNT="${MOUNT:?}" OWNER="${OWNER:?}" LABEL="${LABEL:-mistral-cache}" WAIT="${WAIT:-60}"
+OPTIONS="${OPTIONS:?}"
 say() { echo "volume: $*"; }
 # The link appears once the attach has reached the kernel (udev), a little after the API says completed.
 for _ in $(seq "$WAIT"); do [ -e "$DEVICE" ] && break; sleep 1; done
@@ -31,7 +33,7 @@ else
     exit 5
   fi
   sudo -n mkdir -p "$MOUNT"
-  sudo -n mount -o defaults,nofail,discard,noatime "$dev" "$MOUNT"
+  sudo -n mount -o "$OPTIONS" "$dev" "$MOUNT"
 fi
 # The volume's root becomes the login user's, as the plain cache folder is; builds and weights are not secret.
 sudo -n chown "$OWNER:" "$MOUNT"

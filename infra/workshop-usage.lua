@@ -98,6 +98,7 @@ end
 
 local function filter_stream(ctx, chunk, eof)
     local text = (ctx.pending or "") .. (chunk or "")
+    local rewrite = ctx.usage_injected  -- only then does the reply change; otherwise it passes as it came
     local out = {}
     local from = 1
     while true do
@@ -106,18 +107,20 @@ local function filter_stream(ctx, chunk, eof)
             break
         end
         local event = text:sub(from, s - 1)
-        if on_event(ctx, event) then
+        if on_event(ctx, event) and rewrite then
             out[#out + 1] = text:sub(from, e)
         end
         from = e + 1
     end
     local rest = text:sub(from)
     if eof then
-        out[#out + 1] = rest
+        if rewrite then
+            out[#out + 1] = rest
+        end
         rest = ""
     end
     ctx.pending = rest
-    if ctx.usage_injected then
+    if rewrite then
         -- Only whole events go out, so the one to take away can be recognised; the server writes each event in
         -- one piece, so nothing waits in practice.
         ngx.arg[1] = table.concat(out)

@@ -237,24 +237,6 @@ def test_llama_bench_json_is_parsed():
     assert argv[argv.index("-ngl") + 1] == "999" and argv[argv.index("-d") + 1] == "4096" and "json" in argv
 
 
-def test_vllm_bench_serve_command_forces_length_and_saves():
-    argv = native.vllm_bench_argv(["vllm", "bench", "serve"], base_url="http://127.0.0.1:8000", model="ministral-3b",
-                                  tokenizer="/models/m", input_tokens=1024, output_tokens=256, num_prompts=64,
-                                  concurrency=8, seed=0, result_dir="/r", result_file="x.json",
-                                  tokenizer_mode="mistral", goodput={"ttft_s": 0.5, "tpot_s": None})
-    joined = " ".join(argv)
-    assert joined.startswith("vllm bench serve --backend openai-chat")
-    for flag in ("--ignore-eos", "--save-result", "--max-concurrency 8", "--random-input-len 1024",
-                 "--random-output-len 256", "--tokenizer-mode mistral", "--goodput ttft:500"):
-        assert flag in joined
-    py = native.vllm_bench_prefix({"python": "/v/bin/python", "vllm": "/v/bin/vllm"})
-    assert py[:2] == ["/v/bin/python", "-c"] and "vllm.benchmarks.serve" in py[2]
-    assert native.vllm_bench_prefix({"vllm": "/v/bin/vllm"}) == ["/v/bin/vllm", "bench", "serve"]
-    assert native.vllm_bench_prefix({"python": "/usr/bin/python3"}) is None  # docker: vLLM is in the container
-    fig = native.parse_vllm_bench({"output_throughput": 900.0, "median_ttft_ms": 40.0, "completed": 64}, 8)
-    assert fig.tokens_per_s == 900.0 and fig.detail["completed"] == 64
-
-
 @contextlib.contextmanager
 def _stub_server(handler: type) -> Iterator[str]:
     """A threaded stand-in server on loopback, for the load generator's own behaviour; yields its base URL."""

@@ -503,3 +503,13 @@ def test_a_repeat_workshop_attaches_its_cache_and_down_drop_cache_deletes_it(vfa
         down = ws_mod.down("day2", say=lines2.append, drop_cache=True)
         assert down.dropped == [f"mistral-lab-cache-main-{OWNER} (23 GiB in nyc2): $2.30/month"] and not down.kept
         assert fake.state.volume_leftovers() == []
+
+
+def test_cache_volume_words_mean_the_same_on_every_path():
+    # `workshop up --cache-volume no` once made a volume labelled "no": the CLI and the option read the words alike.
+    from mistral_lab.cli._options import cache_option
+    from mistral_lab.options import DigitalOceanOptions
+
+    for word, meant in (("yes", True), ("True", True), ("no", False), ("off", False), ("main", "main")):
+        assert cache_option(word) == meant == DigitalOceanOptions.of({"cache_volume": word}).cache_volume
+    assert cache_option(None) is None

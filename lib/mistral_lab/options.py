@@ -22,7 +22,7 @@ from mistral_lab.hosts import do_resources as res
 
 __all__ = ["ALL", "ENGINE_OPTIONS", "SECRET_NAMES", "TARGET_OPTIONS", "DigitalOceanOptions", "EngineOptions",
            "HostOptions", "LlamaCppOptions", "LocalOptions", "Options", "SSHOptions", "Secrets", "VllmOptions",
-           "TOKEN_HOSTS_ENV", "check_token_host", "declared", "is_loopback", "refuse_secrets"]
+           "TOKEN_HOSTS_ENV", "cache_volume_flag", "check_token_host", "declared", "is_loopback", "refuse_secrets"]
 
 SECRET_NAMES = {"token", "do_token", "digitalocean_token", "hf_token", "api_key", "password"}
 
@@ -125,6 +125,14 @@ class SSHOptions(HostOptions):
     trust_on_first_use: bool = Field(default=False, description="ssh: accept and record an unknown host key")
 
 
+def cache_volume_flag(v: Any) -> Any:
+    """A cache volume asked for in words (`--cache-volume yes`, `--option cache_volume=off`): the words of a flag
+    are a flag, anything else a label."""
+    if isinstance(v, str) and v.strip().lower() in ("true", "yes", "on", "1", "false", "no", "off", "0", ""):
+        return v.strip().lower() in ("true", "yes", "on", "1")
+    return v
+
+
 class DigitalOceanOptions(HostOptions):
     """The DigitalOcean target's options (see hosts/digitalocean.py for what each does)."""
 
@@ -178,10 +186,7 @@ class DigitalOceanOptions(HostOptions):
     @field_validator("cache_volume", mode="before")
     @classmethod
     def _cache_flag(cls, v: Any) -> Any:
-        """`--option cache_volume=true` arrives as text: the words of a flag are a flag, anything else a label."""
-        if isinstance(v, str) and v.strip().lower() in ("true", "yes", "on", "1", "false", "no", "off", "0", ""):
-            return v.strip().lower() in ("true", "yes", "on", "1")
-        return v
+        return cache_volume_flag(v)
 
     @field_validator("volume_device_dir")
     @classmethod

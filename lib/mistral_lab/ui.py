@@ -433,12 +433,10 @@ def merged_run(runs: list[Any]) -> Any:
 def points_table_html(levels: list[Any]) -> str:
     """The sweep's summary: one row per load level, as the bench report's table reads (± the standard deviation
     over repeats; the server column says whether its own counters agree with ours)."""
+    from mistral_lab.bench.report import spread_pm
+
     def ms(d: Any, q: str = "p50") -> str:
         return f"{getattr(d, q) * 1000:.0f}" if d is not None else "–"
-
-    def pm(lv: Any, key: str, scale: float = 1.0) -> str:
-        sp = getattr(lv, "spread", {}).get(key)
-        return f" ±{sp.stdev * scale:.1f}" if sp is not None and sp.n > 1 else ""
 
     head = ("load", "repeats", "requests", "errors", "output tok/s", "req/s", "TTFT p50 ms", "TTFT p90 ms",
             "TPOT p50 ms", "e2e p90 s", "server")
@@ -448,9 +446,9 @@ def points_table_html(levels: list[Any]) -> str:
         e2e = f"{p.e2e_s.p90:.2f}" if p.e2e_s is not None else "–"
         w = p.witness
         server = "–" if w is None else ("agrees" if not w.flagged else html.escape(w.summary()))
-        cells = (f"{html.escape(p.workload)} {load}", str(getattr(p, "repeats", 1)), str(p.requests), str(p.errors),
-                 f"{p.output_tokens_per_s:.1f}{pm(p, 'output_tokens_per_s')}", f"{p.request_per_s:.2f}",
-                 ms(p.ttft_s) + pm(p, "ttft_p50_s", 1000), ms(p.ttft_s, "p90"), ms(p.tpot_s), e2e, server)
+        cells = (f"{html.escape(p.workload)} {load}", str(p.repeats), str(p.requests), str(p.errors),
+                 f"{p.output_tokens_per_s:.1f}{spread_pm(p, 'output_tokens_per_s')}", f"{p.request_per_s:.2f}",
+                 ms(p.ttft_s) + spread_pm(p, "ttft_p50_s", 1000), ms(p.ttft_s, "p90"), ms(p.tpot_s), e2e, server)
         rows.append("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
     return ('<table class="ml-bench-table"><tr>' + "".join(f"<th>{h}</th>" for h in head) + "</tr>"
             + "".join(rows) + "</table>")

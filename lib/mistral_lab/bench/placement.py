@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from mistral_lab.bench import loadgen
-from mistral_lab.bench.target import Target
+from mistral_lab.bench.target import Target, server_root
 from mistral_lab.errors import BadInput, EngineError, MistralLabError
 from mistral_lab.hosts.base import Host
 from mistral_lab.hosts.local import LocalHost
@@ -46,7 +46,7 @@ class Placement:
 
     @property
     def metrics_url(self) -> str:
-        return self.base_url.rstrip("/").removesuffix("/v1") + "/metrics"
+        return server_root(self.base_url) + "/metrics"
 
 
 def _host_root(target: Target) -> str:

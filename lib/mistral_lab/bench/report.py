@@ -77,7 +77,7 @@ def label(run: Run) -> str:
     return f"{m.model or m.served_model} {m.engine or ''} {what} · {m.gpu_name or '?'} · {m.where}".replace("  ", " ")
 
 
-def _pm(lv: Level, key: str, scale: float = 1.0, fmt: str = "{:.1f}") -> str:
+def spread_pm(lv: Level, key: str, scale: float = 1.0, fmt: str = "{:.1f}") -> str:
     """A figure's repeat-to-repeat spread as ±stdev (one repeat: nothing)."""
     s = lv.spread.get(key)
     return "" if s is None or s.n < 2 else " ±" + fmt.format(s.stdev * scale)
@@ -93,9 +93,9 @@ def table(run: Run) -> Table:
         w = p.witness
         server = "-" if w is None else ("✔" if not w.flagged else "✘ " + ", ".join(c.quantity for c in w.flagged))
         t.add_row(run.workload_label(p.workload), p.load, str(p.repeats), str(p.requests), str(p.errors),
-                  f"{p.request_per_s:.2f}", f"{p.output_tokens_per_s:.1f}{_pm(p, 'output_tokens_per_s')}",
-                  _ms(p.ttft_s) + _pm(p, "ttft_p50_s", 1000), _ms(p.ttft_s, "p99"),
-                  _ms(p.tpot_s) + _pm(p, "tpot_p50_s", 1000, "{:.2f}"), itl, _ms(p.e2e_s), f"{p.goodput:.2f}",
+                  f"{p.request_per_s:.2f}", f"{p.output_tokens_per_s:.1f}{spread_pm(p, 'output_tokens_per_s')}",
+                  _ms(p.ttft_s) + spread_pm(p, "ttft_p50_s", 1000), _ms(p.ttft_s, "p99"),
+                  _ms(p.tpot_s) + spread_pm(p, "tpot_p50_s", 1000, "{:.2f}"), itl, _ms(p.e2e_s), f"{p.goodput:.2f}",
                   _num(p.usd_per_mtok, "{:.2f}"), server)
     t.caption = ("latencies in ms, ± the standard deviation over repeats; n/m: ITL not measurable from the stream "
                  "(see notes); server: its own counters agree within 5% (✔) or not (✘); goodput in requests/s "
@@ -126,8 +126,8 @@ def peers_table(run: Run) -> Table | None:
         t.add_column(col, justify="left" if col in ("client", "workload", "load", "server") else "right")
     for lv in run.levels:
         t.add_row("mistral-lab", run.workload_label(lv.workload), lv.load, str(lv.repeats),
-                  f"{lv.output_tokens_per_s:.1f}{_pm(lv, 'output_tokens_per_s')}",
-                  _ms(lv.ttft_s) + _pm(lv, "ttft_p50_s", 1000), _ms(lv.tpot_s) + _pm(lv, "tpot_p50_s", 1000, "{:.2f}"),
+                  f"{lv.output_tokens_per_s:.1f}{spread_pm(lv, 'output_tokens_per_s')}",
+                  _ms(lv.ttft_s) + spread_pm(lv, "ttft_p50_s", 1000), _ms(lv.tpot_s) + spread_pm(lv, "tpot_p50_s", 1000, "{:.2f}"),
                   "-" if lv.witness is None else ("✔" if not lv.witness.flagged else "✘"))
         for tool in dict.fromkeys(p.tool for p in run.peers):
             mine = [p for p in run.peers if p.tool == tool and p.key == lv.key]

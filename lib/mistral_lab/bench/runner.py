@@ -54,7 +54,7 @@ from mistral_lab.bench.spec import (
     Where,
     sweep_levels,
 )
-from mistral_lab.bench.target import Target, engine_version, open_target
+from mistral_lab.bench.target import Target, engine_version, open_target, server_root
 from mistral_lab.catalog import get_model
 from mistral_lab.errors import BadInput, MistralLabError
 from mistral_lab.hosts.local import LocalHost
@@ -310,7 +310,7 @@ def _runnable_peers(spec: BenchSpec, target: Target, tools: PeerTools, where: Pl
 def _server_counters(target: Target, *, settled: bool = False) -> dict[str, float] | None:
     """The server's counters, read from this process around a peer's run (the peer reads none itself); once the
     peer is done, read until two reads agree, as the load generator does: servers book a request just after it."""
-    url = target.base_url.rstrip("/").removesuffix("/v1") + "/metrics"
+    url = server_root(target.base_url) + "/metrics"
     read = loadgen.settled_metrics if settled else loadgen.read_metrics
     return read(url, target.api_key)
 
@@ -332,7 +332,7 @@ def _peer(tool: str, spec: BenchSpec, target: Target, sized: Sized, where: Place
         texts.append(msgs[0]["content"] if isinstance(msgs[0]["content"], str) else msgs[0]["content"][0]["text"])
     data = f"{where.folder}/peer-{batch}-{tool}.jsonl"
     where.host.put_text(peers.prompts_jsonl(texts, w.output_tokens), data, mode=0o600)
-    root = where.base_url.rstrip("/").removesuffix("/v1")
+    root = server_root(where.base_url)
     result = f"{where.folder}/peer-{batch}-{tool}.json"
     assert tools.tokenizer is not None
     if tool == "vllm":

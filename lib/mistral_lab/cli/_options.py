@@ -7,7 +7,7 @@ from typing import Annotated, Any
 
 import typer
 
-from mistral_lab.options import DigitalOceanOptions, SSHOptions
+from mistral_lab.options import DigitalOceanOptions, SSHOptions, cache_volume_flag
 
 
 def _help(model: type, name: str) -> str:
@@ -31,8 +31,8 @@ Option = Annotated[list[str] | None, typer.Option("--option", help="more options
 
 
 def cache_option(value: str | None) -> bool | str | None:
-    """--cache-volume's value as the option takes it: yes/true for the default label, else the label."""
-    return True if value is not None and value.lower() in ("yes", "true", "1") else value
+    """--cache-volume's value as the option takes it: yes for the default label, no for none, else the label."""
+    return None if value is None else cache_volume_flag(value)
 
 
 def host_options(*, host: str | None = None, ssh_port: int | None = None, user: str | None = None,

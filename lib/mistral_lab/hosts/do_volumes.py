@@ -159,8 +159,9 @@ def ensure_attached(api: DOApi, cache: CacheVolume, droplet: dict[str, Any], fou
     """The cache volume in the droplet's region, attached to it: found or created (recorded through `note` the
     moment it exists), then attached (recorded when the attach is accepted) and waited for."""
     region = droplet["region"]["slug"]
-    volume = next((v for v in found if region_of(v) == region), None) or next(iter(find(api, cache.name, region)),
-                                                                             None)
+    # `found` is the listing provision just made; a volume made since then by another deploy of ours is caught by
+    # the create's 409.
+    volume = next((v for v in found if region_of(v) == region), None)
     if volume is None:
         volume = _create(api, cache, region, tags, say)
     note(volume=volume["id"], volume_name=volume["name"], volume_region=region)
@@ -321,7 +322,7 @@ def mount(host: Host, cache: CacheVolume, user: str, say: LineSink, *, device_wa
     """Mount the attached volume at the host cache (formatting it if blank); True when it was formatted now."""
     # Values in the script, not in `env`: a host masks env values in what it prints, and these are not secret.
     values = {"DEVICE": cache.device, "MOUNT": cache.mount, "OWNER": user, "LABEL": FS_LABEL,
-              "WAIT": str(device_wait_s)}
+              "OPTIONS": MOUNT_OPTIONS, "WAIT": str(device_wait_s)}
     r = host.run_script(infra_files.with_env(infra_files.read(MOUNT_SCRIPT), values), check=False, timeout=device_wait_s + 600,
                         on_line=say, retry_safe=True)
     if not r.ok:

@@ -70,7 +70,7 @@ def teardown(name: str, *, say: LineSink = print_line, drop_cache: bool = False)
         left += finder(dep.host)
     dropper, keeper = getattr(target, "drop_cache", None), getattr(target, "kept", None)
     dropped = dropper(dep.host, on_line=lambda line: say("  " + line)) if drop_cache and dropper else []
-    kept = keeper(dep.host) if keeper else []
+    kept = keeper(dep.host) if keeper and not dropped else []  # a dropped volume is not read again
     report = TeardownReport(name=name, stopped=stopped, destroyed=True, hours=round(hours_up(dep), 3),
                             cost_usd=cost_so_far(dep), leftovers=left, notes=notes, kept=kept, dropped=dropped)
     dep.status = "destroyed"

@@ -147,6 +147,13 @@ def roofline_tokens_per_s(bandwidth_gbs: float, weights_gb: float, kv_gb: float)
     return bandwidth_gbs / (weights_gb + kv_gb)
 
 
+def usd_per_mtok(hourly_usd: float | None, output_tokens_per_s: float) -> float | None:
+    """Dollars per million output tokens at an hourly price and a throughput (None without either)."""
+    if hourly_usd is None or output_tokens_per_s <= 0:
+        return None
+    return hourly_usd / 3600.0 / output_tokens_per_s * 1e6
+
+
 def predict(
     model: Model,
     plan: Plan,
@@ -185,7 +192,7 @@ def predict(
         if compute < memory:
             throughput, compute_bound = compute, True
     price = hourly_usd if hourly_usd is not None else plan.hourly_usd
-    usd = price / 3600.0 / throughput * 1e6 if price is not None and throughput > 0 else None
+    usd = usd_per_mtok(price, throughput)
     return Prediction(
         engine=plan.engine, hw_class=hw, context_tokens=int(context_tokens), concurrency=c,
         bandwidth_gbs=bandwidth_gbs, bandwidth_source=bandwidth_source or "given", weights_gb=weights_gb,
