@@ -19,13 +19,18 @@ from mistral_lab.hosts import get_target
 from mistral_lab.hosts.base import Host, Tunnel
 from mistral_lab.planning.resolve import Plan
 
-__all__ = ["Connection", "connect", "healthy", "open_host", "served_context"]
+__all__ = ["Connection", "connect", "healthy", "open_host", "reconnect", "served_context"]
+
+
+def reconnect(dep: state.Deployment) -> Host:
+    """The deployment's host, reconnected from the record (pinned host key, key file); the caller closes it."""
+    return get_target(dep.plan.target).reconnect(dep.host)
 
 
 @contextmanager
 def open_host(dep: state.Deployment) -> Iterator[Host]:
-    """The deployment's host, reconnected from the record (pinned host key, key file), closed on the way out."""
-    host = get_target(dep.plan.target).reconnect(dep.host)
+    """The deployment's host, reconnected from the record, closed on the way out."""
+    host = reconnect(dep)
     try:
         yield host
     finally:

@@ -612,23 +612,36 @@ class WorkshopPanel:
         self.thread = threading.Thread(target=self._loop, daemon=True)
         self.thread.start()
 
-    def refresh(self) -> None:
-        from mistral_lab import workshop
+    def refresh(self, host: Any) -> None:
+        """Redraw from the usage log read over `host` (the panel's one connection)."""
+        from mistral_lab import state, workshop
 
-        try:
-            info = workshop.status(self.name)
-            rows = workshop.usage(self.name)
-        except (MistralLabError, OSError) as e:
-            self.error.value = error_html(e)
-            return
+        ws = workshop.load(self.name)
+        text = workshop.read_usage_log(host, ws)
+        rows = workshop.summarize_usage(workshop.parse_usage_log(text), [x.id for x in ws.learners],
+                                        ws.tokens_per_learner)
+        cost = cost_so_far(state.load(self.name)) if state.exists(self.name) else None
         self.error.value = ""
-        self.table.value = workshop_usage_html(rows, cost_usd=info.get("cost_usd"),
-                                               updated=datetime.now().strftime("%H:%M:%S"))
+        self.table.value = workshop_usage_html(rows, cost_usd=cost, updated=datetime.now().strftime("%H:%M:%S"))
 
     def _loop(self) -> None:
+        """One SSH connection for the panel's life, not one per tick; after an error, a fresh one next tick."""
+        from mistral_lab import session, state
+
+        host = None
         while not self.stop.is_set():
-            self.refresh()
+            try:
+                if host is None:
+                    host = session.reconnect(state.load(self.name))
+                self.refresh(host)
+            except (MistralLabError, OSError) as e:
+                self.error.value = error_html(e)
+                if host is not None:
+                    host.close()
+                    host = None
             self.stop.wait(self.tick_s)
+        if host is not None:
+            host.close()
 
 
 def workshop_panel(name: str, tick_s: float = WORKSHOP_TICK_S) -> WorkshopPanel | None:

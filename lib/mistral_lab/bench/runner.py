@@ -229,6 +229,7 @@ def drive(spec: BenchSpec, target: Target, sized: Sized, where: Placement, run_i
                                       + (f" #{p['repeat'] + 1}" if spec.repeats > 1 else ""))
             # Peers interleave with our repeats; without peers the repeats run in one go of the load generator.
             batches = [[p] for p in repeats] if runnable else [repeats]
+            level_docs: list[dict[str, Any]] = []
             for chunk in batches:
                 docs, tree = run_batch(where, _loadgen_spec(spec, target, sized, where, run_id, chunk),
                                        target.api_key, batch, out, progress)
@@ -236,6 +237,7 @@ def drive(spec: BenchSpec, target: Target, sized: Sized, where: Placement, run_i
                 if tree is not None:
                     d.tree_cpu_s += tree
                 d.docs += docs
+                level_docs += docs
                 d.aborted = d.aborted or _aborted(docs)
                 if d.aborted:
                     break
@@ -244,7 +246,7 @@ def drive(spec: BenchSpec, target: Target, sized: Sized, where: Placement, run_i
             if d.aborted:
                 d.notes += [f"{w.label} {_load_label(spec, x)}: not run (the run ended early)" for x in loads[li + 1:]]
                 break
-            done = _levels_of(d.docs, w.name, spec)
+            done += _levels_of(level_docs, w.name, spec)  # this level alone: the earlier ones are summarized
             if spec.stop_at_knee and len(loads) > 1:
                 k = saturation.knee(done, spec.slo)
                 if k is not None:
