@@ -130,11 +130,12 @@ def bytes_per_token(path: Path, experts_per_token: int, experts: int) -> tuple[f
 
 
 def llama_bench_bin() -> Path:
-    from mistral_lab import modelgen
+    """The test suite's cached CPU build (tests/llamacpp_fixtures.py: the same key and cache)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+    from llamacpp_fixtures import CACHE, LLAMACPP_KEY
     from mistral_lab.engines import llamacpp_build as lb
 
-    key = lb.BuildKey(source="pypi", version=lb.DEFAULT_VERSION, backend="cpu", arch="native")
-    return Path(lb.bin_dir(key, str(modelgen.DEFAULT_CACHE))) / "llama-bench"
+    return Path(lb.bin_dir(LLAMACPP_KEY, str(CACHE))) / "llama-bench"
 
 
 def dense(bench_bin: Path, bandwidth: float, scratch: Path) -> dict:
